@@ -1,0 +1,66 @@
+//! The crate-wide error and the process exit codes a script can branch on.
+
+use std::fmt;
+
+/// Documented process exit codes (README "Exit codes").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitCode {
+    /// Success.
+    Ok = 0,
+    /// Usage or configuration error (also: stage not implemented yet).
+    Usage = 2,
+    /// Bad data or input file.
+    Data = 3,
+    /// An external service failed: database, MLflow, Binance.
+    External = 4,
+    /// Training or evaluation failed.
+    Training = 5,
+    /// Another run holds the work-directory lock.
+    Locked = 6,
+}
+
+impl ExitCode {
+    /// The numeric code handed to the operating system.
+    pub fn code(self) -> i32 {
+        self as i32
+    }
+}
+
+impl fmt::Display for ExitCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.code())
+    }
+}
+
+/// Any error a command can end with; each variant knows its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration could not be loaded or is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// A stage whose implementation has not landed yet.
+    #[error("the `{0}` stage is not implemented yet; no work was done")]
+    NotImplemented(&'static str),
+    /// Writing a result or log failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done, naming the path.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// The exit code this error maps to.
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            Error::Config(_) | Error::NotImplemented(_) => ExitCode::Usage,
+            Error::Io { .. } => ExitCode::Data,
+        }
+    }
+}
+
+/// Shorthand used across the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

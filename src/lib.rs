@@ -1,0 +1,8 @@
+//! binance-ml: Binance order-book snapshots to calibrated price-move classifiers.
+//!
+//! The binary (`src/main.rs`) is a thin shell over this library; tests and benches use it too.
+
+pub mod config;
+pub mod error;
+
+pub use error::{Error, ExitCode, Result};
