@@ -2,7 +2,10 @@
 //!
 //! The binary (`src/main.rs`) is a thin shell over this library; tests and benches use it too.
 
+pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod error;
+pub mod logging;
 
 pub use error::{Error, ExitCode, Result};

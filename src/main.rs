@@ -1,3 +1,94 @@
+//! The `binance-ml` binary: parse the command line, load the configuration, set up logging,
+//! dispatch, and map errors to documented exit codes.
+
+use clap::Parser;
+
+use binance_ml::cli::{Cli, CliLogLevel, Command};
+use binance_ml::config::{self, ConfigError, LogFormat, LogLevel, Overrides};
+use binance_ml::logging::{self, LogSettings};
+use binance_ml::{Error, ExitCode};
+
 fn main() {
-    std::process::exit(0);
+    let cli = Cli::parse();
+    let g = &cli.global;
+    let format = g.log_format.unwrap_or(LogFormat::Text);
+    let fail = |message: &str, code: ExitCode| -> ! {
+        logging::report_error(
+            format,
+            logging::color_allowed(true, g.no_color),
+            message,
+            code.code(),
+        );
+        std::process::exit(code.code())
+    };
+
+    if let Err(e) = config::load_dotenv(&g.env_file) {
+        fail(&e.to_string(), ExitCode::Usage);
+    }
+    let (backend, device) = match &cli.command {
+        Command::Train(a) => (a.backend.backend, a.backend.device.clone()),
+        Command::Finetune(a) => (a.backend.backend, a.backend.device.clone()),
+        Command::Evaluate(a) => (a.backend.backend, a.backend.device.clone()),
+        Command::Predict(a) => (a.backend.backend, a.backend.device.clone()),
+        Command::Run(a) => (a.backend.backend, a.backend.device.clone()),
+        _ => (None, None),
+    };
+    let overrides = Overrides {
+        workdir: g.workdir.clone(),
+        backend,
+        device,
+    };
+    let loaded = match config::load(g.config.as_deref(), &overrides, &config::process_env) {
+        Ok(l) => l,
+        Err(e) => {
+            if let (true, ConfigError::Invalid { problems, .. }) = (g.json, &e) {
+                println!(
+                    "{}",
+                    serde_json::json!({ "valid": false, "problems": problems })
+                );
+            }
+            fail(&Error::from(e).to_string(), ExitCode::Usage);
+        }
+    };
+
+    let c = &loaded.config.logging;
+    let settings = LogSettings {
+        level: match g.log_level {
+            Some(CliLogLevel::Debug) => LogLevel::Debug,
+            Some(CliLogLevel::Info) => LogLevel::Info,
+            Some(CliLogLevel::Warning) => LogLevel::Warning,
+            Some(CliLogLevel::Error) => LogLevel::Error,
+            None => c.level,
+        },
+        format: g.log_format.unwrap_or(c.format),
+        color: logging::color_allowed(c.colored_output, g.no_color),
+        function_names: c.log_function_names,
+        colors: c.colors.clone(),
+    };
+    let format = settings.format;
+    logging::init(settings, loaded.redactor.clone());
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+    tracing::debug!(config = %loaded.origin, command = cli.command.name(), "configuration loaded");
+
+    match binance_ml::commands::execute(&cli, &loaded) {
+        Ok(outcome) => {
+            if g.json {
+                println!("{}", outcome.json);
+            } else {
+                println!("{}", outcome.text.trim_end());
+            }
+        }
+        Err(e) => {
+            let code = e.exit_code();
+            logging::report_error(
+                format,
+                logging::color_allowed(c.colored_output, g.no_color),
+                &e.to_string(),
+                code.code(),
+            );
+            std::process::exit(code.code());
+        }
+    }
 }

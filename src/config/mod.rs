@@ -1,15 +1,392 @@
 //! The `training_config.yaml` schema, loading, interpolation, validation and redaction.
+//!
+//! Loading is: read -> parse YAML (syntax errors with line/column) -> interpolate `${VAR}`
+//! (problems named by key) -> deserialize into [`Config`] (unknown keys and wrong types named
+//! by key path, with a "did you mean") -> semantic validation (every problem at once).
 
-/// Why a configuration could not be used.
+mod interpolate;
+pub mod redact;
+mod schema;
+mod types;
+pub mod validate;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub use interpolate::expand;
+pub use redact::Redactor;
+pub use schema::*;
+pub use types::{Cadence, DateBound, Symbol};
+
+use serde_yaml_ng::Value;
+
+/// The embedded default configuration (`config/quickstart.yaml`): synthetic data, local
+/// MLflow store, a small model. Used when no `--config` is given.
+pub const QUICKSTART_YAML: &str = include_str!("../../config/quickstart.yaml");
+
+/// One problem found in a configuration, at a key path such as
+/// `targets.price_classes.boundaries`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Problem {
+    /// Dotted key path; empty for the top level.
+    pub key: String,
+    /// What is wrong and what was expected.
+    pub message: String,
+}
+
+impl Problem {
+    /// A problem at `key`.
+    pub fn new(key: &str, message: impl Into<String>) -> Self {
+        Self {
+            key: key.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let key = if self.key.is_empty() {
+            "(top level)"
+        } else {
+            &self.key
+        };
+        write!(f, "{key}: {}", self.message)
+    }
+}
+
+/// Where a configuration came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// A file on disk.
+    File(PathBuf),
+    /// The built-in quickstart configuration.
+    Embedded,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::File(p) => write!(f, "{}", p.display()),
+            Origin::Embedded => f.write_str("<embedded quickstart.yaml>"),
+        }
+    }
+}
+
+/// Why a configuration could not be used. Messages never contain secret values.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The configuration file does not exist.
+    #[error("config file {0} not found (pass --config <file> or set BINANCE_ML_CONFIG)")]
+    NotFound(PathBuf),
     /// The configuration file could not be read.
     #[error("cannot read config file {path}: {source}")]
     Read {
         /// The file.
-        path: std::path::PathBuf,
+        path: PathBuf,
         /// The underlying error.
         #[source]
         source: std::io::Error,
     },
+    /// The file is not valid YAML.
+    #[error("{origin}:{line}:{column}: YAML syntax error: {message}")]
+    Syntax {
+        /// The file.
+        origin: Origin,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// The parser's message.
+        message: String,
+    },
+    /// The `.env` file could not be parsed.
+    #[error("{path}: {message}")]
+    DotEnv {
+        /// The `.env` file.
+        path: PathBuf,
+        /// What is wrong (never the line's content, which may hold a secret).
+        message: String,
+    },
+    /// Keys, types or values are wrong; every problem found is listed.
+    #[error("{origin}: {} problem{} in the configuration:\n{}", .problems.len(),
+        if .problems.len() == 1 { "" } else { "s" },
+        .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        /// The file.
+        origin: Origin,
+        /// Every problem, in file order where possible.
+        problems: Vec<Problem>,
+    },
+}
+
+/// A validated configuration with what is needed to print or snapshot it safely.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    /// The effective configuration (after interpolation and defaults).
+    pub config: Config,
+    /// Where it came from.
+    pub origin: Origin,
+    /// Non-fatal findings (e.g. unset variables when `fail_if_missing` is false).
+    pub warnings: Vec<String>,
+    /// Scrubs secrets from text derived from this configuration.
+    pub redactor: Redactor,
+}
+
+impl LoadedConfig {
+    /// The effective configuration as YAML, every secret masked: what `validate-config`
+    /// prints and what every MLflow run stores as `training_config.yaml`.
+    pub fn redacted_yaml(&self) -> String {
+        let mut value = serde_yaml_ng::to_value(&self.config).expect("config serialises");
+        self.redactor.redact_value(&mut value);
+        serde_yaml_ng::to_string(&value).expect("YAML value serialises")
+    }
+}
+
+/// Command-line values that replace configuration keys before validation.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--workdir`.
+    pub workdir: Option<PathBuf>,
+    /// `--backend`.
+    pub backend: Option<Backend>,
+    /// `--device`.
+    pub device: Option<String>,
+}
+
+impl Overrides {
+    fn apply(&self, c: &mut Config) {
+        if let Some(w) = &self.workdir {
+            c.workdir = w.clone();
+        }
+        if let Some(b) = self.backend {
+            c.model.backend = b;
+        }
+        if let Some(d) = &self.device {
+            c.model.device = d.clone();
+        }
+    }
+}
+
+/// Environment lookup, injectable for tests.
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// Reads the process environment.
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// Loads `.env` from `path` if it exists, without overriding variables already set.
+pub fn load_dotenv(path: &Path) -> Result<(), ConfigError> {
+    if !path.exists() {
+        return Ok(());
+    }
+    dotenvy::from_path(path).map_err(|e| ConfigError::DotEnv {
+        path: path.to_owned(),
+        message: match e {
+            dotenvy::Error::LineParse(_, index) => {
+                format!("cannot parse line at byte {index}: expected NAME=value")
+            }
+            dotenvy::Error::Io(io) => io.to_string(),
+            _ => "cannot parse the file".into(),
+        },
+    })
+}
+
+/// Loads and validates the configuration at `path`, or the embedded quickstart when `None`.
+pub fn load(
+    path: Option<&Path>,
+    overrides: &Overrides,
+    env: EnvLookup<'_>,
+) -> Result<LoadedConfig, ConfigError> {
+    match path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|source| {
+                if source.kind() == std::io::ErrorKind::NotFound {
+                    ConfigError::NotFound(p.to_owned())
+                } else {
+                    ConfigError::Read {
+                        path: p.to_owned(),
+                        source,
+                    }
+                }
+            })?;
+            parse(&text, Origin::File(p.to_owned()), overrides, env)
+        }
+        None => parse(QUICKSTART_YAML, Origin::Embedded, overrides, env),
+    }
+}
+
+/// Parses, interpolates, deserializes and validates configuration text.
+pub fn parse(
+    text: &str,
+    origin: Origin,
+    overrides: &Overrides,
+    env: EnvLookup<'_>,
+) -> Result<LoadedConfig, ConfigError> {
+    let mut value: Value = serde_yaml_ng::from_str(text).map_err(|e| {
+        let (line, column) = e
+            .location()
+            .map(|l| (l.line(), l.column()))
+            .unwrap_or((0, 0));
+        ConfigError::Syntax {
+            origin: origin.clone(),
+            line,
+            column,
+            message: strip_location(&e.to_string()),
+        }
+    })?;
+    if value.is_null() {
+        return Err(ConfigError::Invalid {
+            origin,
+            problems: vec![Problem::new(
+                "",
+                "the file is empty; expected a `data:` section at least",
+            )],
+        });
+    }
+
+    let mut problems = Vec::new();
+    interpolate::interpolate(&mut value, env, &mut problems);
+
+    let mut redactor = Redactor::from_env();
+    learn_uris(&value, &mut redactor);
+
+    let config = match serde_path_to_error::deserialize::<_, Config>(value) {
+        Ok(mut c) => {
+            overrides.apply(&mut c);
+            Some(c)
+        }
+        Err(e) => {
+            problems.push(schema_problem(&e));
+            None
+        }
+    };
+    let env_set = |name: &str| env(name).is_some_and(|v| !v.is_empty());
+    let mut warnings = Vec::new();
+    if let Some(c) = &config {
+        problems.extend(validate::validate(c, &env_set));
+        warnings.extend(
+            validate::missing_env_warnings(&c.security, &env_set)
+                .into_iter()
+                .map(|n| {
+                    format!(
+                        "environment variable {n} is not set (security.fail_if_missing is false)"
+                    )
+                }),
+        );
+    }
+    match config {
+        Some(config) if problems.is_empty() => Ok(LoadedConfig {
+            config,
+            origin,
+            warnings,
+            redactor,
+        }),
+        _ => {
+            // One problem per key: an unset variable already explains a missing value.
+            let mut seen = std::collections::HashSet::new();
+            problems.retain(|p| p.key.is_empty() || seen.insert(p.key.clone()));
+            for p in &mut problems {
+                p.message = redactor.scrub(&p.message);
+            }
+            Err(ConfigError::Invalid { origin, problems })
+        }
+    }
+}
+
+fn learn_uris(value: &Value, redactor: &mut Redactor) {
+    match value {
+        Value::String(s) => redactor.learn_from(s),
+        Value::Sequence(items) => items.iter().for_each(|v| learn_uris(v, redactor)),
+        Value::Mapping(map) => map.values().for_each(|v| learn_uris(v, redactor)),
+        Value::Tagged(t) => learn_uris(&t.value, redactor),
+        _ => {}
+    }
+}
+
+/// serde_yaml's messages end with " at line L column C"; the location is reported separately.
+fn strip_location(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+/// Turns a deserialization error into a problem at its key path, adding a "did you mean"
+/// for unknown keys and variants.
+fn schema_problem(e: &serde_path_to_error::Error<serde_yaml_ng::Error>) -> Problem {
+    let path = e.path().to_string();
+    let key = if path == "." { String::new() } else { path };
+    let raw = e.inner().to_string();
+    let message = raw.clone();
+    // serde: "unknown field `x`, expected one of `a`, `b`" / "unknown variant `x`, expected `a` or `b`"
+    let ticked: Vec<&str> = raw.split('`').skip(1).step_by(2).collect();
+    let unknown = raw.starts_with("unknown field") || raw.starts_with("unknown variant");
+    let message = match ticked.split_first() {
+        Some((bad, expected)) if unknown => {
+            let hint = suggest(bad, expected.iter().copied())
+                .map(|s| format!(" (did you mean `{s}`?)"))
+                .unwrap_or_default();
+            let what = if raw.starts_with("unknown field") {
+                "key"
+            } else {
+                "value"
+            };
+            if expected.is_empty() {
+                format!("unknown {what} `{bad}`: this section takes no keys")
+            } else {
+                format!(
+                    "unknown {what} `{bad}`{hint}; expected one of: {}",
+                    expected.join(", ")
+                )
+            }
+        }
+        _ => message,
+    };
+    // The unknown key's own path segment is already in the message.
+    let key = match key.rsplit_once('.') {
+        Some((parent, last)) if unknown && message.contains(&format!("`{last}`")) => {
+            parent.to_owned()
+        }
+        _ if unknown && ticked.first().is_some_and(|b| key == *b) => String::new(),
+        _ => key,
+    };
+    Problem { key, message }
+}
+
+/// The closest candidate to `word`, if one is close enough to be a likely typo.
+pub fn suggest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .map(|c| (strsim::jaro_winkler(word, c), c))
+        .filter(|(score, _)| *score >= 0.85)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggestions_catch_typos_only() {
+        let known = ["bid_ask_spread", "volume_imbalance", "depth_imbalance"];
+        assert_eq!(
+            suggest("bid_ask_sprad", known.iter().copied()),
+            Some("bid_ask_spread")
+        );
+        assert_eq!(
+            suggest("voume_imbalance", known.iter().copied()),
+            Some("volume_imbalance")
+        );
+        assert_eq!(suggest("rsi", known.iter().copied()), None);
+    }
+
+    #[test]
+    fn embedded_quickstart_is_valid() {
+        let loaded =
+            load(None, &Overrides::default(), &|_| None).expect("quickstart must validate");
+        assert_eq!(loaded.config.data.source_type, SourceType::Synthetic);
+        assert_eq!(loaded.origin, Origin::Embedded);
+    }
 }

@@ -1,0 +1,41 @@
+//! Dispatch of subcommands to stages, and the commands that are not stages.
+
+use serde_json::json;
+
+use crate::cli::{Cli, Command};
+use crate::config::LoadedConfig;
+use crate::{Error, Result};
+
+/// What a command produced: a human summary and the same as JSON for `--json`.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Printed on stdout without `--json`.
+    pub text: String,
+    /// Printed on stdout with `--json`.
+    pub json: serde_json::Value,
+}
+
+/// Runs `cli.command` with an already loaded and validated configuration.
+pub fn execute(cli: &Cli, loaded: &LoadedConfig) -> Result<Outcome> {
+    match &cli.command {
+        Command::ValidateConfig => Ok(validate_config(loaded)),
+        other => Err(Error::NotImplemented(other.name())),
+    }
+}
+
+fn validate_config(loaded: &LoadedConfig) -> Outcome {
+    let yaml = loaded.redacted_yaml();
+    let config: serde_yaml_ng::Value = serde_yaml_ng::from_str(&yaml).expect("our own YAML parses");
+    Outcome {
+        text: format!(
+            "# effective configuration of {} (valid)\n{yaml}",
+            loaded.origin
+        ),
+        json: json!({
+            "valid": true,
+            "origin": loaded.origin.to_string(),
+            "warnings": loaded.warnings,
+            "config": config,
+        }),
+    }
+}
