@@ -189,10 +189,6 @@ fn data(v: &mut Validator, d: &DataConfig) {
                     || "expected a postgresql://user:password@host:port/database URI".into(),
                 ),
             }
-            v.identifier(&d.connection.table_name, "data.connection.table_name");
-            for (key, column) in d.columns.named() {
-                v.identifier(column, &format!("data.columns.{key}"));
-            }
             v.check(
                 d.connection.query_chunk_seconds > 0,
                 "data.connection.query_chunk_seconds",
@@ -219,6 +215,11 @@ fn data(v: &mut Validator, d: &DataConfig) {
                 });
             }
         }
+    }
+    // Also the header names of tall CSV files, so checked whatever the source.
+    v.identifier(&d.connection.table_name, "data.connection.table_name");
+    for (key, column) in d.columns.named() {
+        v.identifier(column, &format!("data.columns.{key}"));
     }
     let assets = &d.asset_pairs;
     for (i, a) in assets.correlated_assets.iter().enumerate() {
