@@ -7,5 +7,6 @@ pub mod commands;
 pub mod config;
 pub mod error;
 pub mod logging;
+pub mod preprocess;
 
 pub use error::{Error, ExitCode, Result};

@@ -185,6 +185,8 @@ rejects! {
         => "data.source_type", "did you mean `synthetic`";
     representation_not_yet_supported: "data.order_book.representation" = "aggregated"
         => "data.order_book.representation", "only \"full\" is implemented";
+    labels_from_mid_prices: "targets.labeling.use_midpoint" = "false"
+        => "targets.labeling.use_midpoint", "no trade prices";
     memory_budget_positive: "training.memory.max_bytes" = "0"
         => "training.memory.max_bytes", "must be > 0";
 }

@@ -322,6 +322,11 @@ fn targets(v: &mut Validator, c: &Config) {
             b.len()
         )
     });
+    v.check(
+        t.labeling.use_midpoint,
+        "targets.labeling.use_midpoint",
+        || "must be true: the order-book table holds no trade prices to label from".into(),
+    );
     if t.price_classes.definition_type == ClassDefinition::Adaptive {
         v.check(
             t.price_classes.volatility_window_seconds > 0,
