@@ -7,6 +7,7 @@ pub mod commands;
 pub mod config;
 pub mod error;
 pub mod logging;
+pub mod plot;
 pub mod preprocess;
 
 pub use error::{Error, ExitCode, Result};
