@@ -4,5 +4,6 @@
 
 pub mod config;
 pub mod error;
+pub mod tracking;
 
 pub use error::{Error, ExitCode, Result};
