@@ -227,8 +227,10 @@ impl HttpClient {
             })?),
             None => Body::Empty,
         };
-        let bytes = self.send(method, &url, &body)?.read_all(&url)?;
-        parse_json(&url, 200, "application/json", &bytes)
+        let answer = self.send(method, &url, &body)?;
+        let (status, ctype) = (answer.0.status().as_u16(), content_type(&answer.0));
+        let bytes = answer.read_all(&url)?;
+        parse_json(&url, status, &ctype, &bytes)
     }
 
     /// PUTs a file's bytes (artifact proxy upload).
