@@ -170,9 +170,13 @@ impl Server {
 
     /// Kills the whole process group (server and its uvicorn worker) and waits.
     pub fn kill(&mut self) {
+        if self.child.try_wait().ok().flatten().is_some() {
+            return;
+        }
         let pgid = self.child.id();
         let _ = Command::new("kill")
             .args(["-KILL", "--", &format!("-{pgid}")])
+            .stderr(Stdio::null())
             .status();
         let _ = self.child.wait();
         // Wait until the port is free again so a restart can bind it.
