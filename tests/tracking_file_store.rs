@@ -175,6 +175,10 @@ fn local_store_writes_mlflow_layout_and_reads_it_back() {
         .download_artifacts(&id, "model", &work.path().join("dl"))
         .unwrap();
     assert_eq!(files, vec![work.path().join("dl/model/ckpt/weights.bin")]);
+    let one = tracker
+        .download_artifacts(&id, "plots/loss.png", &work.path().join("one"))
+        .unwrap();
+    assert_eq!(std::fs::read(&one[0]).unwrap(), [0x89, b'P', b'N', b'G']);
 }
 
 #[test]

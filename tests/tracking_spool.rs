@@ -73,11 +73,17 @@ fn server_killed_mid_run_then_sync_delivers_every_point_exactly_once() {
     let journals: Vec<_> = std::fs::read_dir(&spool)
         .unwrap()
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("journal-"))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("journal-"))
         .collect();
-    assert_eq!(journals.len(), 1);
+    assert_eq!(journals.len(), 2, "{journals:?}"); // the journal and its writer lock
+    assert!(journals.iter().any(|n| n.ends_with(".jsonl.lock")));
 
     let _server = common::Server::start(&python, &data.path().join("srv"), port, false);
+    // While the run's process still holds the journal, sync leaves it alone.
+    let busy = sync(&spool, &settings).unwrap();
+    assert_eq!((busy.journals_busy, busy.ops_replayed), (1, 0));
+    drop(tracker);
     let report = sync(&spool, &settings).unwrap();
     assert_eq!(report.runs_created, 1);
     assert_eq!(report.metrics, 1500 + 1 + 10);
@@ -203,6 +209,7 @@ fn offline_stage_runs_sync_with_lineage_resolved() {
         .set_alias(&version.name, "champion", &version.version)
         .unwrap();
     train.finish().unwrap();
+    drop(tracker);
     // Nothing reached the server yet.
     let online = Tracker::open(&common::settings(&server.uri, work.path())).unwrap();
     assert!(

@@ -101,6 +101,17 @@ pub(crate) fn list_dir(dir: &Path, rel: &str) -> Result<Vec<FileInfo>> {
     if !folder.exists() {
         return Ok(Vec::new());
     }
+    if folder.is_file() {
+        // Listing a file lists the file itself (what a download of one file needs).
+        let len = fs::metadata(&folder)
+            .map_err(io_err("reading", &folder))?
+            .len();
+        return Ok(vec![FileInfo {
+            path: rel.to_string(),
+            is_dir: false,
+            file_size: Some(len as i64),
+        }]);
+    }
     let mut out = Vec::new();
     for entry in fs::read_dir(&folder).map_err(io_err("listing", &folder))? {
         let entry = entry.map_err(io_err("listing", &folder))?;

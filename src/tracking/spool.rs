@@ -163,6 +163,27 @@ struct IdMapping {
 struct Journal {
     file: File,
     next_seq: u64,
+    // `<journal>.lock` holds our pid while we may still append; `sync` leaves such a
+    // journal alone so it never archives a file that is still being written.
+    lock: PathBuf,
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.lock);
+    }
+}
+
+fn lock_path(journal: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.lock", journal.display()))
+}
+
+/// Whether the process that wrote `journal`'s lock file is still running (Linux `/proc`).
+fn writer_alive(journal: &Path) -> bool {
+    fs::read_to_string(lock_path(journal))
+        .ok()
+        .and_then(|pid| pid.trim().parse::<u32>().ok())
+        .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
 }
 
 struct State {
@@ -219,9 +240,13 @@ impl SpoolStore {
             let path = self
                 .dir
                 .join(format!("journal-{:013}-{}.jsonl", now_ms(), &new_id()[..8]));
+            let lock = lock_path(&path);
+            fs::write(&lock, std::process::id().to_string())
+                .map_err(|e| TrackingError::io(format!("writing {}", lock.display()), e))?;
             st.journal = Some(Journal {
                 file: open_append(&path)?,
                 next_seq: 0,
+                lock,
             });
             tracing::warn!(journal = %path.display(), "MLflow unavailable: journaling; replay with `binance-ml tracking sync`");
         }
@@ -581,6 +606,8 @@ pub struct SyncReport {
     pub journals: usize,
     /// Journals fully replayed (moved to `synced/`).
     pub journals_completed: usize,
+    /// Journals skipped because the process writing them is still running.
+    pub journals_busy: usize,
     /// Operations sent now.
     pub ops_replayed: usize,
     /// Operations skipped because an earlier sync did them.
@@ -635,6 +662,11 @@ pub fn sync_to(rest: &RestStore, spool_dir: &Path) -> Result<SyncReport> {
     journals.sort();
     for journal in journals {
         report.journals += 1;
+        if writer_alive(&journal) {
+            tracing::warn!(journal = %journal.display(), "journal still open by a running process; left for a later sync");
+            report.journals_busy += 1;
+            continue;
+        }
         let entries = read_journal(&journal)?;
         let done_path = PathBuf::from(format!("{}.done", journal.display()));
         let done = read_done(&done_path)?;
@@ -665,6 +697,7 @@ pub fn sync_to(rest: &RestStore, spool_dir: &Path) -> Result<SyncReport> {
                 let _ = fs::remove_file(spool_dir.join("blobs").join(blob));
             }
         }
+        let _ = fs::remove_file(lock_path(&journal));
         for p in [&journal, &done_path] {
             let target = synced.join(p.file_name().unwrap_or_default());
             fs::rename(p, &target)
