@@ -146,6 +146,19 @@ fn local_store_writes_mlflow_layout_and_reads_it_back() {
         7000
     );
 
+    tracker
+        .set_experiment_tag(&run.info.experiment_id, "team", "ml")
+        .unwrap();
+    let exp = tracker
+        .store()
+        .experiment_by_name("binance-model-training")
+        .unwrap()
+        .unwrap();
+    assert_eq!(exp.tags, vec![Tag::new("team", "ml")]);
+    assert_eq!(
+        std::fs::read_to_string(exp_dir.join("tags/team")).unwrap(),
+        "ml"
+    );
     // Params are immutable, as on a server.
     let err = tracker.log_params(&id, &[("lr", "0.02")]).unwrap_err();
     assert!(err.to_string().contains("already \"0.01\""), "{err}");

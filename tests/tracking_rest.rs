@@ -25,9 +25,26 @@ fn runs_params_metrics_tags_artifacts_round_trip() {
     };
     let work = tempfile::tempdir().unwrap();
     let tracker = Tracker::open(&common::settings(&uri, work.path())).unwrap();
-    let exp = tracker
-        .experiment_id(&common::unique("rest-roundtrip"))
+    let exp_name = common::unique("rest-roundtrip");
+    let exp = tracker.experiment_id(&exp_name).unwrap();
+    assert_eq!(
+        tracker.experiment_id(&exp_name).unwrap(),
+        exp,
+        "get, not create again"
+    );
+    tracker
+        .set_experiment_tag(&exp, "owner@team", "ci")
         .unwrap();
+    let e = tracker
+        .store()
+        .experiment_by_name(&exp_name)
+        .unwrap()
+        .unwrap();
+    assert!(
+        e.tags.contains(&Tag::new("owner_team", "ci")),
+        "{:?}",
+        e.tags
+    );
     let parent = tracker.start_run(&exp, "parent", None, &[]).unwrap();
     let child = tracker
         .start_run(
@@ -61,6 +78,7 @@ fn runs_params_metrics_tags_artifacts_round_trip() {
     let bin: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
     std::fs::write(art.path().join("sub dir/b.bin"), &bin).unwrap();
     tracker.log_artifacts(run, art.path(), PLOTS_DIR).unwrap();
+    tracker.set_tags(run, &[("stage note", "late")]).unwrap();
     tracker.end_run(run, RunStatus::Finished).unwrap();
     tracker
         .end_run(&parent.run_id, RunStatus::Finished)
@@ -90,6 +108,7 @@ fn runs_params_metrics_tags_artifacts_round_trip() {
             .starts_with("binance-ml")
     );
     assert_eq!(got.data.tag("note"), Some("hello"));
+    assert_eq!(got.data.tag("stage note"), Some("late"));
     let hist = tracker.metric_history(run, "loss").unwrap();
     assert_eq!(hist.len(), 2500);
     let mut steps: Vec<i64> = hist.iter().map(|m| m.step).collect();

@@ -55,13 +55,6 @@ pub struct Batch {
     pub tags: Vec<Tag>,
 }
 
-impl Batch {
-    /// Nothing to send?
-    pub fn is_empty(&self) -> bool {
-        self.metrics.is_empty() && self.params.is_empty() && self.tags.is_empty()
-    }
-}
-
 /// Splits entries into requests that respect every per-request limit, keeping the order of
 /// each kind (a metric's points stay in step order across chunks).
 pub fn chunk_batch(metrics: &[Metric], params: &[Param], tags: &[Tag]) -> Vec<Batch> {
