@@ -10,5 +10,6 @@ pub mod error;
 pub mod logging;
 pub mod plot;
 pub mod preprocess;
+pub mod tracking;
 
 pub use error::{Error, ExitCode, Result};
