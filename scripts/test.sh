@@ -4,7 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Services started by scripts/services.d/*.sh export the variables the tests read.
+# Each scripts/services.d/*.sh installs (if missing) and starts one real service, exports the
+# variables the tests read, and appends the commands that stop it to `cleanup`.
+cleanup=()
+trap 'for c in "${cleanup[@]}"; do eval "$c" || true; done' EXIT
 for svc in scripts/services.d/*.sh; do
   [ -e "$svc" ] || continue
   echo "== starting service: $svc" >&2

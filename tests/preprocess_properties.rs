@@ -5,7 +5,9 @@ use binance_ml::config::{ClassDefinition, GapHandling, NormalizationMethod};
 use binance_ml::preprocess::features::FeatureSpec;
 use binance_ml::preprocess::grid::Levels;
 use binance_ml::preprocess::labels::LabelSpec;
-use binance_ml::preprocess::{AssetInput, PrepareSpec, Prepared, prepare, split_and_fit};
+use binance_ml::preprocess::{
+    AssetInput, PrepareSpec, Prepared, PreprocessError, prepare, split_and_fit, target_grid,
+};
 
 /// SplitMix64: a tiny deterministic generator, so the properties are checked on many cases
 /// without a dependency.
@@ -82,6 +84,21 @@ impl Series {
         s
     }
 
+    /// The snapshots with `lo < ts <= hi`.
+    fn between(&self, lo: i64, hi: i64) -> Series {
+        let a = self.ts.partition_point(|t| *t <= lo);
+        let b = self.ts.partition_point(|t| *t <= hi);
+        let d = self.depth;
+        Series {
+            ts: self.ts[a..b].to_vec(),
+            depth: d,
+            bid_px: self.bid_px[a * d..b * d].to_vec(),
+            bid_qty: self.bid_qty[a * d..b * d].to_vec(),
+            ask_px: self.ask_px[a * d..b * d].to_vec(),
+            ask_qty: self.ask_qty[a * d..b * d].to_vec(),
+        }
+    }
+
     fn rows_after(&self, t_ms: i64) -> std::ops::Range<usize> {
         let first = self.ts.partition_point(|t| *t <= t_ms);
         first..self.ts.len()
@@ -118,6 +135,7 @@ fn spec(handling: GapHandling, horizon: usize, windows: &[usize], depth: usize) 
         handling,
         max_gap_ms: 3_000,
         cadence_ms: 1_000,
+        origin_ms: 0,
     }
 }
 
@@ -125,8 +143,13 @@ fn same(a: f64, b: f64) -> bool {
     a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
 }
 
+/// Whole-series preprocessing on the grid covering the target.
+fn whole(spec: &PrepareSpec, assets: &[AssetInput<'_>]) -> Result<Prepared, PreprocessError> {
+    prepare(spec, assets, target_grid(spec, assets)?)
+}
+
 fn run(spec: &PrepareSpec, target: &Series, other: &Series) -> Prepared {
-    prepare(spec, &[target.input("BTCUSDT"), other.input("ETHUSDT")]).expect("prepare")
+    whole(spec, &[target.input("BTCUSDT"), other.input("ETHUSDT")]).expect("prepare")
 }
 
 #[test]
@@ -239,6 +262,58 @@ fn features_computed_in_chunks_equal_the_whole_series() {
     let tail = &part[lookback * cols..];
     let expected = &whole[from * cols..to * cols];
     assert!(tail.iter().zip(expected).all(|(x, y)| same(*x, *y)));
+}
+
+#[test]
+fn chunks_with_history_and_lookahead_equal_the_whole() {
+    let mut rng = Rng(17);
+    for handling in [
+        GapHandling::Interpolate,
+        GapHandling::ForwardFill,
+        GapHandling::Skip,
+    ] {
+        let spec = spec(handling, 6, &[4, 12], 3);
+        let target = Series::random(&mut rng, 900, 3, 60_000.0);
+        let other = Series::random(&mut rng, 900, 3, 2_500.0);
+        let all = run(&spec, &target, &other);
+        let ncols = all.columns.len();
+        for (k0, k1) in [(200, 400), (400, 650), (650, 850)] {
+            // The streaming stage's recipe: a sub-grid with history in front and look-ahead
+            // behind, fed only the snapshots inside it.
+            let start = k0 - spec.history_steps();
+            let end = (k1 + spec.future_steps()).min(all.grid.steps);
+            let grid = binance_ml::preprocess::grid::Grid {
+                start_ms: all.grid.time_ms(start),
+                cadence_ms: all.grid.cadence_ms,
+                steps: end - start,
+            };
+            let (lo, hi) = (
+                grid.start_ms - grid.cadence_ms,
+                grid.time_ms(grid.steps - 1),
+            );
+            let (t, o) = (target.between(lo, hi), other.between(lo, hi));
+            let chunk = prepare(&spec, &[t.input("BTCUSDT"), o.input("ETHUSDT")], grid).unwrap();
+            for k in k0..k1 {
+                let c = k - start;
+                let (a, b) = (
+                    &all.rows[k * ncols..(k + 1) * ncols],
+                    &chunk.rows[c * ncols..(c + 1) * ncols],
+                );
+                assert!(
+                    a.iter().zip(b).all(|(x, y)| same(*x, *y)),
+                    "{handling:?}: row {k} differs"
+                );
+                assert!(
+                    same(all.volatility[k], chunk.volatility[c]),
+                    "{handling:?}: volatility {k}"
+                );
+                if k + spec.labels.lookahead() < all.grid.steps {
+                    assert_eq!(all.labels[k], chunk.labels[c], "{handling:?}: label {k}");
+                    assert!(same(all.price_changes[k], chunk.price_changes[c]));
+                }
+            }
+        }
+    }
 }
 
 #[test]
@@ -429,13 +504,14 @@ fn hand_spec(handling: GapHandling) -> PrepareSpec {
         handling,
         max_gap_ms: 1_000,
         cadence_ms: 1_000,
+        origin_ms: 0,
     }
 }
 
 #[test]
 fn hand_computed_twenty_step_example() {
     let s = twenty_steps();
-    let p = prepare(&hand_spec(GapHandling::ForwardFill), &[s.input("BTCUSDT")]).unwrap();
+    let p = whole(&hand_spec(GapHandling::ForwardFill), &[s.input("BTCUSDT")]).unwrap();
     assert_eq!(p.grid.steps, 20);
     assert_eq!(
         p.columns,
@@ -485,7 +561,7 @@ fn hand_computed_twenty_step_example() {
     assert_eq!(ends, (4..=17).collect::<Vec<_>>());
 
     // Interpolated label prices: step 8 = (100 + 98) / 2 = 99, so the label at 6 is -1 %.
-    let p = prepare(&hand_spec(GapHandling::Interpolate), &[s.input("BTCUSDT")]).unwrap();
+    let p = whole(&hand_spec(GapHandling::Interpolate), &[s.input("BTCUSDT")]).unwrap();
     assert!((p.price_changes[6] - -1.0).abs() < 1e-12);
     assert_eq!(p.labels[6], 0);
     assert_eq!(
@@ -495,7 +571,7 @@ fn hand_computed_twenty_step_example() {
     );
 
     // Skip: step 8 missing; rows 8 and 10 (momentum reads 8) unusable; labels at 6..=8 undefined.
-    let p = prepare(&hand_spec(GapHandling::Skip), &[s.input("BTCUSDT")]).unwrap();
+    let p = whole(&hand_spec(GapHandling::Skip), &[s.input("BTCUSDT")]).unwrap();
     assert_eq!(&p.labels[6..9], &[u32::MAX; 3]);
     let ends = p.usable.sample_ends(
         binance_ml::preprocess::split::SplitRange { start: 0, end: 20 },
@@ -514,7 +590,7 @@ fn bad_inputs_name_the_asset_or_key() {
     for t in &mut late.ts {
         *t += 3_600_000;
     }
-    let e = prepare(&spec, &[s.input("BTCUSDT"), late.input("ETHUSDT")]).unwrap_err();
+    let e = whole(&spec, &[s.input("BTCUSDT"), late.input("ETHUSDT")]).unwrap_err();
     assert_eq!(
         e.to_string(),
         "asset ETHUSDT: no snapshot overlaps the target BTCUSDT's time range"
@@ -522,7 +598,7 @@ fn bad_inputs_name_the_asset_or_key() {
     // An all-NaN asset.
     let mut nan = s.clone();
     nan.bid_px.iter_mut().for_each(|x| *x = f64::NAN);
-    let e = prepare(&spec, &[s.input("BTCUSDT"), nan.input("ETHUSDT")]).unwrap_err();
+    let e = whole(&spec, &[s.input("BTCUSDT"), nan.input("ETHUSDT")]).unwrap_err();
     assert!(
         e.to_string()
             .starts_with("asset ETHUSDT: every mid price is NaN")
@@ -530,13 +606,13 @@ fn bad_inputs_name_the_asset_or_key() {
     // A horizon longer than the data.
     let mut long = spec.clone();
     long.labels.horizon_steps = 25;
-    let e = prepare(&long, &[s.input("BTCUSDT")]).unwrap_err();
+    let e = whole(&long, &[s.input("BTCUSDT")]).unwrap_err();
     assert!(
         e.to_string()
             .starts_with("targets.prediction_horizon_seconds")
     );
     // A window longer than a split.
-    let p = prepare(&spec, &[s.input("BTCUSDT")]).unwrap();
+    let p = whole(&spec, &[s.input("BTCUSDT")]).unwrap();
     let e = split_and_fit(&p, 5, 2, (0.7, 0.15), NormalizationMethod::MinMax, true).unwrap_err();
     assert!(
         e.to_string()
@@ -545,7 +621,7 @@ fn bad_inputs_name_the_asset_or_key() {
     );
     // A zero-variance feature (constant quantities -> volume_imbalance 0.5 everywhere) is
     // centred, not divided by zero.
-    let p = prepare(&spec, &[s.input("BTCUSDT")]).unwrap();
+    let p = whole(&spec, &[s.input("BTCUSDT")]).unwrap();
     let fit = split_and_fit(&p, 2, 2, (0.5, 0.25), NormalizationMethod::Standard, true).unwrap();
     assert_eq!(fit.scaler.scale[1], 1.0);
     let mut row = p.rows[3..6].to_vec();
@@ -605,7 +681,7 @@ fn real_binance_samples_go_through_with_one_tick_spreads() {
     let mut spec = spec(GapHandling::ForwardFill, 10, &[5, 30], 10);
     spec.labels.definition = ClassDefinition::Percentage;
     spec.labels.boundaries = vec![-0.01, 0.01];
-    let p = prepare(&spec, &[btc.input("BTCUSDT"), eth.input("ETHUSDT")]).unwrap();
+    let p = whole(&spec, &[btc.input("BTCUSDT"), eth.input("ETHUSDT")]).unwrap();
     assert_eq!(p.grid.steps, 650);
     assert_eq!(p.gaps[0].1.missing, 0);
     // Median BTC spread: one 0.01 tick on ~61,800 = ~0.0016 bps.

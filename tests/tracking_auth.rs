@@ -60,7 +60,7 @@ fn right_credentials_log_everything_and_leak_nothing() {
     let work = tempfile::tempdir().unwrap();
     let mut settings = common::settings(&a.uri, work.path());
     settings.credentials = Some(a.creds.clone());
-    settings.experiments.model_training = common::unique("auth-training");
+    settings.experiments.training = common::unique("auth-training");
     let ((run_id, tracker_debug), logs) = with_captured_logs(|| {
         let tracker = Tracker::open(&settings).unwrap();
         let run = StageRun::start(

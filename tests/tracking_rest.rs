@@ -257,7 +257,7 @@ fn stage_runs_and_latest_successful_run() {
     let work = tempfile::tempdir().unwrap();
     let mut settings = common::settings(&uri, work.path());
     settings.experiments.preprocessing = common::unique("binance-preprocessing");
-    settings.experiments.model_training = common::unique("binance-model-training");
+    settings.experiments.training = common::unique("binance-model-training");
     // The shared server keeps registered models between test runs.
     settings.model_name_pattern = common::unique("{asset}_predictor");
     let tracker = Tracker::open(&settings).unwrap();

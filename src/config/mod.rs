@@ -152,6 +152,8 @@ pub struct Overrides {
     pub backend: Option<Backend>,
     /// `--device`.
     pub device: Option<String>,
+    /// `--offline`.
+    pub offline: bool,
 }
 
 impl Overrides {
@@ -164,6 +166,9 @@ impl Overrides {
         }
         if let Some(d) = &self.device {
             c.model.device = d.clone();
+        }
+        if self.offline {
+            c.mlflow.client.offline = true;
         }
     }
 }

@@ -690,7 +690,7 @@ fn mlflow(v: &mut Validator, m: &MlflowConfig) {
     placeholders(
         v,
         &m.run_naming.pattern,
-        &["asset", "model", "timestamp", "stage"],
+        &["asset", "model", "timestamp"],
         "mlflow.run_naming.pattern",
     );
     placeholders(

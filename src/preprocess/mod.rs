@@ -98,6 +98,9 @@ pub struct PrepareSpec {
     pub max_gap_ms: i64,
     /// Grid cadence, ms.
     pub cadence_ms: i64,
+    /// Instant `days_since_start` counts from (the start of the whole data set, so chunks
+    /// agree with the whole).
+    pub origin_ms: i64,
 }
 
 impl PrepareSpec {
@@ -131,7 +134,30 @@ impl PrepareSpec {
             handling: c.targets.labeling.handle_gaps,
             max_gap_ms: c.data.validation.max_gap_seconds as i64 * 1000,
             cadence_ms: cadence as i64 * 1000,
+            origin_ms: c.data.time_range.start_date.start().timestamp_millis(),
         }
+    }
+}
+
+impl PrepareSpec {
+    /// Grid steps of history a chunk needs in front of its first step for its rows to equal
+    /// the whole computation: the longest look-back plus the longest gap that may be filled.
+    pub fn history_steps(&self) -> usize {
+        let lookback = self
+            .features
+            .lookback()
+            .max(self.labels.volatility_window_steps + 1);
+        lookback + self.max_gap_steps() + 1
+    }
+
+    /// Grid steps a chunk needs behind its last step for its labels to equal the whole
+    /// computation: the look-ahead plus the gap an interpolated label price may span.
+    pub fn future_steps(&self) -> usize {
+        self.labels.lookahead() + self.max_gap_steps() + 1
+    }
+
+    fn max_gap_steps(&self) -> usize {
+        (self.max_gap_ms / self.cadence_ms.max(1)) as usize
     }
 }
 
@@ -160,14 +186,32 @@ pub struct Prepared {
     pub usable: Usable,
 }
 
-/// Aligns every asset (target first) onto one grid and computes features and labels.
-pub fn prepare(spec: &PrepareSpec, assets: &[AssetInput<'_>]) -> Result<Prepared, PreprocessError> {
+/// The grid covering the target's snapshots (the first asset's), for whole-series use.
+pub fn target_grid(spec: &PrepareSpec, assets: &[AssetInput<'_>]) -> Result<Grid, PreprocessError> {
     let target = assets[0];
-    let (first, last) = match (target.ts_ms.first(), target.ts_ms.last()) {
-        (Some(f), Some(l)) => (*f, *l),
-        _ => return Err(PreprocessError::NoData(target.symbol.to_owned())),
-    };
-    let grid = Grid::covering(first, last, spec.cadence_ms);
+    match (target.ts_ms.first(), target.ts_ms.last()) {
+        (Some(f), Some(l)) => Ok(Grid::covering(*f, *l, spec.cadence_ms)),
+        _ => Err(PreprocessError::NoData(target.symbol.to_owned())),
+    }
+}
+
+/// Aligns every asset (target first) onto `grid` and computes features and labels.
+///
+/// Everything is causal except labels, so a chunk computed with enough history in front
+/// (`history_steps`) and look-ahead behind equals the same steps of the whole computation.
+pub fn prepare(
+    spec: &PrepareSpec,
+    assets: &[AssetInput<'_>],
+    grid: Grid,
+) -> Result<Prepared, PreprocessError> {
+    let target = assets[0];
+    if target.ts_ms.is_empty() {
+        return Err(PreprocessError::NoData(target.symbol.to_owned()));
+    }
+    let (first, last) = (
+        grid.start_ms - grid.cadence_ms,
+        grid.time_ms(grid.steps.saturating_sub(1)),
+    );
     let lookahead = spec.labels.lookahead();
     if grid.steps <= lookahead {
         return Err(PreprocessError::HorizonTooLong {
@@ -184,7 +228,7 @@ pub fn prepare(spec: &PrepareSpec, assets: &[AssetInput<'_>]) -> Result<Prepared
     let mut step_state = vec![StepState::Real; grid.steps];
     let mut target_mid = Vec::new();
     for (a, asset) in assets.iter().enumerate() {
-        let overlaps = asset.ts_ms.iter().any(|t| (first..=last).contains(t));
+        let overlaps = asset.ts_ms.iter().any(|t| *t > first && *t <= last);
         if a > 0 && !overlaps {
             return Err(PreprocessError::NoOverlap {
                 asset: asset.symbol.to_owned(),
@@ -224,7 +268,7 @@ pub fn prepare(spec: &PrepareSpec, assets: &[AssetInput<'_>]) -> Result<Prepared
         temporal::compute(
             &spec.temporal_local,
             &spec.temporal_global,
-            grid.start_ms,
+            spec.origin_ms,
             grid.time_ms(t),
             &mut temporal_row,
         );

@@ -28,7 +28,7 @@ pub use error::{Result, TrackingError};
 pub use http::{Credentials, RetryPolicy, Secret};
 pub use limits::Batch;
 pub use spool::{SyncReport, sync};
-pub use stage::{Stage, StageExperiments, StageRun, StageRunSpec, latest_successful_run};
+pub use stage::{Stage, StageRun, StageRunSpec, latest_successful_run};
 pub use tracker::Tracker;
 pub use types::*;
 
@@ -61,13 +61,31 @@ pub struct TrackingSettings {
     /// Where the journal lives; empty means `<workdir>/mlflow-spool`.
     pub spool_dir: PathBuf,
     /// Experiment name per stage.
-    pub experiments: StageExperiments,
+    pub experiments: crate::config::StageExperiments,
     /// `mlflow.run_naming.pattern`; placeholders `{asset}`, `{model}`, `{timestamp}`.
     pub run_name_pattern: String,
     /// `mlflow.model_registry.model_name_pattern`; placeholders `{asset}`, `{model}`.
     pub model_name_pattern: String,
     /// Basic-auth credentials; `None` reads MLFLOW_TRACKING_USERNAME/PASSWORD.
     pub credentials: Option<Credentials>,
+}
+
+impl TrackingSettings {
+    /// Settings from the validated configuration (`mlflow.*`, `workdir`).
+    pub fn from_config(c: &crate::config::Config) -> Self {
+        let m = &c.mlflow;
+        TrackingSettings {
+            tracking_uri: m.tracking_uri.clone(),
+            workdir: c.workdir.clone(),
+            offline: m.client.offline,
+            timeout: Duration::from_secs(m.client.timeout_seconds),
+            max_retries: m.client.max_retries,
+            experiments: m.experiments.clone(),
+            run_name_pattern: m.run_naming.pattern.clone(),
+            model_name_pattern: m.model_registry.model_name_pattern.clone(),
+            ..TrackingSettings::default()
+        }
+    }
 }
 
 impl Default for TrackingSettings {
@@ -80,7 +98,7 @@ impl Default for TrackingSettings {
             max_retries: 4,
             retry_base: Duration::from_millis(500),
             spool_dir: PathBuf::new(),
-            experiments: StageExperiments::default(),
+            experiments: crate::config::StageExperiments::default(),
             run_name_pattern: "{asset}_{model}_{timestamp}".into(),
             model_name_pattern: "{asset}_predictor".into(),
             credentials: None,

@@ -52,54 +52,27 @@ impl Stage {
         Stage::ModelEvaluation,
     ];
 
-    /// The stage's key in tags and config (`data_collection`, ...).
+    /// The stage's key in tags and in `mlflow.experiments` (`data_collection`, ...).
     pub fn key(self) -> &'static str {
         match self {
             Stage::DataCollection => "data_collection",
             Stage::Preprocessing => "preprocessing",
-            Stage::DataDiagnostics => "data_diagnostics",
-            Stage::ModelTraining => "model_training",
-            Stage::ModelEvaluation => "model_evaluation",
+            Stage::DataDiagnostics => "diagnostics",
+            Stage::ModelTraining => "training",
+            Stage::ModelEvaluation => "evaluation",
         }
     }
 }
 
-/// Experiment name of each stage.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StageExperiments {
-    /// Default `binance-data-collection`.
-    pub data_collection: String,
-    /// Default `binance-preprocessing`.
-    pub preprocessing: String,
-    /// Default `binance-data-diagnostics`.
-    pub data_diagnostics: String,
-    /// Default `binance-model-training`.
-    pub model_training: String,
-    /// Default `binance-model-evaluation`.
-    pub model_evaluation: String,
-}
-
-impl Default for StageExperiments {
-    fn default() -> Self {
-        StageExperiments {
-            data_collection: "binance-data-collection".into(),
-            preprocessing: "binance-preprocessing".into(),
-            data_diagnostics: "binance-data-diagnostics".into(),
-            model_training: "binance-model-training".into(),
-            model_evaluation: "binance-model-evaluation".into(),
-        }
-    }
-}
-
-impl StageExperiments {
+impl crate::config::StageExperiments {
     /// The experiment name of `stage`.
     pub fn name(&self, stage: Stage) -> &str {
         match stage {
             Stage::DataCollection => &self.data_collection,
             Stage::Preprocessing => &self.preprocessing,
-            Stage::DataDiagnostics => &self.data_diagnostics,
-            Stage::ModelTraining => &self.model_training,
-            Stage::ModelEvaluation => &self.model_evaluation,
+            Stage::DataDiagnostics => &self.diagnostics,
+            Stage::ModelTraining => &self.training,
+            Stage::ModelEvaluation => &self.evaluation,
         }
     }
 }
@@ -360,7 +333,7 @@ mod tests {
 
     #[test]
     fn every_stage_has_a_distinct_default_experiment() {
-        let e = StageExperiments::default();
+        let e = crate::config::StageExperiments::default();
         let names: std::collections::HashSet<&str> =
             Stage::ALL.iter().map(|s| e.name(*s)).collect();
         assert_eq!(names.len(), 5);
