@@ -12,6 +12,13 @@ use std::time::Instant;
 use binance_ml::tracking::{Metric, RunStatus, Tracker, TrackingSettings};
 
 fn main() {
+    // `cargo test --all-targets` runs bench targets too; measure only under `cargo bench`.
+    if !std::env::args().any(|a| a == "--bench") {
+        eprintln!(
+            "tracking_log_batch: a benchmark; run it with `cargo bench --bench tracking_log_batch`"
+        );
+        return;
+    }
     let (Ok(uri), Ok(python)) = (
         std::env::var("BINANCE_ML_TEST_MLFLOW_URI"),
         std::env::var("BINANCE_ML_TEST_MLFLOW_PYTHON"),

@@ -19,6 +19,157 @@ pub struct Scaler {
     pub scale: Vec<f64>,
 }
 
+/// Values kept per group for the robust scaler's quantiles; beyond it the kept values are
+/// thinned to an evenly spaced subsample (exact below the cap, approximate above).
+pub const ROBUST_SAMPLE_CAP: usize = 1 << 16;
+
+/// Streaming accumulator of one parameter group.
+#[derive(Debug, Clone)]
+enum Acc {
+    MinMax {
+        lo: f64,
+        hi: f64,
+    },
+    Welford {
+        n: f64,
+        mean: f64,
+        m2: f64,
+    },
+    Sample {
+        kept: Vec<f64>,
+        stride: u64,
+        seen: u64,
+    },
+}
+
+impl Acc {
+    fn push(&mut self, x: f64) {
+        match self {
+            Acc::MinMax { lo, hi } => {
+                *lo = lo.min(x);
+                *hi = hi.max(x);
+            }
+            // Welford: one pass, numerically stable.
+            Acc::Welford { n, mean, m2 } => {
+                *n += 1.0;
+                let d = x - *mean;
+                *mean += d / *n;
+                *m2 += d * (x - *mean);
+            }
+            Acc::Sample { kept, stride, seen } => {
+                if *seen % *stride == 0 {
+                    if kept.len() == ROBUST_SAMPLE_CAP {
+                        // Keep every other value and sample half as often from now on.
+                        let mut i = 0;
+                        kept.retain(|_| {
+                            i += 1;
+                            i % 2 == 1
+                        });
+                        *stride *= 2;
+                    }
+                    if *seen % *stride == 0 {
+                        kept.push(x);
+                    }
+                }
+                *seen += 1;
+            }
+        }
+    }
+
+    /// `(center, scale)`, with scale 1 for constant or empty groups.
+    fn finish(self) -> (f64, f64) {
+        let (center, scale) = match self {
+            Acc::MinMax { lo, hi } if lo.is_finite() => (lo, hi - lo),
+            Acc::MinMax { .. } => (0.0, 1.0),
+            Acc::Welford { n, mean, m2 } => (
+                mean,
+                if n > 1.0 {
+                    (m2 / (n - 1.0)).sqrt()
+                } else {
+                    1.0
+                },
+            ),
+            Acc::Sample { mut kept, .. } => {
+                kept.sort_by(f64::total_cmp);
+                let q = |p: f64| {
+                    if kept.is_empty() {
+                        return 0.0;
+                    }
+                    let pos = p * (kept.len() - 1) as f64;
+                    let (i, frac) = (pos.floor() as usize, pos.fract());
+                    kept[i] + (kept[(i + 1).min(kept.len() - 1)] - kept[i]) * frac
+                };
+                (q(0.5), q(0.75) - q(0.25))
+            }
+        };
+        (
+            center,
+            if scale > 0.0 && scale.is_finite() {
+                scale
+            } else {
+                1.0
+            },
+        )
+    }
+}
+
+/// Fits a [`Scaler`] from rows streamed in any number of chunks, in bounded memory.
+#[derive(Debug, Clone)]
+pub struct ScalerFit {
+    method: NormalizationMethod,
+    groups: Vec<usize>,
+    accs: Vec<Acc>,
+}
+
+impl ScalerFit {
+    /// `groups[c]` is the parameter group of column `c`.
+    pub fn new(method: NormalizationMethod, groups: Vec<usize>) -> Self {
+        let n = groups.iter().copied().max().map_or(0, |g| g + 1);
+        let acc = match method {
+            NormalizationMethod::MinMax => Acc::MinMax {
+                lo: f64::INFINITY,
+                hi: f64::NEG_INFINITY,
+            },
+            NormalizationMethod::Standard => Acc::Welford {
+                n: 0.0,
+                mean: 0.0,
+                m2: 0.0,
+            },
+            NormalizationMethod::Robust => Acc::Sample {
+                kept: Vec::new(),
+                stride: 1,
+                seen: 0,
+            },
+        };
+        Self {
+            method,
+            groups,
+            accs: vec![acc; n],
+        }
+    }
+
+    /// Adds row-major rows of `groups.len()` columns; NaN values are ignored.
+    pub fn update(&mut self, rows: &[f64]) {
+        for row in rows.chunks_exact(self.groups.len()) {
+            for (x, g) in row.iter().zip(&self.groups) {
+                if x.is_finite() {
+                    self.accs[*g].push(*x);
+                }
+            }
+        }
+    }
+
+    /// The fitted scaler.
+    pub fn finish(self) -> Scaler {
+        let params: Vec<(f64, f64)> = self.accs.into_iter().map(Acc::finish).collect();
+        Scaler {
+            method: self.method,
+            center: self.groups.iter().map(|&g| params[g].0).collect(),
+            scale: self.groups.iter().map(|&g| params[g].1).collect(),
+        }
+    }
+}
+
 impl Scaler {
     /// Fits on `rows` of the row-major matrix `data` (`groups.len()` columns); NaN values are
     /// ignored. `groups[c]` is the parameter group of column `c`.
@@ -26,70 +177,14 @@ impl Scaler {
         method: NormalizationMethod,
         data: &[f64],
         groups: &[usize],
-        rows: impl Iterator<Item = usize> + Clone,
+        rows: impl Iterator<Item = usize>,
     ) -> Self {
-        let ncols = groups.len();
-        let ngroups = groups.iter().copied().max().map_or(0, |g| g + 1);
-        let values_of = |g: usize| {
-            let cols: Vec<usize> = (0..ncols).filter(|&c| groups[c] == g).collect();
-            rows.clone()
-                .flat_map(move |r| cols.clone().into_iter().map(move |c| r * ncols + c))
-                .map(|i| data[i])
-                .filter(|x| x.is_finite())
-        };
-        let params: Vec<(f64, f64)> = (0..ngroups)
-            .map(|g| match method {
-                NormalizationMethod::MinMax => {
-                    let (lo, hi) = values_of(g)
-                        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
-                            (lo.min(x), hi.max(x))
-                        });
-                    if lo.is_finite() {
-                        (lo, hi - lo)
-                    } else {
-                        (0.0, 1.0)
-                    }
-                }
-                NormalizationMethod::Standard => {
-                    // Welford: one pass, numerically stable.
-                    let (mut n, mut mean, mut m2) = (0f64, 0f64, 0f64);
-                    for x in values_of(g) {
-                        n += 1.0;
-                        let d = x - mean;
-                        mean += d / n;
-                        m2 += d * (x - mean);
-                    }
-                    (
-                        mean,
-                        if n > 1.0 {
-                            (m2 / (n - 1.0)).sqrt()
-                        } else {
-                            1.0
-                        },
-                    )
-                }
-                NormalizationMethod::Robust => {
-                    let mut v: Vec<f64> = values_of(g).collect();
-                    v.sort_by(f64::total_cmp);
-                    let q = |p: f64| {
-                        if v.is_empty() {
-                            0.0
-                        } else {
-                            let pos = p * (v.len() - 1) as f64;
-                            let (i, frac) = (pos.floor() as usize, pos.fract());
-                            v[i] + (v[(i + 1).min(v.len() - 1)] - v[i]) * frac
-                        }
-                    };
-                    (q(0.5), q(0.75) - q(0.25))
-                }
-            })
-            .map(|(c, s)| (c, if s > 0.0 && s.is_finite() { s } else { 1.0 }))
-            .collect();
-        Self {
-            method,
-            center: groups.iter().map(|&g| params[g].0).collect(),
-            scale: groups.iter().map(|&g| params[g].1).collect(),
+        let n = groups.len();
+        let mut fit = ScalerFit::new(method, groups.to_vec());
+        for r in rows {
+            fit.update(&data[r * n..(r + 1) * n]);
         }
+        fit.finish()
     }
 
     /// Scales one row in place.
@@ -123,6 +218,43 @@ mod tests {
         let mut row = [4.0, 5.0];
         mm.transform_row(&mut row);
         assert_eq!(row, [1.0, 0.0]);
+    }
+
+    #[test]
+    fn robust_sample_is_exact_below_the_cap_and_close_above() {
+        let n = ROBUST_SAMPLE_CAP * 5 + 123;
+        // A shuffled-looking but deterministic sequence of 0..n.
+        let data: Vec<f64> = (0..n).map(|i| ((i * 7_919) % n) as f64).collect();
+        let s = Scaler::fit(NormalizationMethod::Robust, &data, &[0], 0..n);
+        let exact_median = (n - 1) as f64 / 2.0;
+        assert!(
+            (s.center[0] - exact_median).abs() / exact_median < 0.01,
+            "median {}",
+            s.center[0]
+        );
+        assert!(
+            (s.scale[0] / (n as f64 / 2.0) - 1.0).abs() < 0.01,
+            "IQR {}",
+            s.scale[0]
+        );
+    }
+
+    #[test]
+    fn chunked_updates_equal_one_update() {
+        let data: Vec<f64> = (0..300).map(|i| (i as f64 * 0.37).sin() * 10.0).collect();
+        for method in [
+            NormalizationMethod::MinMax,
+            NormalizationMethod::Standard,
+            NormalizationMethod::Robust,
+        ] {
+            let mut one = ScalerFit::new(method, vec![0, 1, 2]);
+            one.update(&data);
+            let mut chunked = ScalerFit::new(method, vec![0, 1, 2]);
+            for c in data.chunks(30) {
+                chunked.update(c);
+            }
+            assert_eq!(one.finish(), chunked.finish(), "{method:?}");
+        }
     }
 
     #[test]
