@@ -87,8 +87,6 @@ pub struct GapCounts {
     pub filled: usize,
     /// Steps left missing (gap longer than `max_gap`, or `skip`).
     pub missing: usize,
-    /// Snapshots superseded by a later one in the same step.
-    pub superseded: usize,
 }
 
 impl AlignedAsset {
@@ -151,7 +149,7 @@ pub fn align(
     grid: Grid,
     handling: GapHandling,
     max_gap_ms: i64,
-) -> (AlignedAsset, GapCounts) {
+) -> AlignedAsset {
     let d = levels.depth;
     let n = grid.steps;
     let mut book = GridBook {
@@ -162,7 +160,6 @@ pub fn align(
         ask_qty: vec![f64::NAN; n * d],
     };
     let mut state = vec![StepState::Missing; n];
-    let mut superseded = 0;
     let mut src = 0;
     let mut last_real: Option<(usize, i64)> = None; // (source row, its ts)
     for (k, step_state) in state.iter_mut().enumerate() {
@@ -171,9 +168,6 @@ pub fn align(
         let mut taken = None;
         while src < ts_ms.len() && ts_ms[src] <= t {
             if ts_ms[src] > t - grid.cadence_ms {
-                if taken.is_some() {
-                    superseded += 1;
-                }
                 taken = Some(src);
             }
             last_real = Some((src, ts_ms[src]));
@@ -198,10 +192,7 @@ pub fn align(
             book.ask_qty[to].copy_from_slice(&levels.ask_qty[from]);
         }
     }
-    let aligned = AlignedAsset { book, state };
-    let mut counts = aligned.counts();
-    counts.superseded = superseded;
-    (aligned, counts)
+    AlignedAsset { book, state }
 }
 
 #[cfg(test)]
@@ -236,7 +227,7 @@ mod tests {
             ask_qty: &aq,
         };
         let grid = Grid::covering(0, 9_000, 1_000);
-        let (al, counts) = align(&ts, levels, grid, GapHandling::ForwardFill, 2_000);
+        let al = align(&ts, levels, grid, GapHandling::ForwardFill, 2_000);
         use StepState::*;
         assert_eq!(
             al.state,
@@ -249,17 +240,16 @@ mod tests {
         assert_eq!(al.book.bid_px[3], 13.0);
         assert!(al.book.bid_px[8].is_nan());
         assert_eq!(
-            counts,
+            al.counts(),
             GapCounts {
                 real: 5,
                 filled: 4,
-                missing: 1,
-                superseded: 1
+                missing: 1
             }
         );
 
-        let (al, counts) = align(&ts, levels, grid, GapHandling::Skip, 2_000);
-        assert_eq!(counts.filled, 0);
+        let al = align(&ts, levels, grid, GapHandling::Skip, 2_000);
+        assert_eq!(al.counts().filled, 0);
         assert_eq!(al.state[3], Missing);
     }
 }

@@ -54,6 +54,16 @@ pub enum PreprocessError {
         /// Steps on the grid.
         steps: usize,
     },
+    /// The configured memory budget cannot hold one shard's working set.
+    #[error(
+        "preprocessing.memory.max_bytes is {budget} bytes but one shard needs about {needed}: raise the budget or lower data.cache.shard_seconds (fewer steps per shard)"
+    )]
+    MemoryBudget {
+        /// Bytes needed.
+        needed: u64,
+        /// Bytes allowed.
+        budget: u64,
+    },
     /// A split is too short for one window plus its label.
     #[error(
         "preprocessing.window_steps: the {split} split has {steps} steps, fewer than window ({window}) + look-ahead ({lookahead}); use more data or a shorter window"
@@ -182,6 +192,8 @@ pub struct Prepared {
     pub volatility: Vec<f64>,
     /// Gap counts per asset, in input order.
     pub gaps: Vec<(String, GapCounts)>,
+    /// Step states per asset, in input order.
+    pub states: Vec<Vec<StepState>>,
     /// Which rows/labels can be used in samples.
     pub usable: Usable,
 }
@@ -225,6 +237,7 @@ pub fn prepare(
     let ncols = fa * assets.len() + temporal_cols.len();
     let mut rows = vec![f64::NAN; grid.steps * ncols];
     let mut gaps = Vec::new();
+    let mut states = Vec::new();
     let mut step_state = vec![StepState::Real; grid.steps];
     let mut target_mid = Vec::new();
     for (a, asset) in assets.iter().enumerate() {
@@ -235,7 +248,7 @@ pub fn prepare(
                 target: target.symbol.to_owned(),
             });
         }
-        let (aligned, counts) = grid::align(
+        let aligned = grid::align(
             asset.ts_ms,
             asset.levels,
             grid,
@@ -257,7 +270,8 @@ pub fn prepare(
                 step_state[t] = StepState::Filled;
             }
         }
-        gaps.push((asset.symbol.to_owned(), counts));
+        gaps.push((asset.symbol.to_owned(), aligned.counts()));
+        states.push(aligned.state);
         if a == 0 {
             target_mid = mid;
         }
@@ -312,6 +326,7 @@ pub fn prepare(
         labels,
         volatility,
         gaps,
+        states,
         usable,
     })
 }
