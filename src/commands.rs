@@ -19,6 +19,10 @@ pub struct Outcome {
 pub fn execute(cli: &Cli, loaded: &LoadedConfig) -> Result<Outcome> {
     match &cli.command {
         Command::ValidateConfig => Ok(validate_config(loaded)),
+        Command::Fetch(args) => {
+            let summary = crate::data::fetch::fetch(&loaded.config, args.force)?;
+            Ok(crate::data::fetch::outcome(&summary))
+        }
         other => Err(Error::NotImplemented(other.name())),
     }
 }
