@@ -225,7 +225,9 @@ fn a_malformed_line_is_reported_with_file_and_line() {
     let good = format!("1723161255,BTCUSDT,{values}");
     let cases = [
         (
-            format!("{header}\n{good}\n1723161256,BTCUSDT,100,1,abc,1,98,1,97,1,96,1,101,1,102,1,103,1,104,1,105,1\n"),
+            format!(
+                "{header}\n{good}\n1723161256,BTCUSDT,100,1,abc,1,98,1,97,1,96,1,101,1,102,1,103,1,104,1,105,1\n"
+            ),
             "bad.csv:3: column bid_px_2: expected a number, got \"abc\"",
         ),
         (

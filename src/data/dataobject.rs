@@ -375,7 +375,8 @@ mod tests {
 
     #[test]
     fn validate_names_each_broken_invariant() {
-        let cases: [(fn(&mut DataObject), &str); 6] = [
+        type Breaker = fn(&mut DataObject);
+        let cases: [(Breaker, &str); 6] = [
             (
                 |o| {
                     o.order_books

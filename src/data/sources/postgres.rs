@@ -25,6 +25,8 @@ use crate::data::DataError;
 use crate::data::assemble::{Assembler, Row};
 
 type BoxError = Box<dyn std::error::Error + Sync + Send>;
+/// Whether a column type can be decoded as the configured column's meaning.
+type TypeCheck = fn(&Type) -> bool;
 
 /// `TIMESTAMP` / `TIMESTAMPTZ` as UTC Unix milliseconds (binary format: microseconds since
 /// 2000-01-01; a `TIMESTAMP` without zone is read as UTC).
@@ -339,7 +341,7 @@ impl PgSource {
             .prepare(&sql)
             .map_err(|e| self.query_error("checking the table", &e))?;
         let c = &self.columns;
-        let expected: [(&str, &str, fn(&Type) -> bool, &str); 7] = [
+        let expected: [(&str, &str, TypeCheck, &str); 7] = [
             ("ts", &c.ts, Ts::accepts, "TIMESTAMP"),
             (
                 "symbol",
