@@ -63,6 +63,41 @@ fn progress_bar(total: u64) -> ProgressBar {
     bar
 }
 
+fn join(
+    handle: std::thread::ScopedJoinHandle<'_, Result<ShardMeta, DataError>>,
+) -> Result<ShardMeta, DataError> {
+    handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// Applies the quality rules to one shard's rows and writes the shard.
+fn finish_shard(
+    store: &ShardCache,
+    span: &cache::Span,
+    asm: Assembler,
+    depth: usize,
+    started: std::time::Instant,
+    read_ms: u64,
+) -> Result<ShardMeta, DataError> {
+    let (books, quality) = asm.finish();
+    for (symbol, book) in &books {
+        book.validate(symbol.as_str(), depth)?;
+    }
+    let meta = store.write_shard(span, &books, quality)?;
+    let q = &meta.quality;
+    tracing::info!(
+        shard = %span.stem(),
+        rows = q.rows_read,
+        snapshots = q.snapshots_kept,
+        rows_dropped = q.rows_dropped(),
+        rows_filtered_in_source = q.rows_filtered_in_source,
+        snapshots_dropped = q.snapshots_dropped(),
+        read_ms,
+        total_ms = started.elapsed().as_millis() as u64,
+        "shard written"
+    );
+    Ok(meta)
+}
+
 /// Fetches the configured time range into the shard cache under `config.workdir`; with
 /// `force`, every shard is refetched.
 pub fn fetch(config: &Config, force: bool) -> Result<FetchSummary, DataError> {
@@ -108,28 +143,33 @@ pub fn fetch(config: &Config, force: bool) -> Result<FetchSummary, DataError> {
             .map(|&i| source.chunks_per_span(spans[i].end_ms - spans[i].start_ms))
             .sum();
         let bar = progress_bar(total);
-        for &i in &missing {
-            let span = &spans[i];
-            bar.set_message(span.stem());
-            let mut asm = Assembler::new(symbols.clone(), depth);
-            source.read_span(span.start_ms, span.end_ms, &mut asm, &bar)?;
-            let (books, quality) = asm.finish();
-            for (symbol, book) in &books {
-                book.validate(symbol.as_str(), depth)?;
+        // Each shard is finished (quality rules, NPZ, sha256, fsync) on a second thread
+        // while the next one streams in: at most two shards are in memory.
+        let fetch_span = tracing::Span::current();
+        std::thread::scope(|scope| -> Result<(), DataError> {
+            let mut pending = None;
+            for &i in &missing {
+                let span = spans[i];
+                bar.set_message(span.stem());
+                let started = std::time::Instant::now();
+                let mut asm = Assembler::new(symbols.clone(), depth);
+                source.read_span(span.start_ms, span.end_ms, &mut asm, &bar)?;
+                let read_ms = started.elapsed().as_millis() as u64;
+                if let Some((j, handle)) = pending.take() {
+                    metas[j] = Some(join(handle)?);
+                }
+                let (store, parent) = (&store, fetch_span.clone());
+                let handle = scope.spawn(move || {
+                    let _entered = parent.enter();
+                    finish_shard(store, &span, asm, depth, started, read_ms)
+                });
+                pending = Some((i, handle));
             }
-            let meta = store.write_shard(span, &books, quality)?;
-            let q = &meta.quality;
-            tracing::info!(
-                shard = %span.stem(),
-                rows = q.rows_read,
-                snapshots = q.snapshots_kept,
-                rows_dropped = q.rows_dropped(),
-                rows_filtered_in_source = q.rows_filtered_in_source,
-                snapshots_dropped = q.snapshots_dropped(),
-                "shard written"
-            );
-            metas[i] = Some(meta);
-        }
+            if let Some((j, handle)) = pending.take() {
+                metas[j] = Some(join(handle)?);
+            }
+            Ok(())
+        })?;
         bar.finish_and_clear();
     }
     let shards: Vec<ShardMeta> = metas.into_iter().map(|m| m.expect("every shard")).collect();
