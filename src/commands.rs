@@ -21,6 +21,10 @@ pub fn execute(cli: &Cli, loaded: &LoadedConfig) -> Result<Outcome> {
     match &cli.command {
         Command::ValidateConfig => Ok(validate_config(loaded)),
         Command::Tracking(TrackingCommand::Sync) => tracking_sync(loaded),
+        Command::Fetch(args) => {
+            let summary = crate::data::fetch::fetch(&loaded.config, args.force)?;
+            Ok(crate::data::fetch::outcome(&summary))
+        }
         other => Err(Error::NotImplemented(other.name())),
     }
 }

@@ -38,6 +38,9 @@ pub enum Error {
     /// The configuration could not be loaded or is invalid.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// Fetching, caching or reading data failed.
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
     /// A stage whose implementation has not landed yet.
     #[error("the `{0}` stage is not implemented yet; no work was done")]
     NotImplemented(&'static str),
@@ -62,6 +65,7 @@ impl Error {
             Error::Config(_) | Error::NotImplemented(_) => ExitCode::Usage,
             Error::Io { .. } => ExitCode::Data,
             Error::Tracking(e) => e.exit_code(),
+            Error::Data(e) => e.exit_code(),
         }
     }
 }

@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod data;
 pub mod diagnostics;
 pub mod error;
 pub mod logging;

@@ -123,6 +123,9 @@ pub struct ConnectionConfig {
     pub connect_timeout_seconds: u64,
     /// Connection attempts before giving up (exit 4).
     pub max_retries: u32,
+    /// With `sslmode=require`: accept a server certificate that does not verify (self-signed;
+    /// libpq's `require` behaviour). Default false: the certificate and host name are checked.
+    pub tls_accept_invalid_certs: bool,
 }
 
 impl Default for ConnectionConfig {
@@ -133,6 +136,7 @@ impl Default for ConnectionConfig {
             query_chunk_seconds: 86_400,
             connect_timeout_seconds: 10,
             max_retries: 3,
+            tls_accept_invalid_certs: false,
         }
     }
 }

@@ -32,6 +32,13 @@ impl Symbol {
     }
 }
 
+// Lets maps keyed by Symbol be looked up with a plain `&str` (same Eq/Ord/Hash as the text).
+impl std::borrow::Borrow<str> for Symbol {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for Symbol {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
