@@ -100,6 +100,13 @@ fn finish_shard(
     Ok(meta)
 }
 
+/// The cache directory `fetch` writes for `config`; it holds `manifest.json` once a fetch
+/// completed.
+pub fn cache_dir(config: &Config) -> Result<PathBuf, DataError> {
+    let key = cache::cache_key(&config.data, &sources::fingerprint(&config.data)?);
+    Ok(ShardCache::dir_of(&config.workdir, &key))
+}
+
 /// Fetches the configured time range into the shard cache under `config.workdir`; with
 /// `force`, every shard is refetched.
 pub fn fetch(config: &Config, force: bool) -> Result<FetchSummary, DataError> {
