@@ -66,7 +66,9 @@ fn progress_bar(total: u64) -> ProgressBar {
 fn join(
     handle: std::thread::ScopedJoinHandle<'_, Result<ShardMeta, DataError>>,
 ) -> Result<ShardMeta, DataError> {
-    handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    handle
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
 /// Applies the quality rules to one shard's rows and writes the shard.
