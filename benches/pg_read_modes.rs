@@ -103,6 +103,9 @@ fn copy_binary(client: &mut Client, sql: &str) -> Check {
     c
 }
 
+/// One way of reading the query's rows.
+type ReadMode = fn(&mut Client, &str) -> Check;
+
 fn main() {
     let table = std::env::args()
         .skip(1)
@@ -114,7 +117,7 @@ fn main() {
     };
     let mut client = Client::connect(&uri, NoTls).unwrap();
     let sql = format!("SELECT {COLUMNS} FROM {table} WHERE bid_price > 0 AND ask_price > 0");
-    let modes: [(&str, fn(&mut Client, &str) -> Check); 3] = [
+    let modes: [(&str, ReadMode); 3] = [
         ("query_raw (binary rows)", query_raw),
         ("COPY text", copy_text),
         ("COPY binary", copy_binary),
