@@ -63,6 +63,34 @@ fn progress_bar(total: u64) -> ProgressBar {
     bar
 }
 
+/// Reads one shard; when the connection breaks, reconnects (with backoff) and reads the
+/// whole shard again into a fresh assembler, so no row is counted twice.
+fn read_with_retries(
+    source: &mut dyn Source,
+    span: &cache::Span,
+    symbols: &[crate::config::Symbol],
+    depth: usize,
+    max_retries: u32,
+    bar: &ProgressBar,
+) -> Result<Assembler, DataError> {
+    let mut retry = 0;
+    loop {
+        let mut asm = Assembler::new(symbols.to_vec(), depth);
+        let position = bar.position();
+        match source.read_span(span.start_ms, span.end_ms, &mut asm, bar) {
+            Ok(()) => return Ok(asm),
+            Err(e @ DataError::ConnectionLost { .. }) if retry < max_retries => {
+                retry += 1;
+                tracing::warn!(shard = %span.stem(), retry, max_retries, "{e}; reconnecting");
+                std::thread::sleep(std::time::Duration::from_millis(500 << (retry - 1).min(5)));
+                source.reconnect()?;
+                bar.set_position(position);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 fn join(
     handle: std::thread::ScopedJoinHandle<'_, Result<ShardMeta, DataError>>,
 ) -> Result<ShardMeta, DataError> {
@@ -139,6 +167,7 @@ pub fn fetch(config: &Config, force: bool) -> Result<FetchSummary, DataError> {
     if !missing.is_empty() {
         store.remove_manifest()?;
         let mut source: Box<dyn Source> = sources::open(data)?;
+        let max_retries = data.connection.max_retries;
         tracing::info!(source = %source.describe(), shards = missing.len(), reused, "fetching");
         let total: u64 = missing
             .iter()
@@ -154,8 +183,8 @@ pub fn fetch(config: &Config, force: bool) -> Result<FetchSummary, DataError> {
                 let span = spans[i];
                 bar.set_message(span.stem());
                 let started = std::time::Instant::now();
-                let mut asm = Assembler::new(symbols.clone(), depth);
-                source.read_span(span.start_ms, span.end_ms, &mut asm, &bar)?;
+                let asm =
+                    read_with_retries(&mut *source, &span, &symbols, depth, max_retries, &bar)?;
                 let read_ms = started.elapsed().as_millis() as u64;
                 if let Some((j, handle)) = pending.take() {
                     metas[j] = Some(join(handle)?);
