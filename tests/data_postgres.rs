@@ -18,7 +18,7 @@ fn create_table(uri: &str, name: &str, rows: &[common::TallRow]) {
     let mut client = postgres::Client::connect(uri, postgres::NoTls).unwrap();
     client
         .batch_execute(&format!(
-            "DROP TABLE IF EXISTS {name}; CREATE TABLE {name} {DDL}"
+            "DROP TABLE IF EXISTS {name} CASCADE; CREATE TABLE {name} {DDL}"
         ))
         .unwrap();
     let mut w = client
