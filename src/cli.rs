@@ -56,6 +56,9 @@ pub struct GlobalArgs {
     /// Print the command's result on stdout as one JSON object.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Never contact the MLflow server: journal everything for `binance-ml tracking sync`.
+    #[arg(long, global = true)]
+    pub offline: bool,
     /// Environment file loaded before the configuration (variables already set win).
     #[arg(long, global = true, default_value = ".env", value_name = "FILE")]
     pub env_file: PathBuf,
@@ -122,6 +125,17 @@ pub enum Command {
         after_help = "Example:\n  binance-ml validate-config --config config/training_config.yaml"
     )]
     ValidateConfig,
+    /// MLflow housekeeping: replay what was journaled while the server was unreachable.
+    #[command(subcommand)]
+    Tracking(TrackingCommand),
+}
+
+/// `tracking` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TrackingCommand {
+    /// Replay the local journal (`<workdir>/mlflow-spool`) to the MLflow server; idempotent.
+    #[command(after_help = "Example:\n  binance-ml tracking sync --config training_config.yaml")]
+    Sync,
 }
 
 impl Command {
@@ -138,6 +152,7 @@ impl Command {
             Command::Predict(_) => "predict",
             Command::Run(_) => "run",
             Command::ValidateConfig => "validate-config",
+            Command::Tracking(TrackingCommand::Sync) => "tracking sync",
         }
     }
 }

@@ -44,6 +44,9 @@ pub enum Error {
     /// A stage whose implementation has not landed yet.
     #[error("the `{0}` stage is not implemented yet; no work was done")]
     NotImplemented(&'static str),
+    /// MLflow tracking (server, local store or spool) failed.
+    #[error(transparent)]
+    Tracking(#[from] crate::tracking::TrackingError),
     /// Writing a result or log failed.
     #[error("{context}: {source}")]
     Io {
@@ -61,6 +64,7 @@ impl Error {
         match self {
             Error::Config(_) | Error::NotImplemented(_) => ExitCode::Usage,
             Error::Io { .. } => ExitCode::Data,
+            Error::Tracking(e) => e.exit_code(),
             Error::Data(e) => e.exit_code(),
         }
     }

@@ -6,7 +6,11 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod data;
+pub mod diagnostics;
 pub mod error;
 pub mod logging;
+pub mod plot;
+pub mod preprocess;
+pub mod tracking;
 
 pub use error::{Error, ExitCode, Result};

@@ -37,6 +37,7 @@ fn main() {
         workdir: g.workdir.clone(),
         backend,
         device,
+        offline: g.offline,
     };
     let loaded = match config::load(g.config.as_deref(), &overrides, &config::process_env) {
         Ok(l) => l,

@@ -152,6 +152,8 @@ pub struct Overrides {
     pub backend: Option<Backend>,
     /// `--device`.
     pub device: Option<String>,
+    /// `--offline`.
+    pub offline: bool,
 }
 
 impl Overrides {
@@ -164,6 +166,9 @@ impl Overrides {
         }
         if let Some(d) = &self.device {
             c.model.device = d.clone();
+        }
+        if self.offline {
+            c.mlflow.client.offline = true;
         }
     }
 }
@@ -342,7 +347,7 @@ fn schema_problem(e: &serde_path_to_error::Error<serde_yaml_ng::Error>) -> Probl
                 )
             }
         }
-        _ => message,
+        _ => readable_types(&message),
     };
     // The unknown key's own path segment is already in the message.
     let key = match key.rsplit_once('.') {
@@ -353,6 +358,18 @@ fn schema_problem(e: &serde_path_to_error::Error<serde_yaml_ng::Error>) -> Probl
         _ => key,
     };
     Problem { key, message }
+}
+
+/// serde names Rust types ("expected u32"); users read YAML.
+fn readable_types(message: &str) -> String {
+    [
+        ("expected u32", "expected a whole number >= 0"),
+        ("expected u64", "expected a whole number >= 0"),
+        ("expected f64", "expected a number"),
+        ("expected a boolean", "expected true or false"),
+    ]
+    .iter()
+    .fold(message.to_owned(), |m, (from, to)| m.replace(from, to))
 }
 
 /// The closest candidate to `word`, if one is close enough to be a likely typo.

@@ -1360,7 +1360,7 @@ impl Default for StageExperiments {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RunNaming {
-    /// Placeholders `{asset}`, `{model}`, `{timestamp}`, `{stage}`.
+    /// Placeholders `{asset}`, `{model}`, `{timestamp}` (`%Y%m%d-%H%M%S` UTC).
     pub pattern: String,
 }
 

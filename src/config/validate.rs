@@ -189,10 +189,6 @@ fn data(v: &mut Validator, d: &DataConfig) {
                     || "expected a postgresql://user:password@host:port/database URI".into(),
                 ),
             }
-            v.identifier(&d.connection.table_name, "data.connection.table_name");
-            for (key, column) in d.columns.named() {
-                v.identifier(column, &format!("data.columns.{key}"));
-            }
             v.check(
                 d.connection.query_chunk_seconds > 0,
                 "data.connection.query_chunk_seconds",
@@ -219,6 +215,11 @@ fn data(v: &mut Validator, d: &DataConfig) {
                 });
             }
         }
+    }
+    // Also the header names of tall CSV files, so checked whatever the source.
+    v.identifier(&d.connection.table_name, "data.connection.table_name");
+    for (key, column) in d.columns.named() {
+        v.identifier(column, &format!("data.columns.{key}"));
     }
     let assets = &d.asset_pairs;
     for (i, a) in assets.correlated_assets.iter().enumerate() {
@@ -321,6 +322,11 @@ fn targets(v: &mut Validator, c: &Config) {
             b.len()
         )
     });
+    v.check(
+        t.labeling.use_midpoint,
+        "targets.labeling.use_midpoint",
+        || "must be true: the order-book table holds no trade prices to label from".into(),
+    );
     if t.price_classes.definition_type == ClassDefinition::Adaptive {
         v.check(
             t.price_classes.volatility_window_seconds > 0,
@@ -684,7 +690,7 @@ fn mlflow(v: &mut Validator, m: &MlflowConfig) {
     placeholders(
         v,
         &m.run_naming.pattern,
-        &["asset", "model", "timestamp", "stage"],
+        &["asset", "model", "timestamp"],
         "mlflow.run_naming.pattern",
     );
     placeholders(

@@ -1,11 +1,15 @@
-//! Helpers shared by the data tests: where the real sample data and the test database are,
-//! configurations from YAML, and running the binary.
-#![allow(dead_code)] // each test crate uses a different subset
+//! Helpers shared by the integration tests: where the real sample data, the test database
+//! and the MLflow servers are (skip locally, fail under `CI=true`), configurations from YAML,
+//! running the binary, MLflow server processes and the Python read-back script.
+#![allow(dead_code)] // each test binary uses a different subset
 
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use binance_ml::config::{self, Config, Origin, Overrides};
+use binance_ml::tracking::{Credentials, Secret, TrackingSettings};
 
 /// True under CI, where a missing prerequisite is a failure, not a skip.
 fn in_ci() -> bool {
@@ -125,4 +129,209 @@ pub fn sample_files(shared: &Path) -> Vec<PathBuf> {
         shared.display()
     );
     v
+}
+
+/// The value of `var`; when unset, prints a skip line and returns `None` — except under
+/// `CI=true`, where a missing server is a failure.
+pub fn env_or_skip(var: &str, test: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ => {
+            skip_or_fail(&format!(
+                "{test}: {var} is not set (scripts/mlflow-server.sh starts the server)"
+            ));
+            None
+        }
+    }
+}
+
+/// The MLflow virtualenv's python (BINANCE_ML_TEST_MLFLOW_PYTHON).
+pub fn python(test: &str) -> Option<String> {
+    env_or_skip("BINANCE_ML_TEST_MLFLOW_PYTHON", test)
+}
+
+/// Settings for a test: its own workdir/spool, quick retries.
+pub fn settings(uri: &str, workdir: &Path) -> TrackingSettings {
+    TrackingSettings {
+        tracking_uri: uri.to_string(),
+        workdir: workdir.to_path_buf(),
+        timeout: Duration::from_secs(30),
+        max_retries: 2,
+        retry_base: Duration::from_millis(50),
+        credentials: None,
+        ..TrackingSettings::default()
+    }
+}
+
+/// Admin credentials of the auth server from the environment.
+pub fn admin_credentials(test: &str) -> Option<Credentials> {
+    let user = env_or_skip("BINANCE_ML_TEST_MLFLOW_AUTH_USER", test)?;
+    let pass = env_or_skip("BINANCE_ML_TEST_MLFLOW_AUTH_PASSWORD", test)?;
+    Some(Credentials {
+        username: user,
+        password: Secret::new(pass),
+    })
+}
+
+/// A free TCP port on the loopback interface.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A unique name so tests sharing one server never collide.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", binance_ml::tracking::limits::new_id())
+}
+
+/// Runs the Python read-back script with `request` and parses its JSON answer.
+pub fn readback(
+    python: &str,
+    creds: Option<&Credentials>,
+    request: serde_json::Value,
+) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/mlflow_readback.py");
+    let mut cmd = Command::new(python);
+    cmd.arg(script).arg(request.to_string());
+    cmd.env_remove("MLFLOW_TRACKING_USERNAME")
+        .env_remove("MLFLOW_TRACKING_PASSWORD");
+    if let Some(c) = creds {
+        cmd.env("MLFLOW_TRACKING_USERNAME", &c.username)
+            .env("MLFLOW_TRACKING_PASSWORD", c.password.expose());
+    }
+    let out = cmd.output().expect("running the python read-back script");
+    assert!(
+        out.status.success(),
+        "read-back failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or("");
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("bad read-back output {stdout:?}: {e}"))
+}
+
+/// A real `mlflow server` process we started (its own process group, killed on drop).
+pub struct Server {
+    child: Child,
+    /// `http://127.0.0.1:<port>`.
+    pub uri: String,
+    /// The data directory (sqlite db + artifacts, or the file store).
+    pub dir: PathBuf,
+    /// The port.
+    pub port: u16,
+}
+
+impl Server {
+    /// Starts `mlflow server` from the venv of `python`: `sqlite` mode uses `dir/mlflow.db`
+    /// and the artifact proxy to `dir/artifacts`; `filestore` mode serves the MLflow file
+    /// store at `dir`.
+    pub fn start(python: &str, dir: &Path, port: u16, filestore: bool) -> Server {
+        use std::os::unix::process::CommandExt;
+        let mlflow = Path::new(python).with_file_name("mlflow");
+        let mut cmd = Command::new(mlflow);
+        cmd.args([
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--workers",
+            "1",
+        ]);
+        if filestore {
+            cmd.env("MLFLOW_ALLOW_FILE_STORE", "true")
+                .args(["--backend-store-uri", dir.to_str().unwrap()]);
+        } else {
+            cmd.args([
+                "--backend-store-uri",
+                &format!("sqlite:///{}/mlflow.db", dir.display()),
+                "--serve-artifacts",
+                "--artifacts-destination",
+                &format!("{}/artifacts", dir.display()),
+            ]);
+        }
+        std::fs::create_dir_all(dir).unwrap();
+        let log = std::fs::File::create(dir.join(format!("server-{port}.log"))).unwrap();
+        cmd.stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null());
+        cmd.process_group(0);
+        let child = cmd.spawn().expect("starting mlflow server");
+        let server = Server {
+            child,
+            uri: format!("http://127.0.0.1:{port}"),
+            dir: dir.to_path_buf(),
+            port,
+        };
+        server.wait_healthy();
+        server
+    }
+
+    fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(2)))
+            .build()
+            .new_agent();
+        while Instant::now() < deadline {
+            if agent.get(format!("{}/health", self.uri)).call().is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let log = std::fs::read_to_string(self.dir.join(format!("server-{}.log", self.port)))
+            .unwrap_or_default();
+        panic!("mlflow server on {} never became healthy:\n{log}", self.uri);
+    }
+
+    /// Kills the whole process group (server and its uvicorn worker) and waits.
+    pub fn kill(&mut self) {
+        if self.child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        let pgid = self.child.id();
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{pgid}")])
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.child.wait();
+        // Wait until the port is free again so a restart can bind it.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Files under `dir` whose bytes contain `needle`.
+pub fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
+    let mut hits = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(bytes) = std::fs::read(&p) {
+                if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+                    hits.push(p);
+                }
+            }
+        }
+    }
+    hits
 }

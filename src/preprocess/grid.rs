@@ -1,0 +1,255 @@
+//! Alignment of each asset's snapshots onto one cadence grid, and causal gap handling.
+//!
+//! Grid step `k` is the instant `start + k * cadence`. It takes the last snapshot received in
+//! `(t_k - cadence, t_k]` — never a later one. A step without a snapshot is filled from the
+//! past (forward fill) only while the last real snapshot is at most `max_gap` old; beyond that
+//! the step stays missing, so no window or label can bridge a gap longer than `max_gap`.
+//! Under `skip` nothing is filled.
+
+use crate::config::GapHandling;
+
+/// Order-book level arrays, row-major: row `i` holds levels 1..=depth of snapshot `i`.
+#[derive(Debug, Clone, Copy)]
+pub struct Levels<'a> {
+    /// Levels per side.
+    pub depth: usize,
+    /// Bid prices, best first.
+    pub bid_px: &'a [f64],
+    /// Bid quantities.
+    pub bid_qty: &'a [f64],
+    /// Ask prices, best first.
+    pub ask_px: &'a [f64],
+    /// Ask quantities.
+    pub ask_qty: &'a [f64],
+}
+
+impl Levels<'_> {
+    /// Number of snapshots.
+    pub fn rows(&self) -> usize {
+        self.bid_px.len() / self.depth.max(1)
+    }
+}
+
+/// The same arrays, owned, on the grid.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct GridBook {
+    /// Levels per side.
+    pub depth: usize,
+    /// Bid prices `[steps x depth]`.
+    pub bid_px: Vec<f64>,
+    /// Bid quantities.
+    pub bid_qty: Vec<f64>,
+    /// Ask prices.
+    pub ask_px: Vec<f64>,
+    /// Ask quantities.
+    pub ask_qty: Vec<f64>,
+}
+
+impl GridBook {
+    /// A borrowed view.
+    pub fn levels(&self) -> Levels<'_> {
+        Levels {
+            depth: self.depth,
+            bid_px: &self.bid_px,
+            bid_qty: &self.bid_qty,
+            ask_px: &self.ask_px,
+            ask_qty: &self.ask_qty,
+        }
+    }
+}
+
+/// What a grid step holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepState {
+    /// A snapshot received in this step's cadence interval.
+    Real,
+    /// No snapshot; the last real one (at most `max_gap` old) was carried forward.
+    Filled,
+    /// No usable data: NaN everywhere, and no window or label may contain the step.
+    Missing,
+}
+
+/// One asset on the grid.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlignedAsset {
+    /// Book per step (NaN rows where missing).
+    pub book: GridBook,
+    /// State per step.
+    pub state: Vec<StepState>,
+}
+
+/// Counts for the gap report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct GapCounts {
+    /// Steps holding a snapshot of their own.
+    pub real: usize,
+    /// Steps filled from the past.
+    pub filled: usize,
+    /// Steps left missing (gap longer than `max_gap`, or `skip`).
+    pub missing: usize,
+}
+
+impl AlignedAsset {
+    /// Counts of each step state.
+    pub fn counts(&self) -> GapCounts {
+        let mut c = GapCounts::default();
+        for s in &self.state {
+            match s {
+                StepState::Real => c.real += 1,
+                StepState::Filled => c.filled += 1,
+                StepState::Missing => c.missing += 1,
+            }
+        }
+        c
+    }
+}
+
+/// The cadence grid: `steps` instants from `start_ms`, `cadence_ms` apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grid {
+    /// Instant of step 0 (UTC Unix ms).
+    pub start_ms: i64,
+    /// Milliseconds between steps.
+    pub cadence_ms: i64,
+    /// Number of steps.
+    pub steps: usize,
+}
+
+impl Grid {
+    /// The grid covering `[first, last]` with steps on cadence boundaries (UTC).
+    pub fn covering(first_ms: i64, last_ms: i64, cadence_ms: i64) -> Self {
+        let start_ms = first_ms.div_euclid(cadence_ms) * cadence_ms
+            + if first_ms.rem_euclid(cadence_ms) == 0 {
+                0
+            } else {
+                cadence_ms
+            };
+        let steps = if last_ms < start_ms {
+            0
+        } else {
+            ((last_ms - start_ms) / cadence_ms) as usize + 1
+        };
+        Self {
+            start_ms,
+            cadence_ms,
+            steps,
+        }
+    }
+
+    /// Instant of step `k`.
+    pub fn time_ms(&self, k: usize) -> i64 {
+        self.start_ms + k as i64 * self.cadence_ms
+    }
+}
+
+/// Aligns one asset's snapshots (`ts_ms` strictly increasing, `levels` rows aligned with it).
+pub fn align(
+    ts_ms: &[i64],
+    levels: Levels<'_>,
+    grid: Grid,
+    handling: GapHandling,
+    max_gap_ms: i64,
+) -> AlignedAsset {
+    let d = levels.depth;
+    let n = grid.steps;
+    let mut book = GridBook {
+        depth: d,
+        bid_px: vec![f64::NAN; n * d],
+        bid_qty: vec![f64::NAN; n * d],
+        ask_px: vec![f64::NAN; n * d],
+        ask_qty: vec![f64::NAN; n * d],
+    };
+    let mut state = vec![StepState::Missing; n];
+    let mut src = 0;
+    let mut last_real: Option<(usize, i64)> = None; // (source row, its ts)
+    for (k, step_state) in state.iter_mut().enumerate() {
+        let t = grid.time_ms(k);
+        // Every snapshot with ts <= t; the last one in (t - cadence, t] is this step's.
+        let mut taken = None;
+        while src < ts_ms.len() && ts_ms[src] <= t {
+            if ts_ms[src] > t - grid.cadence_ms {
+                taken = Some(src);
+            }
+            last_real = Some((src, ts_ms[src]));
+            src += 1;
+        }
+        let row = match (taken, last_real) {
+            (Some(r), _) => {
+                *step_state = StepState::Real;
+                Some(r)
+            }
+            (None, Some((r, ts))) if handling != GapHandling::Skip && t - ts <= max_gap_ms => {
+                *step_state = StepState::Filled;
+                Some(r)
+            }
+            _ => None,
+        };
+        if let Some(r) = row {
+            let (from, to) = (r * d..(r + 1) * d, k * d..(k + 1) * d);
+            book.bid_px[to.clone()].copy_from_slice(&levels.bid_px[from.clone()]);
+            book.bid_qty[to.clone()].copy_from_slice(&levels.bid_qty[from.clone()]);
+            book.ask_px[to.clone()].copy_from_slice(&levels.ask_px[from.clone()]);
+            book.ask_qty[to].copy_from_slice(&levels.ask_qty[from]);
+        }
+    }
+    AlignedAsset { book, state }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one_level(prices: &[f64]) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
+        let bid: Vec<f64> = prices.to_vec();
+        let ask: Vec<f64> = prices.iter().map(|p| p + 1.0).collect();
+        (bid, vec![1.0; prices.len()], ask, vec![2.0; prices.len()])
+    }
+
+    #[test]
+    fn grid_starts_on_a_cadence_boundary() {
+        let g = Grid::covering(1_001, 10_000, 1_000);
+        assert_eq!((g.start_ms, g.steps), (2_000, 9));
+        let g = Grid::covering(1_000, 1_000, 1_000);
+        assert_eq!((g.start_ms, g.steps), (1_000, 1));
+    }
+
+    #[test]
+    fn steps_take_the_last_snapshot_of_their_interval_and_fill_only_short_gaps() {
+        // Snapshots at 0, 1000, 1500 (supersedes 1000... no: 1500 belongs to step 2), then a
+        // 2 s gap (steps 3, 4), then 5000, then a 4 s gap (steps 6..=8), then 9000.
+        let ts = [0, 1_000, 1_500, 2_000, 5_000, 9_000];
+        let (b, bq, a, aq) = one_level(&[10., 11., 12., 13., 14., 15.]);
+        let levels = Levels {
+            depth: 1,
+            bid_px: &b,
+            bid_qty: &bq,
+            ask_px: &a,
+            ask_qty: &aq,
+        };
+        let grid = Grid::covering(0, 9_000, 1_000);
+        let al = align(&ts, levels, grid, GapHandling::ForwardFill, 2_000);
+        use StepState::*;
+        assert_eq!(
+            al.state,
+            vec![
+                Real, Real, Real, Filled, Filled, Real, Filled, Filled, Missing, Real
+            ]
+        );
+        // Step 2 (t=2000) takes the snapshot at 2000, not the superseded one at 1500.
+        assert_eq!(al.book.bid_px[2], 13.0);
+        assert_eq!(al.book.bid_px[3], 13.0);
+        assert!(al.book.bid_px[8].is_nan());
+        assert_eq!(
+            al.counts(),
+            GapCounts {
+                real: 5,
+                filled: 4,
+                missing: 1
+            }
+        );
+
+        let al = align(&ts, levels, grid, GapHandling::Skip, 2_000);
+        assert_eq!(al.counts().filled, 0);
+        assert_eq!(al.state[3], Missing);
+    }
+}

@@ -1,0 +1,267 @@
+//! Feature scalers, fit on training rows only and applied to every split. Columns sharing a
+//! group (the same feature of every asset, when `per_asset` is false) share parameters.
+//!
+//! A zero-variance (or constant) group gets scale 1: its values become `x - center`, i.e. 0
+//! on the training data, instead of a division by zero.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::NormalizationMethod;
+
+/// Fitted parameters: `scaled = (x - center) / scale` per column.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Scaler {
+    /// The method it was fit with.
+    pub method: NormalizationMethod,
+    /// Per-column center (min, mean or median).
+    pub center: Vec<f64>,
+    /// Per-column scale (range, std or IQR), never 0.
+    pub scale: Vec<f64>,
+}
+
+/// Values kept per group for the robust scaler's quantiles; beyond it the kept values are
+/// thinned to an evenly spaced subsample (exact below the cap, approximate above).
+pub const ROBUST_SAMPLE_CAP: usize = 1 << 16;
+
+/// Streaming accumulator of one parameter group.
+#[derive(Debug, Clone)]
+enum Acc {
+    MinMax {
+        lo: f64,
+        hi: f64,
+    },
+    Welford {
+        n: f64,
+        mean: f64,
+        m2: f64,
+    },
+    Sample {
+        kept: Vec<f64>,
+        stride: u64,
+        seen: u64,
+    },
+}
+
+impl Acc {
+    fn push(&mut self, x: f64) {
+        match self {
+            Acc::MinMax { lo, hi } => {
+                *lo = lo.min(x);
+                *hi = hi.max(x);
+            }
+            // Welford: one pass, numerically stable.
+            Acc::Welford { n, mean, m2 } => {
+                *n += 1.0;
+                let d = x - *mean;
+                *mean += d / *n;
+                *m2 += d * (x - *mean);
+            }
+            Acc::Sample { kept, stride, seen } => {
+                if *seen % *stride == 0 {
+                    if kept.len() == ROBUST_SAMPLE_CAP {
+                        // Keep every other value and sample half as often from now on.
+                        let mut i = 0;
+                        kept.retain(|_| {
+                            i += 1;
+                            i % 2 == 1
+                        });
+                        *stride *= 2;
+                    }
+                    if *seen % *stride == 0 {
+                        kept.push(x);
+                    }
+                }
+                *seen += 1;
+            }
+        }
+    }
+
+    /// `(center, scale)`, with scale 1 for constant or empty groups.
+    fn finish(self) -> (f64, f64) {
+        let (center, scale) = match self {
+            Acc::MinMax { lo, hi } if lo.is_finite() => (lo, hi - lo),
+            Acc::MinMax { .. } => (0.0, 1.0),
+            Acc::Welford { n, mean, m2 } => (
+                mean,
+                if n > 1.0 {
+                    (m2 / (n - 1.0)).sqrt()
+                } else {
+                    1.0
+                },
+            ),
+            Acc::Sample { mut kept, .. } => {
+                kept.sort_by(f64::total_cmp);
+                let q = |p: f64| {
+                    if kept.is_empty() {
+                        return 0.0;
+                    }
+                    let pos = p * (kept.len() - 1) as f64;
+                    let (i, frac) = (pos.floor() as usize, pos.fract());
+                    kept[i] + (kept[(i + 1).min(kept.len() - 1)] - kept[i]) * frac
+                };
+                (q(0.5), q(0.75) - q(0.25))
+            }
+        };
+        (
+            center,
+            if scale > 0.0 && scale.is_finite() {
+                scale
+            } else {
+                1.0
+            },
+        )
+    }
+}
+
+/// Fits a [`Scaler`] from rows streamed in any number of chunks, in bounded memory.
+#[derive(Debug, Clone)]
+pub struct ScalerFit {
+    method: NormalizationMethod,
+    groups: Vec<usize>,
+    accs: Vec<Acc>,
+}
+
+impl ScalerFit {
+    /// `groups[c]` is the parameter group of column `c`.
+    pub fn new(method: NormalizationMethod, groups: Vec<usize>) -> Self {
+        let n = groups.iter().copied().max().map_or(0, |g| g + 1);
+        let acc = match method {
+            NormalizationMethod::MinMax => Acc::MinMax {
+                lo: f64::INFINITY,
+                hi: f64::NEG_INFINITY,
+            },
+            NormalizationMethod::Standard => Acc::Welford {
+                n: 0.0,
+                mean: 0.0,
+                m2: 0.0,
+            },
+            NormalizationMethod::Robust => Acc::Sample {
+                kept: Vec::new(),
+                stride: 1,
+                seen: 0,
+            },
+        };
+        Self {
+            method,
+            groups,
+            accs: vec![acc; n],
+        }
+    }
+
+    /// Adds row-major rows of `groups.len()` columns; NaN values are ignored.
+    pub fn update(&mut self, rows: &[f64]) {
+        for row in rows.chunks_exact(self.groups.len()) {
+            for (x, g) in row.iter().zip(&self.groups) {
+                if x.is_finite() {
+                    self.accs[*g].push(*x);
+                }
+            }
+        }
+    }
+
+    /// The fitted scaler.
+    pub fn finish(self) -> Scaler {
+        let params: Vec<(f64, f64)> = self.accs.into_iter().map(Acc::finish).collect();
+        Scaler {
+            method: self.method,
+            center: self.groups.iter().map(|&g| params[g].0).collect(),
+            scale: self.groups.iter().map(|&g| params[g].1).collect(),
+        }
+    }
+}
+
+impl Scaler {
+    /// Fits on `rows` of the row-major matrix `data` (`groups.len()` columns); NaN values are
+    /// ignored. `groups[c]` is the parameter group of column `c`.
+    pub fn fit(
+        method: NormalizationMethod,
+        data: &[f64],
+        groups: &[usize],
+        rows: impl Iterator<Item = usize>,
+    ) -> Self {
+        let n = groups.len();
+        let mut fit = ScalerFit::new(method, groups.to_vec());
+        for r in rows {
+            fit.update(&data[r * n..(r + 1) * n]);
+        }
+        fit.finish()
+    }
+
+    /// Scales one row in place.
+    pub fn transform_row(&self, row: &mut [f64]) {
+        for ((x, c), s) in row.iter_mut().zip(&self.center).zip(&self.scale) {
+            *x = (*x - c) / s;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fits_each_method_on_the_given_rows_only() {
+        // 2 columns; rows 0..4 train, row 4 (huge) is not used.
+        let data = [1.0, 5.0, 2.0, 5.0, 3.0, 5.0, 4.0, 5.0, 1e9, 1e9];
+        let train = 0..4;
+        let mm = Scaler::fit(NormalizationMethod::MinMax, &data, &[0, 1], train.clone());
+        assert_eq!(
+            (mm.center.clone(), mm.scale.clone()),
+            (vec![1.0, 5.0], vec![3.0, 1.0])
+        );
+        let st = Scaler::fit(NormalizationMethod::Standard, &data, &[0, 1], train.clone());
+        assert!((st.center[0] - 2.5).abs() < 1e-12);
+        assert!((st.scale[0] - (5.0f64 / 3.0).sqrt()).abs() < 1e-12);
+        assert_eq!(st.scale[1], 1.0, "zero variance -> scale 1");
+        let rb = Scaler::fit(NormalizationMethod::Robust, &data, &[0, 1], train);
+        assert_eq!((rb.center[0], rb.scale[0]), (2.5, 1.5));
+        let mut row = [4.0, 5.0];
+        mm.transform_row(&mut row);
+        assert_eq!(row, [1.0, 0.0]);
+    }
+
+    #[test]
+    fn robust_sample_is_exact_below_the_cap_and_close_above() {
+        let n = ROBUST_SAMPLE_CAP * 5 + 123;
+        // A shuffled-looking but deterministic sequence of 0..n.
+        let data: Vec<f64> = (0..n).map(|i| ((i * 7_919) % n) as f64).collect();
+        let s = Scaler::fit(NormalizationMethod::Robust, &data, &[0], 0..n);
+        let exact_median = (n - 1) as f64 / 2.0;
+        assert!(
+            (s.center[0] - exact_median).abs() / exact_median < 0.01,
+            "median {}",
+            s.center[0]
+        );
+        assert!(
+            (s.scale[0] / (n as f64 / 2.0) - 1.0).abs() < 0.01,
+            "IQR {}",
+            s.scale[0]
+        );
+    }
+
+    #[test]
+    fn chunked_updates_equal_one_update() {
+        let data: Vec<f64> = (0..300).map(|i| (i as f64 * 0.37).sin() * 10.0).collect();
+        for method in [
+            NormalizationMethod::MinMax,
+            NormalizationMethod::Standard,
+            NormalizationMethod::Robust,
+        ] {
+            let mut one = ScalerFit::new(method, vec![0, 1, 2]);
+            one.update(&data);
+            let mut chunked = ScalerFit::new(method, vec![0, 1, 2]);
+            for c in data.chunks(30) {
+                chunked.update(c);
+            }
+            assert_eq!(one.finish(), chunked.finish(), "{method:?}");
+        }
+    }
+
+    #[test]
+    fn grouped_columns_share_parameters() {
+        let data = [0.0, 10.0, 2.0, 20.0];
+        let s = Scaler::fit(NormalizationMethod::MinMax, &data, &[0, 0], 0..2);
+        assert_eq!(s.center, vec![0.0, 0.0]);
+        assert_eq!(s.scale, vec![20.0, 20.0]);
+    }
+}

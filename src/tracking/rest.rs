@@ -1,0 +1,443 @@
+//! The REST store: MLflow's `/api/2.0/mlflow` API plus the artifact proxy
+//! (`mlflow-artifacts:` URIs -> `/api/2.0/mlflow-artifacts/artifacts/<path>`) and `file:`
+//! artifact roots (a server started without `--serve-artifacts` on this machine).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::json;
+
+use super::error::{Result, TrackingError};
+use super::http::{Credentials, HttpClient, Method, RetryPolicy, enc_path};
+use super::limits::{Batch, clean_artifact_path};
+use super::types::*;
+use super::{Store, file_store};
+
+const API: &str = "/api/2.0/mlflow";
+const ARTIFACTS_API: &str = "/api/2.0/mlflow-artifacts/artifacts";
+
+/// An MLflow tracking server over HTTP(S).
+#[derive(Debug)]
+pub struct RestStore {
+    http: HttpClient,
+    // Artifact roots of runs and models seen so far, to avoid a GET before each upload.
+    roots: Mutex<HashMap<String, String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct ExperimentAnswer {
+    experiment: Experiment,
+}
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct CreateExperimentAnswer {
+    experiment_id: String,
+}
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RunAnswer {
+    run: Run,
+}
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct HistoryAnswer {
+    metrics: Vec<Metric>,
+    next_page_token: Option<String>,
+}
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct FilesAnswer {
+    files: Vec<FileInfo>,
+}
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct ModelData {
+    params: Vec<Param>,
+}
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct ModelWire {
+    info: LoggedModel,
+    data: ModelData,
+}
+impl ModelWire {
+    fn into_model(self) -> LoggedModel {
+        LoggedModel {
+            params: self.data.params,
+            ..self.info
+        }
+    }
+}
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct ModelAnswer {
+    model: ModelWire,
+}
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct ModelsAnswer {
+    models: Vec<ModelWire>,
+    next_page_token: Option<String>,
+}
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct VersionAnswer {
+    model_version: ModelVersion,
+}
+#[derive(Deserialize)]
+struct Empty {}
+
+/// Where an artifact root points.
+enum ArtifactRoot {
+    /// Through the server's artifact proxy, at this path under the proxy API.
+    Proxy(String),
+    /// A local directory.
+    Local(PathBuf),
+}
+
+impl RestStore {
+    /// A store talking to `uri`.
+    pub fn new(
+        uri: &str,
+        creds: Option<Credentials>,
+        timeout: Duration,
+        retry: RetryPolicy,
+    ) -> Result<Self> {
+        Ok(RestStore {
+            http: HttpClient::new(uri, creds, timeout, retry)?,
+            roots: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn get<T: serde::de::DeserializeOwned>(&self, path: &str, q: &[(&str, &str)]) -> Result<T> {
+        self.http
+            .json(Method::Get, &format!("{API}{path}"), q, None::<&()>)
+    }
+
+    fn post<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<T> {
+        self.http
+            .json(Method::Post, &format!("{API}{path}"), &[], Some(body))
+    }
+
+    fn remember_root(&self, id: &str, uri: &str) {
+        if !uri.is_empty() {
+            self.roots
+                .lock()
+                .expect("artifact-root cache poisoned")
+                .insert(id.to_string(), uri.to_string());
+        }
+    }
+
+    fn cached_root(&self, id: &str) -> Option<String> {
+        self.roots
+            .lock()
+            .expect("artifact-root cache poisoned")
+            .get(id)
+            .cloned()
+    }
+
+    fn run_root(&self, run_id: &str) -> Result<ArtifactRoot> {
+        let uri = match self.cached_root(run_id) {
+            Some(u) => u,
+            None => self.get_run(run_id)?.info.artifact_uri,
+        };
+        self.resolve_root(&uri)
+    }
+
+    fn model_root(&self, model_id: &str) -> Result<ArtifactRoot> {
+        let uri = match self.cached_root(model_id) {
+            Some(u) => u,
+            None => {
+                let a: ModelAnswer = self.get(&format!("/logged-models/{model_id}"), &[])?;
+                let m = a.model.into_model();
+                self.remember_root(model_id, &m.artifact_uri);
+                m.artifact_uri
+            }
+        };
+        self.resolve_root(&uri)
+    }
+
+    fn resolve_root(&self, uri: &str) -> Result<ArtifactRoot> {
+        if let Some(rest) = uri.strip_prefix("mlflow-artifacts:") {
+            // `mlflow-artifacts:/1/<run>/artifacts` or `mlflow-artifacts://host:port/1/...`;
+            // either way the path after the authority is relative to the proxy root.
+            let path = match rest.strip_prefix("//") {
+                Some(r) => r.split_once('/').map(|x| x.1).unwrap_or(""),
+                None => rest,
+            };
+            return Ok(ArtifactRoot::Proxy(path.trim_matches('/').to_string()));
+        }
+        if uri.starts_with("file:") || uri.starts_with('/') {
+            return Ok(ArtifactRoot::Local(file_store::path_of_file_uri(uri)));
+        }
+        Err(TrackingError::Unsupported {
+            operation: "artifact transfer",
+            store: format!("artifact root {uri:?} of MLflow at {}", self.http.base()),
+            hint: "start the server with --serve-artifacts so artifacts go through its proxy",
+        })
+    }
+
+    fn upload_to(&self, root: ArtifactRoot, local: &Path, artifact_path: &str) -> Result<()> {
+        let rel = clean_artifact_path(artifact_path)?;
+        match root {
+            ArtifactRoot::Proxy(base) => self.http.put_file(
+                &format!("{ARTIFACTS_API}/{}", enc_path(&format!("{base}/{rel}"))),
+                local,
+            ),
+            ArtifactRoot::Local(dir) => file_store::copy_file(local, &dir.join(rel)),
+        }
+    }
+}
+
+impl Store for RestStore {
+    fn describe(&self) -> String {
+        format!("the MLflow server at {}", self.http.base())
+    }
+
+    fn experiment_by_name(&self, name: &str) -> Result<Option<Experiment>> {
+        match self.get::<ExperimentAnswer>("/experiments/get-by-name", &[("experiment_name", name)])
+        {
+            Ok(a) => Ok(Some(a.experiment)),
+            Err(TrackingError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn create_experiment(&self, name: &str, tags: &[Tag]) -> Result<String> {
+        let a: CreateExperimentAnswer =
+            self.post("/experiments/create", &json!({"name": name, "tags": tags}))?;
+        Ok(a.experiment_id)
+    }
+
+    fn set_experiment_tag(&self, experiment_id: &str, tag: &Tag) -> Result<()> {
+        self.post::<Empty>(
+            "/experiments/set-experiment-tag",
+            &json!({"experiment_id": experiment_id, "key": tag.key, "value": tag.value}),
+        )
+        .map(drop)
+    }
+
+    fn create_run(&self, req: &CreateRun) -> Result<RunInfo> {
+        let a: RunAnswer = self.post(
+            "/runs/create",
+            &serde_json::to_value(req).unwrap_or_default(),
+        )?;
+        self.remember_root(&a.run.info.run_id, &a.run.info.artifact_uri);
+        Ok(a.run.info)
+    }
+
+    fn update_run(&self, run_id: &str, status: RunStatus, end_time: Option<i64>) -> Result<()> {
+        let mut body = json!({"run_id": run_id, "status": status});
+        if let Some(t) = end_time {
+            body["end_time"] = json!(t);
+        }
+        self.post::<serde_json::Value>("/runs/update", &body)
+            .map(drop)
+    }
+
+    fn get_run(&self, run_id: &str) -> Result<Run> {
+        let a: RunAnswer = self.get("/runs/get", &[("run_id", run_id)])?;
+        self.remember_root(run_id, &a.run.info.artifact_uri);
+        Ok(a.run)
+    }
+
+    fn search_runs(&self, req: &SearchRuns) -> Result<RunsPage> {
+        self.post(
+            "/runs/search",
+            &serde_json::to_value(req).unwrap_or_default(),
+        )
+    }
+
+    fn log_batch(&self, run_id: &str, batch: &Batch) -> Result<()> {
+        self.post::<Empty>(
+            "/runs/log-batch",
+            &json!({"run_id": run_id, "metrics": batch.metrics, "params": batch.params,
+                    "tags": batch.tags}),
+        )
+        .map(drop)
+    }
+
+    fn metric_history(&self, run_id: &str, key: &str) -> Result<Vec<Metric>> {
+        let mut out = Vec::new();
+        let mut token = String::new();
+        loop {
+            let mut q = vec![
+                ("run_id", run_id),
+                ("metric_key", key),
+                ("max_results", "25000"),
+            ];
+            if !token.is_empty() {
+                q.push(("page_token", token.as_str()));
+            }
+            let a: HistoryAnswer = self.get("/metrics/get-history", &q)?;
+            out.extend(a.metrics);
+            match a.next_page_token {
+                Some(t) if !t.is_empty() => token = t,
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    fn upload_artifact(&self, run_id: &str, local: &Path, artifact_path: &str) -> Result<()> {
+        let root = self.run_root(run_id)?;
+        self.upload_to(root, local, artifact_path)
+    }
+
+    fn list_artifacts(&self, run_id: &str, path: &str) -> Result<Vec<FileInfo>> {
+        let rel = clean_artifact_path(path)?;
+        match self.run_root(run_id)? {
+            ArtifactRoot::Proxy(base) => {
+                let full = if rel.is_empty() {
+                    base
+                } else {
+                    format!("{base}/{rel}")
+                };
+                let a: FilesAnswer =
+                    self.http
+                        .json(Method::Get, ARTIFACTS_API, &[("path", &full)], None::<&()>)?;
+                // The proxy lists names relative to the folder; make them root-relative.
+                Ok(a.files
+                    .into_iter()
+                    .map(|f| FileInfo {
+                        path: if rel.is_empty() {
+                            f.path
+                        } else {
+                            format!("{rel}/{}", f.path)
+                        },
+                        ..f
+                    })
+                    .collect())
+            }
+            ArtifactRoot::Local(dir) => file_store::list_dir(&dir, &rel),
+        }
+    }
+
+    fn download_artifact(&self, run_id: &str, artifact_path: &str, dest: &Path) -> Result<()> {
+        let rel = clean_artifact_path(artifact_path)?;
+        match self.run_root(run_id)? {
+            ArtifactRoot::Proxy(base) => self.http.get_to_file(
+                &format!("{ARTIFACTS_API}/{}", enc_path(&format!("{base}/{rel}"))),
+                dest,
+            ),
+            ArtifactRoot::Local(dir) => file_store::copy_file(&dir.join(rel), dest),
+        }
+    }
+
+    fn create_logged_model(&self, req: &CreateLoggedModel) -> Result<LoggedModel> {
+        let a: ModelAnswer = self.post(
+            "/logged-models",
+            &serde_json::to_value(req).unwrap_or_default(),
+        )?;
+        let m = a.model.into_model();
+        self.remember_root(&m.model_id, &m.artifact_uri);
+        Ok(m)
+    }
+
+    fn upload_model_file(&self, model_id: &str, local: &Path, path: &str) -> Result<()> {
+        let root = self.model_root(model_id)?;
+        self.upload_to(root, local, path)
+    }
+
+    fn finalize_logged_model(&self, model_id: &str, ready: bool) -> Result<()> {
+        let status = if ready {
+            "LOGGED_MODEL_READY"
+        } else {
+            "LOGGED_MODEL_UPLOAD_FAILED"
+        };
+        // 3.17.2 reads the id from the body, not from the path (measured).
+        self.http
+            .json::<serde_json::Value>(
+                Method::Patch,
+                &format!("{API}/logged-models/{model_id}"),
+                &[],
+                Some(&json!({"model_id": model_id, "status": status})),
+            )
+            .map(drop)
+    }
+
+    fn link_model_output(&self, run_id: &str, model_id: &str, step: i64) -> Result<()> {
+        self.post::<Empty>(
+            "/runs/outputs",
+            &json!({"run_id": run_id, "models": [{"model_id": model_id, "step": step}]}),
+        )
+        .map(drop)
+    }
+
+    fn search_logged_models(
+        &self,
+        experiment_ids: &[String],
+        filter: &str,
+    ) -> Result<Vec<LoggedModel>> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut body = json!({"experiment_ids": experiment_ids, "max_results": 100});
+            if !filter.is_empty() {
+                body["filter"] = json!(filter);
+            }
+            if let Some(t) = &token {
+                body["page_token"] = json!(t);
+            }
+            let a: ModelsAnswer = self.post("/logged-models/search", &body)?;
+            out.extend(a.models.into_iter().map(ModelWire::into_model));
+            match a.next_page_token {
+                Some(t) if !t.is_empty() => token = Some(t),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    fn ensure_registered_model(&self, name: &str) -> Result<()> {
+        match self.post::<serde_json::Value>("/registered-models/create", &json!({"name": name})) {
+            Ok(_) => Ok(()),
+            Err(TrackingError::Server { error_code, .. })
+                if error_code == "RESOURCE_ALREADY_EXISTS" =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn create_model_version(
+        &self,
+        name: &str,
+        model_id: &str,
+        run_id: &str,
+    ) -> Result<ModelVersion> {
+        let a: VersionAnswer = self.post(
+            "/model-versions/create",
+            &json!({"name": name, "source": format!("models:/{model_id}"), "run_id": run_id,
+                    "model_id": model_id}),
+        )?;
+        Ok(a.model_version)
+    }
+
+    fn set_alias(&self, name: &str, alias: &str, version: &str) -> Result<()> {
+        self.post::<Empty>(
+            "/registered-models/alias",
+            &json!({"name": name, "alias": alias, "version": version}),
+        )
+        .map(drop)
+    }
+
+    fn version_by_alias(&self, name: &str, alias: &str) -> Result<ModelVersion> {
+        let a: VersionAnswer = self.get(
+            "/registered-models/alias",
+            &[("name", name), ("alias", alias)],
+        )?;
+        Ok(a.model_version)
+    }
+
+    fn supports_models(&self) -> bool {
+        true
+    }
+}

@@ -1,0 +1,484 @@
+//! [`Tracker`]: the one interface stages use, over any [`Store`].
+
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+use super::error::{Result, TrackingError};
+use super::file_store::FileStore;
+use super::limits::{self, MAX_PARAM_VALUE_LEN, MAX_TAG_VALUE_LEN, chunk_batch, sanitize_key};
+use super::rest::RestStore;
+use super::spool::SpoolStore;
+use super::types::*;
+use super::{Store, StoreKind, TrackingSettings, store_kind};
+
+/// Tag MLflow uses for a run's display name.
+pub const TAG_RUN_NAME: &str = "mlflow.runName";
+/// Tag MLflow uses to nest a run under its parent.
+pub const TAG_PARENT_RUN: &str = "mlflow.parentRunId";
+/// Tag MLflow shows as the run's source.
+pub const TAG_SOURCE_NAME: &str = "mlflow.source.name";
+/// Tag MLflow shows as the run's user.
+pub const TAG_USER: &str = "mlflow.user";
+
+/// The tracking client: sanitises keys, chunks batches, moves long params to artifacts, and
+/// hands the rest to its store.
+pub struct Tracker {
+    store: Box<dyn Store>,
+}
+
+impl std::fmt::Debug for Tracker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracker")
+            .field("store", &self.store.describe())
+            .finish()
+    }
+}
+
+impl Tracker {
+    /// Opens the store the settings select: the local file store for an empty or `file:`
+    /// URI, otherwise the REST store wrapped in the spool (journal when unreachable or
+    /// offline).
+    pub fn open(settings: &TrackingSettings) -> Result<Self> {
+        let store: Box<dyn Store> = match store_kind(&settings.tracking_uri, &settings.workdir)? {
+            StoreKind::File(root) => Box::new(FileStore::open(&root)?),
+            StoreKind::Rest(uri) => Box::new(SpoolStore::open(
+                rest_store(&uri, settings)?,
+                &settings.effective_spool_dir(),
+                settings.offline,
+            )?),
+        };
+        Ok(Tracker { store })
+    }
+
+    /// A tracker over an explicit store.
+    pub fn with_store(store: Box<dyn Store>) -> Self {
+        Tracker { store }
+    }
+
+    /// The underlying store.
+    pub fn store(&self) -> &dyn Store {
+        self.store.as_ref()
+    }
+
+    /// Where this tracker writes (for log lines; never with credentials).
+    pub fn describe(&self) -> String {
+        self.store.describe()
+    }
+
+    /// The id of the active experiment `name`, creating it if missing.
+    ///
+    /// A deleted experiment of that name is an error ([`TrackingError::ExperimentDeleted`]):
+    /// MLflow refuses both new runs in it and a new experiment with its name.
+    pub fn experiment_id(&self, name: &str) -> Result<String> {
+        match self.store.experiment_by_name(name)? {
+            Some(e) if e.lifecycle_stage == "deleted" => Err(TrackingError::ExperimentDeleted {
+                name: name.to_string(),
+                experiment_id: e.experiment_id,
+            }),
+            Some(e) => Ok(e.experiment_id),
+            None => self.store.create_experiment(name, &[]),
+        }
+    }
+
+    /// Sets a tag on an experiment.
+    pub fn set_experiment_tag(&self, experiment_id: &str, key: &str, value: &str) -> Result<()> {
+        self.store
+            .set_experiment_tag(experiment_id, &clean_tag(key, value))
+    }
+
+    /// Starts a run named `run_name`, nested under `parent_run_id` when given, with
+    /// `mlflow.runName`, `mlflow.source.name` (this program) and `mlflow.user` set.
+    pub fn start_run(
+        &self,
+        experiment_id: &str,
+        run_name: &str,
+        parent_run_id: Option<&str>,
+        tags: &[Tag],
+    ) -> Result<RunInfo> {
+        let user = std::env::var("USER").unwrap_or_default();
+        let mut all = vec![
+            Tag::new(TAG_RUN_NAME, run_name),
+            Tag::new(
+                TAG_SOURCE_NAME,
+                concat!("binance-ml ", env!("CARGO_PKG_VERSION")),
+            ),
+            Tag::new(TAG_USER, user.clone()),
+        ];
+        if let Some(p) = parent_run_id {
+            all.push(Tag::new(TAG_PARENT_RUN, p));
+        }
+        all.extend(tags.iter().map(|t| clean_tag(&t.key, &t.value)));
+        self.store.create_run(&CreateRun {
+            experiment_id: experiment_id.to_string(),
+            run_name: run_name.to_string(),
+            start_time: limits::now_ms(),
+            tags: all,
+            user_id: user,
+        })
+    }
+
+    /// Ends a run with `status` now.
+    pub fn end_run(&self, run_id: &str, status: RunStatus) -> Result<()> {
+        self.store
+            .update_run(run_id, status, Some(limits::now_ms()))
+    }
+
+    /// Reads a run.
+    pub fn get_run(&self, run_id: &str) -> Result<Run> {
+        self.store.get_run(run_id)
+    }
+
+    /// Every point of metric `key` (sanitised like when logging).
+    pub fn metric_history(&self, run_id: &str, key: &str) -> Result<Vec<Metric>> {
+        self.store.metric_history(run_id, &sanitize_key(key))
+    }
+
+    /// One page of a run search.
+    pub fn search_runs_page(&self, req: &SearchRuns) -> Result<RunsPage> {
+        self.store.search_runs(req)
+    }
+
+    /// All runs matching `filter` in `experiment_ids`, following page tokens.
+    pub fn search_runs(
+        &self,
+        experiment_ids: &[String],
+        filter: &str,
+        order_by: &[&str],
+    ) -> Result<Vec<Run>> {
+        let mut req = SearchRuns {
+            experiment_ids: experiment_ids.to_vec(),
+            filter: filter.to_string(),
+            order_by: order_by.iter().map(|s| s.to_string()).collect(),
+            max_results: 1000,
+            page_token: None,
+        };
+        let mut out = Vec::new();
+        loop {
+            let page = self.store.search_runs(&req)?;
+            out.extend(page.runs);
+            match page.next_page_token {
+                Some(t) if !t.is_empty() => req.page_token = Some(t),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// Logs metrics, params and tags: keys sanitised, non-finite values kept (sent as
+    /// "NaN"/"Infinity"), params over 6000 chars moved to artifacts `params/<key>.txt`, tag
+    /// values over 8000 chars cut (with a warning), chunked at the server limits.
+    pub fn log_batch(
+        &self,
+        run_id: &str,
+        metrics: &[Metric],
+        params: &[Param],
+        tags: &[Tag],
+    ) -> Result<()> {
+        let metrics: Vec<Metric> = metrics
+            .iter()
+            .map(|m| Metric {
+                key: sanitize_key(&m.key),
+                ..m.clone()
+            })
+            .collect();
+        let mut clean_params = Vec::with_capacity(params.len());
+        for p in params {
+            let key = sanitize_key(&p.key);
+            let value = if p.value.chars().count() > MAX_PARAM_VALUE_LEN {
+                self.long_param_to_artifact(run_id, &key, &p.value)?
+            } else {
+                p.value.clone()
+            };
+            clean_params.push(Param { key, value });
+        }
+        let tags: Vec<Tag> = tags.iter().map(|t| clean_tag(&t.key, &t.value)).collect();
+        for chunk in chunk_batch(&metrics, &clean_params, &tags) {
+            self.store.log_batch(run_id, &chunk)?;
+        }
+        Ok(())
+    }
+
+    /// Logs metrics only.
+    pub fn log_metrics(&self, run_id: &str, metrics: &[Metric]) -> Result<()> {
+        self.log_batch(run_id, metrics, &[], &[])
+    }
+
+    /// Logs one metric point now.
+    pub fn log_metric(&self, run_id: &str, key: &str, value: f64, step: i64) -> Result<()> {
+        self.log_batch(
+            run_id,
+            &[Metric::new(key, value, limits::now_ms(), step)],
+            &[],
+            &[],
+        )
+    }
+
+    /// Logs params from `(key, value)` pairs.
+    pub fn log_params<K: AsRef<str>, V: AsRef<str>>(
+        &self,
+        run_id: &str,
+        params: &[(K, V)],
+    ) -> Result<()> {
+        let params: Vec<Param> = params
+            .iter()
+            .map(|(k, v)| Param::new(k.as_ref(), v.as_ref()))
+            .collect();
+        self.log_batch(run_id, &[], &params, &[])
+    }
+
+    /// Sets tags from `(key, value)` pairs.
+    pub fn set_tags<K: AsRef<str>, V: AsRef<str>>(
+        &self,
+        run_id: &str,
+        tags: &[(K, V)],
+    ) -> Result<()> {
+        let tags: Vec<Tag> = tags
+            .iter()
+            .map(|(k, v)| Tag::new(k.as_ref(), v.as_ref()))
+            .collect();
+        self.log_batch(run_id, &[], &[], &tags)
+    }
+
+    // MLflow silently truncates params over 6000 chars; keep the whole value as an artifact
+    // and make the param say where it is (with a checksum to match them up).
+    fn long_param_to_artifact(&self, run_id: &str, key: &str, value: &str) -> Result<String> {
+        let path = format!("params/{key}.txt");
+        self.log_text(run_id, value, &path)?;
+        let digest = Sha256::digest(value.as_bytes());
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        Ok(format!(
+            "<{} chars, stored as artifact {path}, sha256 {hex}>",
+            value.chars().count()
+        ))
+    }
+
+    /// Uploads one file as `<artifact_dir>/<file name>` (`artifact_dir` "" = the root).
+    pub fn log_artifact(&self, run_id: &str, local: &Path, artifact_dir: &str) -> Result<()> {
+        let name = local
+            .file_name()
+            .ok_or_else(|| {
+                TrackingError::InvalidInput(format!("{} is not a file", local.display()))
+            })?
+            .to_string_lossy();
+        let dir = artifact_dir.trim_matches('/');
+        let target = if dir.is_empty() {
+            name.into_owned()
+        } else {
+            format!("{dir}/{name}")
+        };
+        self.store.upload_artifact(run_id, local, &target)
+    }
+
+    /// Uploads every file under `local_dir` to `<artifact_dir>/<relative path>`.
+    pub fn log_artifacts(&self, run_id: &str, local_dir: &Path, artifact_dir: &str) -> Result<()> {
+        for (file, rel) in walk_files(local_dir)? {
+            let dir = artifact_dir.trim_matches('/');
+            let target = if dir.is_empty() {
+                rel
+            } else {
+                format!("{dir}/{rel}")
+            };
+            self.store.upload_artifact(run_id, &file, &target)?;
+        }
+        Ok(())
+    }
+
+    /// Stores `text` as artifact `artifact_path` (e.g. `training_config.yaml`).
+    pub fn log_text(&self, run_id: &str, text: &str, artifact_path: &str) -> Result<()> {
+        let tmp = tempfile_path(artifact_path);
+        std::fs::write(&tmp, text)
+            .map_err(|e| TrackingError::io(format!("writing {}", tmp.display()), e))?;
+        let res = self.store.upload_artifact(run_id, &tmp, artifact_path);
+        let _ = std::fs::remove_file(&tmp);
+        res
+    }
+
+    /// Lists one artifact folder ("" = root).
+    pub fn list_artifacts(&self, run_id: &str, path: &str) -> Result<Vec<FileInfo>> {
+        self.store.list_artifacts(run_id, path)
+    }
+
+    /// Downloads artifact `path` (a file or a whole folder, "" = everything) into `dest`,
+    /// keeping relative paths; returns the files written.
+    pub fn download_artifacts(
+        &self,
+        run_id: &str,
+        path: &str,
+        dest: &Path,
+    ) -> Result<Vec<std::path::PathBuf>> {
+        let path = limits::clean_artifact_path(path)?;
+        let listing = self.store.list_artifacts(run_id, &path)?;
+        let mut written = Vec::new();
+        // A file lists as nothing (or as itself); a folder lists its entries.
+        if listing.is_empty()
+            || (listing.len() == 1 && listing[0].path == path && !listing[0].is_dir)
+        {
+            let target = dest.join(&path);
+            self.store.download_artifact(run_id, &path, &target)?;
+            written.push(target);
+            return Ok(written);
+        }
+        let mut stack = listing;
+        while let Some(f) = stack.pop() {
+            if f.is_dir {
+                stack.extend(self.store.list_artifacts(run_id, &f.path)?);
+            } else {
+                let target = dest.join(&f.path);
+                self.store.download_artifact(run_id, &f.path, &target)?;
+                written.push(target);
+            }
+        }
+        written.sort();
+        Ok(written)
+    }
+
+    /// Whether logged models and the registry are available (not on the local file store).
+    pub fn supports_models(&self) -> bool {
+        self.store.supports_models()
+    }
+
+    /// Logs an MLflow 3 model: creates it (PENDING), links it as an output of `run_id`,
+    /// uploads every file of `model_dir` plus an `MLmodel` file, and marks it READY (or
+    /// UPLOAD_FAILED if an upload fails).
+    pub fn log_model(
+        &self,
+        run_id: &str,
+        experiment_id: &str,
+        name: &str,
+        model_type: &str,
+        model_dir: &Path,
+        params: &[Param],
+    ) -> Result<LoggedModel> {
+        let model = self.store.create_logged_model(&CreateLoggedModel {
+            experiment_id: experiment_id.to_string(),
+            name: name.to_string(),
+            model_type: model_type.to_string(),
+            source_run_id: run_id.to_string(),
+            params: params
+                .iter()
+                .map(|p| Param::new(sanitize_key(&p.key), p.value.clone()))
+                .collect(),
+            tags: Vec::new(),
+        })?;
+        self.store.link_model_output(run_id, &model.model_id, 0)?;
+        let upload = || -> Result<()> {
+            for (file, rel) in walk_files(model_dir)? {
+                self.store.upload_model_file(&model.model_id, &file, &rel)?;
+            }
+            let mlmodel = mlmodel_yaml(&model.model_id, run_id, model_type);
+            let tmp = tempfile_path("MLmodel");
+            std::fs::write(&tmp, mlmodel)
+                .map_err(|e| TrackingError::io(format!("writing {}", tmp.display()), e))?;
+            let res = self
+                .store
+                .upload_model_file(&model.model_id, &tmp, "MLmodel");
+            let _ = std::fs::remove_file(&tmp);
+            res
+        };
+        match upload() {
+            Ok(()) => {
+                self.store.finalize_logged_model(&model.model_id, true)?;
+                Ok(LoggedModel {
+                    status: "LOGGED_MODEL_READY".into(),
+                    ..model
+                })
+            }
+            Err(e) => {
+                let _ = self.store.finalize_logged_model(&model.model_id, false);
+                Err(e)
+            }
+        }
+    }
+
+    /// Logged models in `experiment_ids` matching `filter` (MLflow syntax, "" = all).
+    pub fn search_logged_models(
+        &self,
+        experiment_ids: &[String],
+        filter: &str,
+    ) -> Result<Vec<LoggedModel>> {
+        self.store.search_logged_models(experiment_ids, filter)
+    }
+
+    /// Registers `models:/<model_id>` under `name` (creating the registered model if needed).
+    pub fn register_model(&self, name: &str, model_id: &str, run_id: &str) -> Result<ModelVersion> {
+        self.store.ensure_registered_model(name)?;
+        self.store.create_model_version(name, model_id, run_id)
+    }
+
+    /// Points `alias` (e.g. `champion`) of `name` at `version`.
+    pub fn set_alias(&self, name: &str, alias: &str, version: &str) -> Result<()> {
+        self.store.set_alias(name, alias, version)
+    }
+
+    /// The version `alias` points at.
+    pub fn version_by_alias(&self, name: &str, alias: &str) -> Result<ModelVersion> {
+        self.store.version_by_alias(name, alias)
+    }
+}
+
+/// A plain REST store from the settings (no spool); `sync` replays through it.
+pub(crate) fn rest_store(uri: &str, settings: &TrackingSettings) -> Result<RestStore> {
+    RestStore::new(
+        uri,
+        settings.credentials_or_env(),
+        settings.timeout,
+        settings.retry_policy(),
+    )
+}
+
+fn clean_tag(key: &str, value: &str) -> Tag {
+    let key = sanitize_key(key);
+    let value = if value.chars().count() > MAX_TAG_VALUE_LEN {
+        tracing::warn!(tag = %key, len = value.len(), "tag value over 8000 chars cut to fit MLflow");
+        value.chars().take(MAX_TAG_VALUE_LEN).collect()
+    } else {
+        value.to_string()
+    };
+    Tag { key, value }
+}
+
+/// Every file under `dir` with its `/`-separated relative path, sorted.
+fn walk_files(dir: &Path) -> Result<Vec<(std::path::PathBuf, String)>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = std::fs::read_dir(&d)
+            .map_err(|e| TrackingError::io(format!("listing {}", d.display()), e))?;
+        for entry in entries {
+            let path = entry
+                .map_err(|e| TrackingError::io(format!("listing {}", d.display()), e))?
+                .path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let rel = path
+                    .strip_prefix(dir)
+                    .unwrap_or(&path)
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+                    .join("/");
+                out.push((path, rel));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.1.cmp(&b.1));
+    Ok(out)
+}
+
+/// A unique temporary file whose name ends like `artifact_path`'s file name.
+fn tempfile_path(artifact_path: &str) -> std::path::PathBuf {
+    let name = artifact_path.rsplit('/').next().unwrap_or("artifact");
+    std::env::temp_dir().join(format!("binance-ml-{}-{name}", limits::new_id()))
+}
+
+/// The `MLmodel` file MLflow shows for a logged model; the flavor says how to load it.
+fn mlmodel_yaml(model_id: &str, run_id: &str, model_type: &str) -> String {
+    let now = chrono::Utc::now().format("%Y-%m-%d %H:%M:%S%.6f");
+    format!(
+        "artifact_path: model\nflavors:\n  binance_ml:\n    model_type: {model_type:?}\n    \
+         binance_ml_version: {:?}\nmodel_id: {model_id}\nmodel_uuid: {model_id}\n\
+         run_id: {run_id}\nutc_time_created: '{now}'\n",
+        env!("CARGO_PKG_VERSION")
+    )
+}

@@ -1,0 +1,67 @@
+"""Reads back what our Rust client logged, through MLflow's own Python client.
+
+Usage: python mlflow_readback.py '<json request>'; prints one JSON object.
+Request keys (all optional but "uri"): run_id, metric_keys, artifact_path + dst,
+experiment_ids (search_logged_models), model_name + alias (get_model_version_by_alias),
+model_id + model_dst (download the logged model's files).
+Credentials come from MLFLOW_TRACKING_USERNAME/PASSWORD in the environment.
+"""
+
+import json
+import os
+import sys
+
+import mlflow
+from mlflow import MlflowClient
+
+
+def files_under(root):
+    if os.path.isfile(root):
+        return [os.path.basename(root)]
+    return sorted(
+        os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs
+    )
+
+
+req = json.loads(sys.argv[1])
+mlflow.set_tracking_uri(req["uri"])
+client = MlflowClient()
+out = {}
+if "run_id" in req:
+    run = mlflow.get_run(req["run_id"])
+    out["run"] = {
+        "status": run.info.status,
+        "run_name": run.info.run_name,
+        "experiment_id": run.info.experiment_id,
+        "params": run.data.params,
+        "tags": run.data.tags,
+        "metrics": {k: repr(v) for k, v in run.data.metrics.items()},
+    }
+    out["history"] = {
+        k: [[m.step, repr(m.value), m.timestamp] for m in client.get_metric_history(req["run_id"], k)]
+        for k in req.get("metric_keys", [])
+    }
+    if "artifact_path" in req:
+        local = mlflow.artifacts.download_artifacts(
+            run_id=req["run_id"], artifact_path=req["artifact_path"], dst_path=req["dst"]
+        )
+        out["files"] = files_under(local)
+if "experiment_ids" in req:
+    out["models"] = [
+        {
+            "model_id": m.model_id,
+            "name": m.name,
+            "status": str(m.status),
+            "source_run_id": m.source_run_id,
+        }
+        for m in client.search_logged_models(experiment_ids=req["experiment_ids"])
+    ]
+if "model_name" in req:
+    v = client.get_model_version_by_alias(req["model_name"], req["alias"])
+    out["version"] = {"version": v.version, "source": v.source, "run_id": v.run_id}
+if "model_id" in req:
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=f"models:/{req['model_id']}", dst_path=req["model_dst"]
+    )
+    out["model_files"] = files_under(local)
+print(json.dumps(out))
