@@ -8,7 +8,7 @@ use std::path::Path;
 use binance_ml::ExitCode;
 use binance_ml::data::DataError;
 use binance_ml::data::cache::{CacheReader, MANIFEST};
-use binance_ml::data::fetch::fetch;
+use binance_ml::data::fetch::{cache_dir, fetch, open_cache};
 
 fn synthetic_yaml(workdir: &Path, seed: u64, gap: f64, bad: f64) -> String {
     format!(
@@ -150,8 +150,9 @@ fn an_interrupted_fetch_leaves_no_manifest_and_resumes_with_the_missing_shards()
     std::fs::remove_file(shards[3].with_extension("meta.json")).unwrap();
     std::fs::remove_file(shards[2].with_extension("meta.json")).unwrap();
 
-    let err = CacheReader::open(&s.cache_dir).unwrap_err().to_string();
+    let err = open_cache(&common::config(&yaml)).unwrap_err().to_string();
     assert!(err.contains("no complete cache"), "{err}");
+    assert_eq!(cache_dir(&common::config(&yaml)).unwrap(), s.cache_dir);
     let resumed = fetch(&common::config(&yaml), false).unwrap();
     assert_eq!((resumed.shards_fetched, resumed.shards_reused), (2, 2));
     assert_eq!(

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::DataError;
 use super::assemble::{Assembler, QualityReport};
-use super::cache::{self, Manifest, ShardCache, ShardMeta};
+use super::cache::{self, CacheReader, Manifest, ShardCache, ShardMeta};
 use super::dataobject::{
     DATA_FORMAT_VERSION, DataObject, ExternalData, Metadata, TemporalFeatures, TimeSpan,
 };
@@ -126,6 +126,19 @@ fn finish_shard(
         "shard written"
     );
     Ok(meta)
+}
+
+/// The cache directory `fetch` writes for `config` (`<workdir>/data/<key>`), computed
+/// without reading the source, so later stages find the data they depend on.
+pub fn cache_dir(config: &Config) -> Result<PathBuf, DataError> {
+    let key = cache::cache_key(&config.data, &sources::fingerprint(&config.data)?);
+    Ok(config.workdir.join("data").join(key))
+}
+
+/// Opens the complete cache of `config` for reading (an error naming `fetch` if there is
+/// none: a stage never reads a partial or foreign cache).
+pub fn open_cache(config: &Config) -> Result<CacheReader, DataError> {
+    CacheReader::open(&cache_dir(config)?)
 }
 
 /// Fetches the configured time range into the shard cache under `config.workdir`; with
