@@ -193,7 +193,7 @@ fn bad_rows_are_filtered_and_counted_in_the_quality_report() {
         vec![t0 * 1000, (t0 + 6) * 1000]
     );
     let meta =
-        std::fs::read_to_string(s.cache_dir.join("shard-00000-1722470400.meta.json")).unwrap();
+        std::fs::read_to_string(s.cache_dir.join("shard-1722470400-1722556800.meta.json")).unwrap();
     assert!(meta.contains("\"rows_filtered_in_source\": 2"), "{meta}");
 }
 

@@ -27,8 +27,10 @@ pub struct FetchSummary {
     pub key: String,
     /// Shards in the time range.
     pub shards: usize,
-    /// Shards reused from an earlier fetch.
+    /// Shards reused from an earlier fetch (including linked ones).
     pub shards_reused: usize,
+    /// Of those, shards linked from the cache of another time range of the same source.
+    pub shards_linked: usize,
     /// Shards fetched now.
     pub shards_fetched: usize,
     /// Snapshots kept per symbol.
@@ -103,6 +105,7 @@ fn join(
 fn finish_shard(
     store: &ShardCache,
     span: &cache::Span,
+    source_key: &str,
     asm: Assembler,
     depth: usize,
     started: std::time::Instant,
@@ -112,7 +115,7 @@ fn finish_shard(
     for (symbol, book) in &books {
         book.validate(symbol.as_str(), depth)?;
     }
-    let meta = store.write_shard(span, &books, quality)?;
+    let meta = store.write_shard(span, source_key, &books, quality)?;
     let q = &meta.quality;
     tracing::info!(
         shard = %span.stem(),
@@ -131,7 +134,8 @@ fn finish_shard(
 /// The cache directory `fetch` writes for `config` (`<workdir>/data/<key>`), computed
 /// without reading the source, so later stages find the data they depend on.
 pub fn cache_dir(config: &Config) -> Result<PathBuf, DataError> {
-    let key = cache::cache_key(&config.data, &sources::fingerprint(&config.data)?);
+    let source_key = cache::source_key(&config.data, &sources::fingerprint(&config.data)?);
+    let key = cache::cache_key(&source_key, &config.data);
     Ok(config.workdir.join("data").join(key))
 }
 
@@ -155,7 +159,8 @@ pub fn fetch(config: &Config, force: bool) -> Result<FetchSummary, DataError> {
         end.timestamp_millis(),
         data.cache.shard_seconds,
     );
-    let key = cache::cache_key(data, &sources::fingerprint(data)?);
+    let source_key = cache::source_key(data, &sources::fingerprint(data)?);
+    let key = cache::cache_key(&source_key, data);
     let store = ShardCache::create(&config.workdir, &key)?;
     tracing::info!(cache = %store.dir().display(), shards = spans.len(), "fetch starts");
 
@@ -175,10 +180,24 @@ pub fn fetch(config: &Config, force: bool) -> Result<FetchSummary, DataError> {
             }
         }
     }
-    let missing: Vec<usize> = (0..spans.len()).filter(|&i| metas[i].is_none()).collect();
-    let reused = spans.len() - missing.len();
+    let mut missing: Vec<usize> = (0..spans.len()).filter(|&i| metas[i].is_none()).collect();
+    let mut linked = 0;
     if !missing.is_empty() {
         store.remove_manifest()?;
+    }
+    if !force {
+        // Shards another time range of the same source already holds.
+        missing.retain(|&i| match store.adopt(&spans[i], &source_key) {
+            Some(meta) => {
+                metas[i] = Some(meta);
+                linked += 1;
+                false
+            }
+            None => true,
+        });
+    }
+    let reused = spans.len() - missing.len();
+    if !missing.is_empty() {
         let mut source: Box<dyn Source> = sources::open(data)?;
         let max_retries = data.connection.max_retries;
         tracing::info!(source = %source.describe(), shards = missing.len(), reused, "fetching");
@@ -202,10 +221,10 @@ pub fn fetch(config: &Config, force: bool) -> Result<FetchSummary, DataError> {
                 if let Some((j, handle)) = pending.take() {
                     metas[j] = Some(join(handle)?);
                 }
-                let (store, parent) = (&store, fetch_span.clone());
+                let (store, parent, source_key) = (&store, fetch_span.clone(), &source_key);
                 let handle = scope.spawn(move || {
                     let _entered = parent.enter();
-                    finish_shard(store, &span, asm, depth, started, read_ms)
+                    finish_shard(store, &span, source_key, asm, depth, started, read_ms)
                 });
                 pending = Some((i, handle));
             }
@@ -275,6 +294,7 @@ pub fn fetch(config: &Config, force: bool) -> Result<FetchSummary, DataError> {
     let manifest = Manifest {
         format_version: DATA_FORMAT_VERSION.to_owned(),
         key: key.clone(),
+        source_key,
         metadata,
         shards,
         quality: quality.clone(),
@@ -302,6 +322,7 @@ pub fn fetch(config: &Config, force: bool) -> Result<FetchSummary, DataError> {
         key,
         shards: spans.len(),
         shards_reused: reused,
+        shards_linked: linked,
         shards_fetched: missing.len(),
         snapshots,
         quality,
@@ -312,11 +333,12 @@ pub fn fetch(config: &Config, force: bool) -> Result<FetchSummary, DataError> {
 pub fn outcome(s: &FetchSummary) -> Outcome {
     let q = &s.quality;
     let mut text = format!(
-        "{}\nshards: {} ({} fetched, {} reused)\n",
+        "{}\nshards: {} ({} fetched, {} reused, of which {} from another time range)\n",
         s.cache_dir.display(),
         s.shards,
         s.shards_fetched,
-        s.shards_reused
+        s.shards_reused,
+        s.shards_linked
     );
     for (symbol, n) in &s.snapshots {
         text.push_str(&format!("{symbol}: {n} snapshots\n"));
