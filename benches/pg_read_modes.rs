@@ -107,6 +107,11 @@ fn copy_binary(client: &mut Client, sql: &str) -> Check {
 type ReadMode = fn(&mut Client, &str) -> Check;
 
 fn main() {
+    // `cargo test --all-targets` runs bench targets too; measure only under `cargo bench`.
+    if !std::env::args().any(|a| a == "--bench") {
+        eprintln!("pg_read_modes: a benchmark; run it with `cargo bench --bench pg_read_modes`");
+        return;
+    }
     let table = std::env::args()
         .skip(1)
         .find(|a| !a.starts_with('-'))

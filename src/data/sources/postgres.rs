@@ -8,8 +8,8 @@
 //! that passed the configuration's identifier check. Results are read with `query_raw`
 //! (extended protocol, binary rows, streamed row by row), which GreptimeDB supports;
 //! `COPY ... TO STDOUT` is PostgreSQL-only and no faster: `benches/pg_read_modes.rs`
-//! measured 1.5M rows/s for `query_raw`, 1.4M for binary COPY and 0.9M for text COPY on the
-//! same query (2 cores, PostgreSQL 15). Without `ORDER BY` the server never sorts; the
+//! measured 1.5-1.7M rows/s for `query_raw`, 1.3-1.6M for binary COPY and 0.8-1.0M for text
+//! COPY on the same 18M-row query (2 shared cores, PostgreSQL 15). Without `ORDER BY` the server never sorts; the
 //! assembler groups rows by timestamp in any order.
 
 use std::time::Duration;
