@@ -588,7 +588,6 @@ fn stages_not_built_yet_fail_loudly() {
     let dir = tempfile::tempdir().unwrap();
     for stage in [
         "record",
-        "fetch",
         "preprocess",
         "diagnose",
         "train",
