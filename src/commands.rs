@@ -4,7 +4,10 @@ use serde_json::json;
 
 use crate::cli::{Cli, Command, TrackingCommand};
 use crate::config::LoadedConfig;
-use crate::tracking::{self, TrackingSettings};
+use crate::data::fetch::{self, FetchSummary};
+use crate::diagnostics::stage::{DiagnoseOutput, diagnose};
+use crate::preprocess::stage::{PreprocessSummary, preprocess};
+use crate::tracking::{self, Metric, Stage, StageRun, StageRunSpec, Tracker, TrackingSettings};
 use crate::{Error, Result};
 
 /// What a command produced: a human summary and the same as JSON for `--json`.
@@ -21,9 +24,26 @@ pub fn execute(cli: &Cli, loaded: &LoadedConfig) -> Result<Outcome> {
     match &cli.command {
         Command::ValidateConfig => Ok(validate_config(loaded)),
         Command::Tracking(TrackingCommand::Sync) => tracking_sync(loaded),
-        Command::Fetch(args) => {
-            let summary = crate::data::fetch::fetch(&loaded.config, args.force)?;
-            Ok(crate::data::fetch::outcome(&summary))
+        Command::Fetch(args) => tracked(loaded, Stage::Preprocessing, "fetch", |run| {
+            let summary = fetch::fetch(&loaded.config, args.force)?;
+            log_fetch(run, &summary)?;
+            Ok(fetch::outcome(&summary))
+        }),
+        Command::Preprocess(args) => tracked(loaded, Stage::Preprocessing, "preprocess", |run| {
+            let summary = preprocess(&loaded.config, args.force)?;
+            log_preprocess(run, &summary)?;
+            Ok(preprocess_outcome(&summary))
+        }),
+        Command::Diagnose => {
+            let out = tracked(loaded, Stage::DataDiagnostics, "diagnose", |run| {
+                let out = diagnose(&loaded.config)?;
+                log_diagnose(run, &out)?;
+                Ok(out)
+            })?;
+            if out.report.failed && loaded.config.data.validation.fail_on_invalid {
+                return Err(Error::DiagnosticsFailed(out.report.warnings));
+            }
+            Ok(diagnose_outcome(&out))
         }
         other => Err(Error::NotImplemented(other.name())),
     }
@@ -68,4 +88,164 @@ fn tracking_sync(loaded: &LoadedConfig) -> Result<Outcome> {
         ),
         json: serde_json::to_value(&report).expect("report serialises"),
     })
+}
+
+/// Runs `body` inside an MLflow run of `stage`'s experiment, tagged with the config hash and
+/// holding the redacted configuration; the run ends FINISHED on success and FAILED on error.
+fn tracked<T>(
+    loaded: &LoadedConfig,
+    stage: Stage,
+    model: &str,
+    body: impl FnOnce(&StageRun<'_>) -> Result<T>,
+) -> Result<T> {
+    let settings = TrackingSettings::from_config(&loaded.config);
+    let tracker = Tracker::open(&settings)?;
+    let config_hash = loaded.config_hash();
+    let yaml = loaded.redacted_yaml();
+    let asset = loaded.config.data.asset_pairs.target_asset.to_string();
+    let spec = StageRunSpec {
+        stage: Some(stage),
+        asset: &asset,
+        model,
+        config_hash: &config_hash,
+        config_yaml: &yaml,
+        ..StageRunSpec::default()
+    };
+    let run = StageRun::start(&tracker, &settings, &spec)?;
+    tracing::info!(run_id = run.run_id(), tracking = %tracker.describe(), "MLflow run started");
+    match body(&run) {
+        Ok(v) => {
+            run.finish()?;
+            Ok(v)
+        }
+        Err(e) => {
+            // The stage's own error is the one to report; a failure to mark the run is logged.
+            if let Err(t) = run.fail() {
+                tracing::warn!("could not mark the MLflow run FAILED: {t}");
+            }
+            Err(e)
+        }
+    }
+}
+
+fn metrics(pairs: &[(String, f64)]) -> Vec<Metric> {
+    let now = chrono::Utc::now().timestamp_millis();
+    pairs
+        .iter()
+        .map(|(k, v)| Metric::new(k, *v, now, 0))
+        .collect()
+}
+
+fn log_fetch(run: &StageRun<'_>, s: &FetchSummary) -> Result<()> {
+    let t = run.tracker();
+    t.set_tags(run.run_id(), &[("binance_ml.dataset_hash", s.key.as_str())])?;
+    t.log_params(
+        run.run_id(),
+        &[
+            ("cache_dir", s.cache_dir.display().to_string()),
+            ("shards", s.shards.to_string()),
+        ],
+    )?;
+    let mut m: Vec<(String, f64)> = s
+        .snapshots
+        .iter()
+        .map(|(sym, n)| (format!("snapshots_{sym}"), *n as f64))
+        .collect();
+    m.push(("shards_fetched".into(), s.shards_fetched as f64));
+    m.push(("shards_reused".into(), s.shards_reused as f64));
+    m.push(("rows_dropped".into(), s.quality.rows_dropped() as f64));
+    m.push((
+        "snapshots_dropped".into(),
+        s.quality.snapshots_dropped() as f64,
+    ));
+    t.log_metrics(run.run_id(), &metrics(&m))?;
+    Ok(())
+}
+
+fn log_preprocess(run: &StageRun<'_>, s: &PreprocessSummary) -> Result<()> {
+    let t = run.tracker();
+    let key = s
+        .store_dir
+        .file_name()
+        .map(|k| k.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    t.set_tags(run.run_id(), &[("binance_ml.dataset_hash", key.as_str())])?;
+    t.log_params(
+        run.run_id(),
+        &[
+            ("store_dir", s.store_dir.display().to_string()),
+            ("columns", s.columns.to_string()),
+            ("steps", s.steps.to_string()),
+        ],
+    )?;
+    let m = [("train", 0), ("validation", 1), ("test", 2)]
+        .map(|(n, i)| (format!("samples_{n}"), s.samples[i] as f64));
+    t.log_metrics(run.run_id(), &metrics(&m))?;
+    t.log_artifact(
+        run.run_id(),
+        &s.store_dir.join("manifest.json"),
+        "preprocessing",
+    )?;
+    Ok(())
+}
+
+fn preprocess_outcome(s: &PreprocessSummary) -> Outcome {
+    Outcome {
+        text: format!(
+            "{}\n{} steps, {} feature columns; samples: train {}, validation {}, test {}{}",
+            s.store_dir.display(),
+            s.steps,
+            s.columns,
+            s.samples[0],
+            s.samples[1],
+            s.samples[2],
+            if s.reused { " (reused)" } else { "" }
+        ),
+        json: serde_json::to_value(s).expect("summary serialises"),
+    }
+}
+
+fn log_diagnose(run: &StageRun<'_>, out: &DiagnoseOutput) -> Result<()> {
+    let t = run.tracker();
+    let r = &out.report;
+    let mut m = Vec::new();
+    for (asset, st) in &r.spreads {
+        m.push((format!("{asset}_spread_median_bps"), st.median_bps));
+        m.push((format!("{asset}_spread_mean_bps"), st.mean_bps));
+        m.push((format!("{asset}_spread_p99_bps"), st.p99_bps));
+        m.push((format!("{asset}_spread_share_zero"), st.share_zero));
+        m.push((format!("{asset}_spread_share_wide"), st.share_wide));
+    }
+    let max_psi = r
+        .psi
+        .iter()
+        .map(|(_, v)| *v)
+        .filter(|v| v.is_finite())
+        .fold(0.0, f64::max);
+    m.push(("psi_max".into(), max_psi));
+    m.push(("warnings".into(), r.warnings.len() as f64));
+    t.log_metrics(run.run_id(), &metrics(&m))?;
+    t.set_tags(
+        run.run_id(),
+        &[(
+            "binance_ml.diagnostics_failed",
+            if r.failed { "true" } else { "false" },
+        )],
+    )?;
+    for file in &out.artifacts {
+        run.log_diagnostic(file)?;
+    }
+    Ok(())
+}
+
+fn diagnose_outcome(out: &DiagnoseOutput) -> Outcome {
+    let text = format!(
+        "{}\n{}",
+        out.artifacts_dir.display(),
+        crate::diagnostics::summary_text(&out.report)
+    );
+    Outcome {
+        text,
+        json: serde_json::to_value(out).expect("report serialises"),
+    }
 }

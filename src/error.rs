@@ -47,6 +47,15 @@ pub enum Error {
     /// MLflow tracking (server, local store or spool) failed.
     #[error(transparent)]
     Tracking(#[from] crate::tracking::TrackingError),
+    /// Preprocessing failed.
+    #[error(transparent)]
+    Preprocess(#[from] crate::preprocess::stage::StageError),
+    /// Diagnostics could not run.
+    #[error(transparent)]
+    Diagnose(#[from] crate::diagnostics::stage::DiagnoseError),
+    /// Diagnostics ran and found the data unfit for training (`fail_on_invalid`).
+    #[error("diagnostics failed (data.validation.fail_on_invalid is true):\n  - {}", .0.join("\n  - "))]
+    DiagnosticsFailed(Vec<String>),
     /// Writing a result or log failed.
     #[error("{context}: {source}")]
     Io {
@@ -66,6 +75,9 @@ impl Error {
             Error::Io { .. } => ExitCode::Data,
             Error::Tracking(e) => e.exit_code(),
             Error::Data(e) => e.exit_code(),
+            Error::Preprocess(e) => e.exit_code(),
+            Error::Diagnose(crate::diagnostics::stage::DiagnoseError::Store(e)) => e.exit_code(),
+            Error::Diagnose(_) | Error::DiagnosticsFailed(_) => ExitCode::Data,
         }
     }
 }

@@ -134,6 +134,14 @@ pub struct LoadedConfig {
 }
 
 impl LoadedConfig {
+    /// First 16 hex digits of the sha256 of the redacted effective configuration: the
+    /// `binance_ml.config_hash` tag of every stage run.
+    pub fn config_hash(&self) -> String {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(self.redacted_yaml().as_bytes());
+        digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    }
+
     /// The effective configuration as YAML, every secret masked: what `validate-config`
     /// prints and what every MLflow run stores as `training_config.yaml`.
     pub fn redacted_yaml(&self) -> String {

@@ -202,7 +202,7 @@ pub struct ShardCache {
 impl ShardCache {
     /// `<workdir>/data/<key>`, created if missing (stale temporary files are removed).
     pub fn create(workdir: &Path, key: &str) -> Result<Self, DataError> {
-        let dir = workdir.join("data").join(key);
+        let dir = Self::dir_of(workdir, key);
         fs::create_dir_all(&dir)
             .map_err(|e| DataError::io(format!("cannot create {}", dir.display()), e))?;
         if let Ok(entries) = fs::read_dir(&dir) {
@@ -213,6 +213,11 @@ impl ShardCache {
             }
         }
         Ok(Self { dir })
+    }
+
+    /// `<workdir>/data/<key>`.
+    pub fn dir_of(workdir: &Path, key: &str) -> PathBuf {
+        workdir.join("data").join(key)
     }
 
     /// The directory.
@@ -396,6 +401,11 @@ impl CacheReader {
     /// bytes fail the recorded sha256 or shapes is an error, never data.
     pub fn shards(&self) -> impl Iterator<Item = Result<DataObject, DataError>> + '_ {
         self.manifest.shards.iter().map(|s| self.read_shard(s))
+    }
+
+    /// Shard `index` of the manifest (hash-checked like every read).
+    pub fn shard(&self, index: usize) -> Result<DataObject, DataError> {
+        self.read_shard(&self.manifest.shards[index])
     }
 
     /// Every shard concatenated into one DataObject (validated).

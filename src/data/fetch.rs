@@ -132,11 +132,11 @@ fn finish_shard(
 }
 
 /// The cache directory `fetch` writes for `config` (`<workdir>/data/<key>`), computed
-/// without reading the source, so later stages find the data they depend on.
+/// without reading the source; it holds `manifest.json` once a fetch completed.
 pub fn cache_dir(config: &Config) -> Result<PathBuf, DataError> {
     let source_key = cache::source_key(&config.data, &sources::fingerprint(&config.data)?);
     let key = cache::cache_key(&source_key, &config.data);
-    Ok(config.workdir.join("data").join(key))
+    Ok(ShardCache::dir_of(&config.workdir, &key))
 }
 
 /// Opens the complete cache of `config` for reading (an error naming `fetch` if there is

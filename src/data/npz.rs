@@ -17,6 +17,15 @@ pub enum Array {
     I64(Vec<i64>),
     /// A 2-D `float64` array.
     F64(Matrix),
+    /// A 2-D `float32` array (the preprocessed rows).
+    F32 {
+        /// Rows.
+        rows: usize,
+        /// Columns.
+        cols: usize,
+        /// `rows * cols` values, row by row.
+        data: Vec<f32>,
+    },
 }
 
 /// Builds an NPZ in memory.
@@ -69,6 +78,18 @@ impl NpzWriter {
     pub fn add_f64(&mut self, name: &str, m: &Matrix) -> std::io::Result<()> {
         let bytes: Vec<u8> = m.data.iter().flat_map(|v| v.to_le_bytes()).collect();
         self.entry(name, "<f8", &format!("({}, {})", m.rows, m.cols), &bytes)
+    }
+
+    /// Adds a 2-D `float32` array of `rows x cols` values.
+    pub fn add_f32(
+        &mut self,
+        name: &str,
+        data: &[f32],
+        rows: usize,
+        cols: usize,
+    ) -> std::io::Result<()> {
+        let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.entry(name, "<f4", &format!("({rows}, {cols})"), &bytes)
     }
 
     /// The archive's bytes.
@@ -130,6 +151,22 @@ fn parse_npy(name: &str, bytes: &[u8]) -> Result<Array, String> {
         .map(|s| s.parse().map_err(|_| bad("bad shape")))
         .collect::<Result<_, _>>()?;
     let count: usize = shape.iter().product();
+    if header.contains("'descr': '<f4'") {
+        return match (&shape[..], data.len() == count * 4) {
+            ([rows, cols], true) => Ok(Array::F32 {
+                rows: *rows,
+                cols: *cols,
+                data: data
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+                    .collect(),
+            }),
+            _ => Err(bad(&format!(
+                "{} data bytes for float32 shape {shape:?}",
+                data.len()
+            ))),
+        };
+    }
     if data.len() != count * 8 {
         return Err(bad(&format!(
             "{} data bytes for shape {shape:?}",

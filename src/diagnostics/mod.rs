@@ -2,6 +2,8 @@
 //! drift, with a plain verdict. The computations are pure; `write_artifacts` renders them
 //! as PNG plots, a JSON summary and a sampled CSV for MLflow.
 
+pub mod stage;
+
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -129,14 +131,27 @@ pub fn class_names(boundaries: &[f64]) -> Vec<String> {
 /// Counts labels of the samples of each split.
 pub fn class_balance(boundaries: &[f64], labels: &[u32], ends: &[Vec<usize>; 3]) -> ClassBalance {
     let classes = class_names(boundaries);
-    let counts = std::array::from_fn(|s| {
-        let mut c = vec![0u64; classes.len()];
-        for &e in &ends[s] {
-            c[labels[e] as usize] += 1;
-        }
-        c
-    });
+    let counts = ends
+        .each_ref()
+        .map(|e| class_counts(classes.len(), e.iter().map(|&i| labels[i])));
     ClassBalance { classes, counts }
+}
+
+/// Samples per class of `labels`.
+pub fn class_counts(n_classes: usize, labels: impl Iterator<Item = u32>) -> Vec<u64> {
+    let mut c = vec![0u64; n_classes];
+    for l in labels {
+        c[l as usize] += 1;
+    }
+    c
+}
+
+/// The balance from counts already made (the preprocessed store's manifest).
+pub fn class_balance_from_counts(classes: &[String], counts: &[Vec<u64>; 3]) -> ClassBalance {
+    ClassBalance {
+        classes: classes.to_vec(),
+        counts: counts.clone(),
+    }
 }
 
 /// Everything `diagnose` found, as written to `summary.json`.
@@ -210,10 +225,16 @@ pub fn report(
         .map(|(n, _)| n.as_str())
         .collect();
     if !drifting.is_empty() {
+        let shown = drifting.len().min(8);
+        let more = if drifting.len() > shown {
+            format!(" and {} more", drifting.len() - shown)
+        } else {
+            String::new()
+        };
         warnings.push(format!(
-            "{} features drift between train and test (PSI > 0.25): {}",
+            "{} features drift between train and test (PSI > 0.25): {}{more}",
             drifting.len(),
-            drifting.join(", ")
+            drifting[..shown].join(", ")
         ));
     }
     Report {

@@ -79,7 +79,7 @@ pub struct AlignedAsset {
 }
 
 /// Counts for the gap report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct GapCounts {
     /// Steps holding a snapshot of their own.
     pub real: usize,

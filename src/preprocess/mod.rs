@@ -16,6 +16,7 @@ pub mod grid;
 pub mod labels;
 pub mod scaler;
 pub mod split;
+pub mod stage;
 pub mod temporal;
 pub mod weights;
 

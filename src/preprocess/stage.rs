@@ -1,0 +1,742 @@
+//! The `preprocess` stage: the shard cache written by `fetch` -> the preprocessed store, in
+//! memory bounded by `preprocessing.memory.max_bytes` whatever the data length.
+//!
+//! Two streaming passes over the shards. Pass 1 computes each shard's rows with the history
+//! and look-ahead of its neighbours (so every row equals the whole-series computation),
+//! writes them unscaled to a temporary file and keeps only small per-step arrays (labels,
+//! price changes, usability). Then the splits are cut, samples selected, and the scaler is
+//! fit by streaming the training rows. Pass 2 scales each shard into its final file. The
+//! manifest is written last: a killed run never leaves a store that claims missing shards.
+//!
+//! Store layout (`<workdir>/preprocessed/<key>/`): `rows-NNNN.npz` (`rows`: float32
+//! `[steps x columns]`, scaled), `samples.npz` (window ends per split, per-step labels,
+//! price changes, weights, regimes), `manifest.json` (columns, grid, splits, scaler, class
+//! counts and weights, config hash, each file's sha256).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::grid::{GapCounts, Grid, Levels, StepState};
+use super::scaler::{Scaler, ScalerFit};
+use super::split::{self, SplitRange, Usable};
+use super::{AssetInput, PrepareSpec, PreprocessError, weights};
+use crate::config::{Config, SplitMethod};
+use crate::data::cache::{CacheReader, sha256_hex, write_atomic};
+use crate::data::dataobject::OrderBook;
+use crate::data::npz::{Array, NpzReader, NpzWriter};
+use crate::data::{DataError, fetch};
+
+/// Layout version of the preprocessed store.
+pub const STORE_FORMAT_VERSION: &str = "1";
+
+/// One file of rows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RowShard {
+    /// File name.
+    pub file: String,
+    /// First grid step it holds.
+    pub first_step: usize,
+    /// Steps it holds.
+    pub steps: usize,
+    /// sha256 of its bytes.
+    pub sha256: String,
+}
+
+/// `manifest.json` of the preprocessed store: everything a consumer needs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoreManifest {
+    /// Layout version.
+    pub format_version: String,
+    /// Hash of the configuration sections and the data this store was built from.
+    pub key: String,
+    /// The fetch cache it was built from.
+    pub data_cache: PathBuf,
+    /// Symbols, target first.
+    pub assets: Vec<String>,
+    /// Column names: `<SYMBOL>.<feature>` per asset, then temporal features.
+    pub columns: Vec<String>,
+    /// Columns per asset block.
+    pub features_per_asset: usize,
+    /// Columns of all asset blocks (temporal columns follow).
+    pub asset_columns: usize,
+    /// The cadence grid (start, cadence, steps).
+    pub grid_start_ms: i64,
+    /// Milliseconds between steps.
+    pub cadence_ms: i64,
+    /// Steps on the grid.
+    pub steps: usize,
+    /// Window length in steps.
+    pub window_steps: usize,
+    /// Label look-ahead in steps.
+    pub lookahead_steps: usize,
+    /// Train, validation and test step ranges.
+    pub ranges: [SplitRange; 3],
+    /// Walk-forward folds (train, validation) when `train_test_split.method` is walk_forward.
+    pub folds: Vec<(SplitRange, SplitRange)>,
+    /// Consecutive test slices for the degradation report.
+    pub degradation_slices: Vec<SplitRange>,
+    /// Scaler fit on the training rows.
+    pub scaler: Scaler,
+    /// Class names from the boundaries.
+    pub class_names: Vec<String>,
+    /// Samples per class in train, validation, test.
+    pub class_counts: [Vec<u64>; 3],
+    /// Loss weights per class, from the training counts.
+    pub class_weights: Vec<f64>,
+    /// Volatility thresholds between regimes (fit on training samples).
+    pub regime_thresholds: Vec<f64>,
+    /// Grid steps real / filled / missing per asset.
+    pub gaps: Vec<(String, GapCounts)>,
+    /// Row files in step order.
+    pub shards: Vec<RowShard>,
+    /// `samples.npz`'s sha256.
+    pub samples_sha256: String,
+}
+
+/// What `preprocess` produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct PreprocessSummary {
+    /// The store directory.
+    pub store_dir: PathBuf,
+    /// Whether an existing store was reused.
+    pub reused: bool,
+    /// Samples per split.
+    pub samples: [usize; 3],
+    /// Feature columns.
+    pub columns: usize,
+    /// Steps on the grid.
+    pub steps: usize,
+}
+
+/// Errors of the stage: its own, or reading the data cache.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    /// Preprocessing rules.
+    #[error(transparent)]
+    Preprocess(#[from] PreprocessError),
+    /// The data cache or the store's files.
+    #[error(transparent)]
+    Data(#[from] DataError),
+}
+
+impl StageError {
+    /// Exit code: 3 for data problems, 2 for a configuration that cannot fit the data.
+    pub fn exit_code(&self) -> crate::ExitCode {
+        match self {
+            StageError::Data(e) => e.exit_code(),
+            StageError::Preprocess(
+                PreprocessError::AllNan(_)
+                | PreprocessError::NoOverlap { .. }
+                | PreprocessError::NoData(_),
+            ) => crate::ExitCode::Data,
+            StageError::Preprocess(_) => crate::ExitCode::Usage,
+        }
+    }
+}
+
+/// The store's key: hash of everything that decides its content.
+pub fn store_key(config: &Config, data_key: &str) -> String {
+    let relevant = serde_json::json!({
+        "format": STORE_FORMAT_VERSION,
+        "data": data_key,
+        "targets": config.targets,
+        "temporal": config.data.temporal_features,
+        "max_gap_seconds": config.data.validation.max_gap_seconds,
+        "preprocessing": {
+            "window_steps": config.preprocessing.window_steps,
+            "normalization": config.preprocessing.normalization,
+            "feature_engineering": config.preprocessing.feature_engineering,
+            "train_test_split": config.preprocessing.train_test_split,
+            "time_weighting": config.preprocessing.time_weighting,
+            "regime_detection": config.preprocessing.regime_detection,
+        },
+    });
+    sha256_hex(relevant.to_string().as_bytes())[..16].to_owned()
+}
+
+/// Memory needed to process one shard: three shards of raw books (previous tail, current,
+/// next head), their grid copy, the rows of the chunk twice (f64 features and output), and
+/// the per-step arrays of the whole grid.
+pub fn memory_needed(
+    shard_steps: usize,
+    history: usize,
+    future: usize,
+    assets: usize,
+    depth: usize,
+    columns: usize,
+    total_steps: usize,
+) -> u64 {
+    let chunk = (shard_steps + history + future) as u64;
+    let raw = 3 * shard_steps as u64 * assets as u64 * depth as u64 * 4 * 8;
+    let grid = chunk * assets as u64 * depth as u64 * 4 * 8;
+    let rows = chunk * columns as u64 * 8 * 2;
+    let per_step = total_steps as u64 * 48;
+    let robust = columns as u64 * super::scaler::ROBUST_SAMPLE_CAP as u64 * 8;
+    raw + grid + rows + per_step + robust
+}
+
+fn levels(book: &OrderBook) -> Levels<'_> {
+    Levels {
+        depth: book.bid_price.cols,
+        bid_px: &book.bid_price.data,
+        bid_qty: &book.bid_qty.data,
+        ask_px: &book.ask_price.data,
+        ask_qty: &book.ask_qty.data,
+    }
+}
+
+/// The snapshots of `book` with `lo < ts <= hi`.
+fn between(book: &OrderBook, lo: i64, hi: i64) -> OrderBook {
+    let ts = &book.snapshot_timestamps;
+    let (a, b) = (
+        ts.partition_point(|t| *t <= lo),
+        ts.partition_point(|t| *t <= hi),
+    );
+    let mut out = OrderBook::empty(book.bid_price.cols);
+    let rows = |m: &crate::data::dataobject::Matrix| m.data[a * m.cols..b * m.cols].to_vec();
+    out.snapshot_timestamps = ts[a..b].to_vec();
+    for (dst, src) in [
+        (&mut out.snapshot_features, &book.snapshot_features),
+        (&mut out.bid_price, &book.bid_price),
+        (&mut out.bid_qty, &book.bid_qty),
+        (&mut out.ask_price, &book.ask_price),
+        (&mut out.ask_qty, &book.ask_qty),
+    ] {
+        dst.data = rows(src);
+        dst.rows = b - a;
+    }
+    out
+}
+
+/// The store directory for `config`: `<workdir>/preprocessed/<key>`.
+pub fn store_dir(config: &Config) -> Result<PathBuf, StageError> {
+    let data_dir = fetch::cache_dir(config)?;
+    let reader = CacheReader::open(&data_dir)?;
+    Ok(config
+        .workdir
+        .join("preprocessed")
+        .join(store_key(config, &reader.manifest().key)))
+}
+
+/// Runs the stage for `config`, reusing a complete store with the same key unless `force`.
+pub fn preprocess(config: &Config, force: bool) -> Result<PreprocessSummary, StageError> {
+    let _span = tracing::info_span!("preprocess").entered();
+    let data_dir = fetch::cache_dir(config)?;
+    let reader = CacheReader::open(&data_dir)?;
+    let key = store_key(config, &reader.manifest().key);
+    let dir = config.workdir.join("preprocessed").join(&key);
+    if !force && let Some(m) = read_manifest(&dir) {
+        let samples = load_samples(&dir, &m)?;
+        return Ok(PreprocessSummary {
+            store_dir: dir,
+            reused: true,
+            samples: samples.ends.each_ref().map(Vec::len),
+            columns: m.columns.len(),
+            steps: m.steps,
+        });
+    }
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| DataError::io(format!("creating {}", dir.display()), e))?;
+    // The manifest goes first, so a store being rebuilt is never mistaken for a complete one.
+    let _ = std::fs::remove_file(dir.join("manifest.json"));
+
+    let spec = PrepareSpec::from_config(config);
+    let symbols: Vec<String> = config
+        .data
+        .asset_pairs
+        .all()
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let grid = global_grid(&reader, &symbols[0], spec.cadence_ms)?;
+    let shard_spans: Vec<(i64, i64)> = reader
+        .manifest()
+        .shards
+        .iter()
+        .map(|s| (s.start_ms, s.end_ms))
+        .collect();
+    let ncols_probe = spec.features.columns().len() * symbols.len() + 16;
+    let max_shard_steps = shard_spans
+        .iter()
+        .map(|(a, b)| ((b - a) / spec.cadence_ms) as usize + 1)
+        .max()
+        .unwrap_or(0);
+    let needed = memory_needed(
+        max_shard_steps,
+        spec.history_steps(),
+        spec.future_steps(),
+        symbols.len(),
+        spec.features.depth,
+        ncols_probe,
+        grid.steps,
+    );
+    let budget = config.preprocessing.memory.max_bytes;
+    if needed > budget {
+        return Err(PreprocessError::MemoryBudget { needed, budget }.into());
+    }
+
+    // Pass 1: unscaled rows per shard, small per-step arrays for the whole grid.
+    let pass1 = pass_one(&reader, &spec, &symbols, grid, &shard_spans, &dir)?;
+    let lookahead = spec.labels.lookahead();
+    let window = config.preprocessing.window_steps as usize;
+    let s = &config.preprocessing.train_test_split;
+    let ranges = split::chronological(grid.steps, s.train_ratio, s.validation_ratio);
+    for (range, name) in ranges.iter().zip(["train", "validation", "test"]) {
+        if range.len() < window + lookahead {
+            return Err(PreprocessError::WindowLongerThanSplit {
+                split: name,
+                steps: range.len(),
+                window,
+                lookahead,
+            }
+            .into());
+        }
+    }
+    let usable = Usable::new(
+        &pass1.row_ok,
+        pass1.labels.iter().map(|l| *l != u32::MAX).collect(),
+    );
+    let ends = ranges.map(|r| usable.sample_ends(r, window, lookahead));
+    let folds = match s.method {
+        SplitMethod::WalkForward => split::walk_forward(
+            SplitRange {
+                start: 0,
+                end: ranges[1].end,
+            },
+            s.n_folds as usize,
+        ),
+        SplitMethod::Chronological => Vec::new(),
+    };
+    let degradation_slices = ranges[2].slices(s.degradation_slices as usize);
+
+    // The scaler sees training rows only.
+    let groups = scaler_groups(
+        pass1.columns.len(),
+        pass1.asset_columns,
+        pass1.features_per_asset,
+        config.preprocessing.normalization.per_asset,
+    );
+    let mut fit = ScalerFit::new(config.preprocessing.normalization.method, groups);
+    for shard in &pass1.shards {
+        let train = SplitRange {
+            start: shard.first_step,
+            end: shard.first_step + shard.steps,
+        };
+        let (a, b) = (
+            train.start.max(ranges[0].start),
+            train.end.min(ranges[0].end),
+        );
+        if a >= b {
+            continue;
+        }
+        let rows = read_rows(&dir.join(&shard.file), pass1.columns.len())?;
+        let n = pass1.columns.len();
+        fit.update(&rows[(a - shard.first_step) * n..(b - shard.first_step) * n]);
+    }
+    let scaler = fit.finish();
+
+    let class_names = crate::diagnostics::class_names(&spec.labels.boundaries);
+    let class_counts = ends.each_ref().map(|e| {
+        crate::diagnostics::class_counts(class_names.len(), e.iter().map(|&i| pass1.labels[i]))
+    });
+    let class_weights = weights::class_weights(&class_counts[0]);
+    let tw = &config.preprocessing.time_weighting;
+    let step_weights: Vec<f64> = if tw.enabled {
+        let times: Vec<i64> = (0..grid.steps).map(|k| grid.time_ms(k)).collect();
+        let newest = ends[0].last().map_or(grid.start_ms, |&e| grid.time_ms(e));
+        weights::time_decay(&times, newest, tw.half_life_days)
+    } else {
+        vec![1.0; grid.steps]
+    };
+    let rd = &config.preprocessing.regime_detection;
+    let regime_thresholds = if rd.enabled {
+        let train_vol: Vec<f64> = ends[0].iter().map(|&e| pass1.volatility[e]).collect();
+        weights::regime_thresholds(&train_vol, rd.n_regimes as usize)
+    } else {
+        Vec::new()
+    };
+    let regimes: Vec<i64> = pass1
+        .volatility
+        .iter()
+        .map(|v| i64::from(weights::regime(*v, &regime_thresholds)))
+        .collect();
+
+    // Pass 2: scale each shard into its final file.
+    let mut shards = Vec::with_capacity(pass1.shards.len());
+    for (i, tmp) in pass1.shards.iter().enumerate() {
+        let n = pass1.columns.len();
+        let mut rows = read_rows(&dir.join(&tmp.file), n)?;
+        for row in rows.chunks_exact_mut(n) {
+            scaler.transform_row(row);
+        }
+        let file = format!("rows-{i:04}.npz");
+        let sha256 = write_rows(&dir.join(&file), &rows, n)?;
+        let _ = std::fs::remove_file(dir.join(&tmp.file));
+        shards.push(RowShard {
+            file,
+            first_step: tmp.first_step,
+            steps: tmp.steps,
+            sha256,
+        });
+    }
+    let samples_sha256 = write_samples(&dir, &ends, &pass1, &step_weights, &regimes)?;
+    let manifest = StoreManifest {
+        format_version: STORE_FORMAT_VERSION.into(),
+        key,
+        data_cache: data_dir,
+        assets: symbols,
+        columns: pass1.columns.clone(),
+        features_per_asset: pass1.features_per_asset,
+        asset_columns: pass1.asset_columns,
+        grid_start_ms: grid.start_ms,
+        cadence_ms: grid.cadence_ms,
+        steps: grid.steps,
+        window_steps: window,
+        lookahead_steps: lookahead,
+        ranges,
+        folds,
+        degradation_slices,
+        scaler,
+        class_names,
+        class_counts,
+        class_weights,
+        regime_thresholds,
+        gaps: pass1.gaps.into_iter().collect(),
+        shards,
+        samples_sha256,
+    };
+    let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
+    write_atomic(&dir.join("manifest.json"), &json)?;
+    Ok(PreprocessSummary {
+        store_dir: dir,
+        reused: false,
+        samples: ends.each_ref().map(Vec::len),
+        columns: manifest.columns.len(),
+        steps: grid.steps,
+    })
+}
+
+/// The grid from the target's first to its last snapshot.
+fn global_grid(reader: &CacheReader, target: &str, cadence_ms: i64) -> Result<Grid, StageError> {
+    let with_target: Vec<usize> = reader
+        .manifest()
+        .shards
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.snapshots.get(target).is_some_and(|n| *n > 0))
+        .map(|(i, _)| i)
+        .collect();
+    let (Some(&first), Some(&last)) = (with_target.first(), with_target.last()) else {
+        return Err(PreprocessError::NoData(target.to_owned()).into());
+    };
+    let ts = |i: usize, pick_last: bool| -> Result<i64, StageError> {
+        let shard = reader.shard(i)?;
+        let t = &shard
+            .order_books
+            .iter()
+            .find(|(s, _)| s.as_str() == target)
+            .expect("target in shard")
+            .1
+            .snapshot_timestamps;
+        Ok(if pick_last {
+            *t.last().expect("non-empty")
+        } else {
+            t[0]
+        })
+    };
+    Ok(Grid::covering(
+        ts(first, false)?,
+        ts(last, true)?,
+        cadence_ms,
+    ))
+}
+
+struct PassOne {
+    columns: Vec<String>,
+    features_per_asset: usize,
+    asset_columns: usize,
+    labels: Vec<u32>,
+    price_changes: Vec<f64>,
+    volatility: Vec<f64>,
+    row_ok: Vec<bool>,
+    gaps: BTreeMap<String, GapCounts>,
+    shards: Vec<RowShard>,
+}
+
+fn pass_one(
+    reader: &CacheReader,
+    spec: &PrepareSpec,
+    symbols: &[String],
+    grid: Grid,
+    spans: &[(i64, i64)],
+    dir: &Path,
+) -> Result<PassOne, StageError> {
+    let n = grid.steps;
+    let mut out = PassOne {
+        columns: Vec::new(),
+        features_per_asset: 0,
+        asset_columns: 0,
+        labels: vec![u32::MAX; n],
+        price_changes: vec![f64::NAN; n],
+        volatility: vec![f64::NAN; n],
+        row_ok: vec![false; n],
+        gaps: symbols
+            .iter()
+            .map(|s| (s.clone(), GapCounts::default()))
+            .collect(),
+        shards: Vec::new(),
+    };
+    let (history, future) = (spec.history_steps() as i64, spec.future_steps() as i64);
+    let mut prev: Option<Vec<OrderBook>> = None;
+    let mut current: Option<Vec<OrderBook>> = None;
+    let books = |i: usize| -> Result<Vec<OrderBook>, StageError> {
+        let mut shard = reader.shard(i)?;
+        Ok(symbols
+            .iter()
+            .map(|s| {
+                shard
+                    .order_books
+                    .iter_mut()
+                    .find(|(k, _)| k.as_str() == s)
+                    .map(|(_, b)| std::mem::replace(b, OrderBook::empty(spec.features.depth)))
+                    .unwrap_or_else(|| OrderBook::empty(spec.features.depth))
+            })
+            .collect())
+    };
+    for (i, &(span_start, span_end)) in spans.iter().enumerate() {
+        let cur = match current.take() {
+            Some(c) => c,
+            None => books(i)?,
+        };
+        let next = if i + 1 < spans.len() {
+            Some(books(i + 1)?)
+        } else {
+            None
+        };
+        // The grid steps this shard owns: times in [span_start, span_end).
+        let k0 = ((span_start - grid.start_ms).max(0) + grid.cadence_ms - 1) / grid.cadence_ms;
+        let k1 = (((span_end - grid.start_ms) + grid.cadence_ms - 1) / grid.cadence_ms)
+            .clamp(0, n as i64);
+        if k0 >= k1 {
+            prev = Some(cur);
+            current = next;
+            continue;
+        }
+        let (k0, k1) = (k0 as usize, k1 as usize);
+        let start = k0.saturating_sub(history as usize);
+        let end = (k1 + future as usize).min(n);
+        let sub = Grid {
+            start_ms: grid.time_ms(start),
+            cadence_ms: grid.cadence_ms,
+            steps: end - start,
+        };
+        let (lo, hi) = (sub.start_ms - sub.cadence_ms, sub.time_ms(sub.steps - 1));
+        let joined: Vec<OrderBook> = (0..symbols.len())
+            .map(|a| {
+                let mut b = OrderBook::empty(spec.features.depth);
+                for part in [
+                    prev.as_ref().map(|p| &p[a]),
+                    Some(&cur[a]),
+                    next.as_ref().map(|x| &x[a]),
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    b.append(&between(part, lo, hi));
+                }
+                b
+            })
+            .collect();
+        let inputs: Vec<AssetInput<'_>> = symbols
+            .iter()
+            .zip(&joined)
+            .map(|(s, b)| AssetInput {
+                symbol: s,
+                ts_ms: &b.snapshot_timestamps,
+                levels: levels(b),
+            })
+            .collect();
+        let p = super::prepare(spec, &inputs, sub)?;
+        let ncols = p.columns.len();
+        let (from, to) = (k0 - start, k1 - start);
+        for k in k0..k1 {
+            let c = k - start;
+            out.labels[k] = p.labels[c];
+            out.price_changes[k] = p.price_changes[c];
+            out.volatility[k] = p.volatility[c];
+            out.row_ok[k] = p.rows[c * ncols..(c + 1) * ncols]
+                .iter()
+                .all(|x| x.is_finite());
+        }
+        for (a, states) in p.states.iter().enumerate() {
+            let g = out.gaps.get_mut(&symbols[a]).expect("symbol");
+            for s in &states[from..to] {
+                match s {
+                    StepState::Real => g.real += 1,
+                    StepState::Filled => g.filled += 1,
+                    StepState::Missing => g.missing += 1,
+                }
+            }
+        }
+        let file = format!("unscaled-{i:04}.npz");
+        let sha256 = write_rows(&dir.join(&file), &p.rows[from * ncols..to * ncols], ncols)?;
+        out.shards.push(RowShard {
+            file,
+            first_step: k0,
+            steps: k1 - k0,
+            sha256,
+        });
+        if out.columns.is_empty() {
+            out.columns = p.columns.clone();
+            out.features_per_asset = p.features_per_asset;
+            out.asset_columns = p.asset_columns;
+        }
+        prev = Some(cur);
+        current = next;
+    }
+    Ok(out)
+}
+
+/// Parameter groups: every column its own, or (global scaling) feature f of every asset shared.
+fn scaler_groups(
+    ncols: usize,
+    asset_columns: usize,
+    per_asset_cols: usize,
+    per_asset: bool,
+) -> Vec<usize> {
+    (0..ncols)
+        .map(|c| {
+            if per_asset || c >= asset_columns || per_asset_cols == 0 {
+                c
+            } else {
+                c % per_asset_cols
+            }
+        })
+        .collect()
+}
+
+fn write_rows(path: &Path, rows: &[f64], ncols: usize) -> Result<String, DataError> {
+    let mut w = NpzWriter::new();
+    let f32s: Vec<f32> = rows.iter().map(|x| *x as f32).collect();
+    w.add_f32("rows", &f32s, rows.len() / ncols.max(1), ncols)
+        .map_err(|e| DataError::io(format!("encoding {}", path.display()), e))?;
+    let bytes = w
+        .finish()
+        .map_err(|e| DataError::io(format!("encoding {}", path.display()), e))?;
+    write_atomic(path, &bytes)?;
+    Ok(sha256_hex(&bytes))
+}
+
+/// Reads a row file's values as f64 (row-major, `ncols` columns).
+pub fn read_rows(path: &Path, ncols: usize) -> Result<Vec<f64>, DataError> {
+    let bytes =
+        std::fs::read(path).map_err(|e| DataError::io(format!("reading {}", path.display()), e))?;
+    let corrupt = |message: String| DataError::Corrupt {
+        path: path.to_owned(),
+        message,
+    };
+    match NpzReader::new(&bytes)
+        .map_err(corrupt)?
+        .read("rows")
+        .map_err(corrupt)?
+    {
+        Array::F32 { data, cols, .. } if cols == ncols => {
+            Ok(data.into_iter().map(f64::from).collect())
+        }
+        _ => Err(corrupt(format!(
+            "expected a float32 [steps x {ncols}] array `rows`"
+        ))),
+    }
+}
+
+fn write_samples(
+    dir: &Path,
+    ends: &[Vec<usize>; 3],
+    p: &PassOne,
+    weights: &[f64],
+    regimes: &[i64],
+) -> Result<String, DataError> {
+    let path = dir.join("samples.npz");
+    let io = |e| DataError::io(format!("encoding {}", path.display()), e);
+    let mut w = NpzWriter::new();
+    for (name, e) in ["train", "validation", "test"].iter().zip(ends) {
+        w.add_i64(name, &e.iter().map(|x| *x as i64).collect::<Vec<_>>())
+            .map_err(io)?;
+    }
+    let labels: Vec<i64> = p
+        .labels
+        .iter()
+        .map(|l| if *l == u32::MAX { -1 } else { i64::from(*l) })
+        .collect();
+    w.add_i64("label", &labels).map_err(io)?;
+    w.add_i64("regime", regimes).map_err(io)?;
+    let col = |v: &[f64]| crate::data::dataobject::Matrix::new(v.len(), 1, v.to_vec());
+    w.add_f64("price_change", &col(&p.price_changes))
+        .map_err(io)?;
+    w.add_f64("weight", &col(weights)).map_err(io)?;
+    w.add_f64("volatility", &col(&p.volatility)).map_err(io)?;
+    let bytes = w.finish().map_err(io)?;
+    write_atomic(&path, &bytes)?;
+    Ok(sha256_hex(&bytes))
+}
+
+/// The manifest of a complete store, if there is one.
+pub fn read_manifest(dir: &Path) -> Option<StoreManifest> {
+    let text = std::fs::read_to_string(dir.join("manifest.json")).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// Sample indices and per-step arrays of a store.
+#[derive(Debug, Clone)]
+pub struct StoreSamples {
+    /// Window ends of train, validation, test.
+    pub ends: [Vec<usize>; 3],
+    /// Class per step (`-1` where undefined).
+    pub labels: Vec<i64>,
+    /// Relative price change in percent over the horizon.
+    pub price_changes: Vec<f64>,
+    /// Time-decay weight per step.
+    pub weights: Vec<f64>,
+    /// Volatility regime per step.
+    pub regimes: Vec<i64>,
+}
+
+/// Reads `samples.npz`, checking its hash against the manifest.
+pub fn load_samples(dir: &Path, m: &StoreManifest) -> Result<StoreSamples, DataError> {
+    let path = dir.join("samples.npz");
+    let bytes = std::fs::read(&path)
+        .map_err(|e| DataError::io(format!("reading {}", path.display()), e))?;
+    let corrupt = |message: String| DataError::Corrupt {
+        path: path.clone(),
+        message,
+    };
+    if sha256_hex(&bytes) != m.samples_sha256 {
+        return Err(corrupt(
+            "sha256 does not match the manifest; rerun `binance-ml preprocess --force`".into(),
+        ));
+    }
+    let mut r = NpzReader::new(&bytes).map_err(corrupt)?;
+    let mut i64s = |name: &str| match r.read(name) {
+        Ok(Array::I64(v)) => Ok(v),
+        Ok(_) => Err(corrupt(format!("{name}: expected int64"))),
+        Err(e) => Err(corrupt(e)),
+    };
+    let ends = [i64s("train")?, i64s("validation")?, i64s("test")?]
+        .map(|v| v.into_iter().map(|x| x as usize).collect());
+    let labels = i64s("label")?;
+    let regimes = i64s("regime")?;
+    let mut f64s = |name: &str| match r.read(name) {
+        Ok(Array::F64(m)) => Ok(m.data),
+        Ok(_) => Err(corrupt(format!("{name}: expected float64"))),
+        Err(e) => Err(corrupt(e)),
+    };
+    Ok(StoreSamples {
+        ends,
+        labels,
+        price_changes: f64s("price_change")?,
+        weights: f64s("weight")?,
+        regimes,
+    })
+}

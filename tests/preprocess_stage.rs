@@ -1,0 +1,186 @@
+//! The `preprocess` and `diagnose` stages through the binary: the quickstart, the real Binance
+//! samples, reuse, the memory budget, and the diagnostics verdict.
+
+mod common;
+
+use std::path::Path;
+
+use serde_json::Value;
+
+const QUICKSTART: &str = include_str!("../config/quickstart.yaml");
+
+fn quickstart_in(dir: &Path) -> String {
+    QUICKSTART.replace(
+        "workdir: \"${BINANCE_ML_WORKDIR:-binance-ml-work}\"",
+        &format!("workdir: {:?}", dir.join("work")),
+    )
+}
+
+fn json(stdout: &str) -> Value {
+    serde_json::from_str(stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+}
+
+fn ok(dir: &Path, yaml: &str, args: &[&str]) -> Value {
+    let mut a = args.to_vec();
+    a.push("--json");
+    let (code, out, err) = common::run_cli(dir, yaml, &a);
+    assert_eq!(code, 0, "{args:?} failed:\n{err}");
+    json(&out)
+}
+
+#[test]
+fn quickstart_preprocesses_reuses_and_diagnoses() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = quickstart_in(dir.path());
+    ok(dir.path(), &yaml, &["fetch"]);
+    let first = ok(dir.path(), &yaml, &["preprocess"]);
+    assert_eq!(first["reused"], false);
+    let store = Path::new(first["store_dir"].as_str().unwrap()).to_owned();
+    let samples: Vec<u64> = first["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert!(samples.iter().all(|n| *n > 1000), "samples {samples:?}");
+
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(store.join("manifest.json")).unwrap()).unwrap();
+    let ranges = manifest["ranges"].as_array().unwrap();
+    assert_eq!(ranges[0]["end"], ranges[1]["start"]);
+    assert_eq!(
+        manifest["columns"].as_array().unwrap().len(),
+        first["columns"].as_u64().unwrap() as usize
+    );
+    assert_eq!(manifest["class_counts"][0].as_array().unwrap().len(), 3);
+    // Standard scaling fit on train: the train rows of a column have mean ~0, std ~1.
+    let rows = binance_ml::preprocess::stage::read_rows(
+        &store.join("rows-0000.npz"),
+        manifest["columns"].as_array().unwrap().len(),
+    )
+    .unwrap();
+    let ncols = manifest["columns"].as_array().unwrap().len();
+    let spread: Vec<f64> = rows
+        .chunks_exact(ncols)
+        .map(|r| r[0])
+        .filter(|x| x.is_finite())
+        .collect();
+    let mean = spread.iter().sum::<f64>() / spread.len() as f64;
+    assert!(
+        mean.abs() < 0.5,
+        "first shard is training data: scaled mean {mean}"
+    );
+
+    // Same config: reused, same store.
+    let again = ok(dir.path(), &yaml, &["preprocess"]);
+    assert_eq!(again["reused"], true);
+    assert_eq!(again["store_dir"], first["store_dir"]);
+
+    let diag = ok(dir.path(), &yaml, &["diagnose"]);
+    assert_eq!(diag["report"]["failed"], false);
+    for f in [
+        "summary.json",
+        "class_distribution.png",
+        "psi.png",
+        "sampled_rows.csv",
+        "spread_histogram_BTCUSDT.png",
+    ] {
+        assert!(
+            store.join("diagnostics").join(f).is_file(),
+            "missing artifact {f}"
+        );
+    }
+    // Every stage logged a run to the local MLflow store.
+    let mlruns = dir.path().join("work/mlruns");
+    let experiments: Vec<String> = std::fs::read_dir(&mlruns)
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.unwrap().path().join("meta.yaml")).ok())
+        .collect();
+    for name in ["binance-preprocessing", "binance-data-diagnostics"] {
+        assert!(
+            experiments.iter().any(|m| m.contains(name)),
+            "no experiment {name}"
+        );
+    }
+}
+
+#[test]
+fn rare_classes_fail_diagnostics_with_exit_3() {
+    let dir = tempfile::tempdir().unwrap();
+    // +-5 % over 60 s never happens: the outer classes are empty.
+    let yaml = quickstart_in(dir.path())
+        .replace("boundaries: [-0.03, 0.03]", "boundaries: [-5, 5]")
+        .replace("fail_on_invalid: false", "fail_on_invalid: true");
+    ok(dir.path(), &yaml, &["fetch"]);
+    ok(dir.path(), &yaml, &["preprocess"]);
+    let (code, _, err) = common::run_cli(dir.path(), &yaml, &["diagnose"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("class < -5 has 0 train samples"), "{err}");
+}
+
+#[test]
+fn diagnose_before_preprocess_and_a_small_budget_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = quickstart_in(dir.path());
+    ok(dir.path(), &yaml, &["fetch"]);
+    let (code, _, err) = common::run_cli(dir.path(), &yaml, &["diagnose"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("run `binance-ml preprocess` first"), "{err}");
+
+    let small = yaml.replace(
+        "preprocessing:\n",
+        "preprocessing:\n  memory:\n    max_bytes: 100000\n",
+    );
+    let (code, _, err) = common::run_cli(dir.path(), &small, &["preprocess"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("preprocessing.memory.max_bytes is 100000 bytes but one shard needs about"),
+        "{err}"
+    );
+}
+
+#[test]
+fn real_binance_samples_preprocess_and_diagnose() {
+    let Some(shared) = common::shared_data() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pattern = shared.join("binance_1s_top10/spot_*.csv");
+    let yaml = format!(
+        r#"
+workdir: {work:?}
+data:
+  source_type: file
+  files: {{paths: [{pattern:?}], layout: wide}}
+  asset_pairs: {{target_asset: BTCUSDT, correlated_assets: [ETHUSDT]}}
+  time_range: {{start_date: "2024-08-08", end_date: "2024-08-09", cadence_seconds: 1}}
+  order_book: {{depth_levels: 10}}
+  validation: {{max_gap_seconds: 5, fail_on_invalid: false}}
+targets:
+  prediction_horizon_seconds: 10
+  price_classes: {{boundaries: [-0.005, 0.005]}}
+preprocessing:
+  window_steps: 30
+  feature_engineering: {{momentum_windows: [5, 20]}}
+  normalization: {{method: robust}}
+  train_test_split: {{train_ratio: 0.6, validation_ratio: 0.2, test_ratio: 0.2}}
+model:
+  output: {{num_classes: 3}}
+diagnostics: {{min_class_samples: 5}}
+"#,
+        work = dir.path().join("work"),
+    );
+    ok(dir.path(), &yaml, &["fetch"]);
+    let p = ok(dir.path(), &yaml, &["preprocess"]);
+    assert_eq!(p["steps"], 650);
+    let d = ok(dir.path(), &yaml, &["diagnose"]);
+    let btc = &d["report"]["spreads"][0];
+    assert_eq!(btc[0], "BTCUSDT");
+    // One 0.01 tick on ~61,800 is ~0.0016 bps: the median spread is one tick.
+    let median = btc[1]["median_bps"].as_f64().unwrap();
+    assert!(
+        (median - 0.0016).abs() < 0.0002,
+        "BTC median spread {median} bps"
+    );
+    assert_eq!(d["report"]["gaps"][0][1]["missing"], 0);
+}
