@@ -14,11 +14,16 @@ if ! command -v pg_ctlcluster >/dev/null 2>&1 || ! ls /etc/postgresql/*/main >/d
     DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql >&2
 fi
 VERSION=$(ls /etc/postgresql | sort -n | tail -1)
-pg_ctlcluster "$VERSION" main start >&2 2>/dev/null || true
+# "already running" is fine; any other failure shows up as not ready below.
+pg_ctlcluster "$VERSION" main start >&2 || true
 for _ in $(seq 1 30); do
     su postgres -c "pg_isready -q" && break
     sleep 1
 done
+if ! su postgres -c "pg_isready -q"; then
+    echo "postgres.sh: PostgreSQL $VERSION did not become ready (see /var/log/postgresql/)" >&2
+    exit 1
+fi
 
 psql_as_postgres() { su postgres -c "psql -v ON_ERROR_STOP=1 -qtAc \"$1\""; }
 if [ "$(psql_as_postgres "SELECT 1 FROM pg_roles WHERE rolname = '$ROLE'")" != "1" ]; then

@@ -8,7 +8,7 @@ use std::path::Path;
 use binance_ml::ExitCode;
 use binance_ml::data::DataError;
 use binance_ml::data::cache::{CacheReader, MANIFEST};
-use binance_ml::data::fetch::fetch;
+use binance_ml::data::fetch::{cache_dir, fetch, open_cache};
 
 fn synthetic_yaml(workdir: &Path, seed: u64, gap: f64, bad: f64) -> String {
     format!(
@@ -95,6 +95,43 @@ fn same_seed_same_market_and_valid_shards_are_reused() {
 }
 
 #[test]
+fn a_longer_time_range_links_the_shards_it_shares_with_an_earlier_fetch() {
+    let dir = tempfile::tempdir().unwrap();
+    let short = synthetic_yaml(dir.path(), 5, 0.001, 0.001);
+    let long = short.replace("2024-08-01T12:00:00Z", "2024-08-01T18:00:00Z");
+    let a = fetch(&common::config(&short), false).unwrap();
+    let b = fetch(&common::config(&long), false).unwrap();
+    assert_ne!(a.cache_dir, b.cache_dir);
+    assert_eq!((b.shards, b.shards_linked, b.shards_fetched), (6, 4, 2));
+    let (ma, mb) = (
+        CacheReader::open(&a.cache_dir).unwrap().manifest().clone(),
+        CacheReader::open(&b.cache_dir).unwrap().manifest().clone(),
+    );
+    assert_eq!(ma.source_key, mb.source_key);
+    for (x, y) in ma.shards.iter().zip(&mb.shards) {
+        assert_eq!((&x.file, &x.sha256), (&y.file, &y.sha256));
+    }
+    // The linked shards hold what a fresh fetch of the long range would hold.
+    let fresh = tempfile::tempdir().unwrap();
+    let c = fetch(
+        &common::config(
+            &synthetic_yaml(fresh.path(), 5, 0.001, 0.001)
+                .replace("2024-08-01T12:00:00Z", "2024-08-01T18:00:00Z"),
+        ),
+        false,
+    )
+    .unwrap();
+    assert_eq!(c.shards_linked, 0);
+    let load = |d: &Path| CacheReader::open(d).unwrap().load().unwrap();
+    assert_eq!(load(&b.cache_dir), load(&c.cache_dir));
+    // Both caches stay valid on their own.
+    assert_eq!(
+        load(&a.cache_dir).order_books["BTCUSDT"].len(),
+        a.snapshots["BTCUSDT"] as usize
+    );
+}
+
+#[test]
 fn tampered_or_truncated_shards_are_refused_by_readers_and_refetched_by_fetch() {
     let dir = tempfile::tempdir().unwrap();
     let yaml = synthetic_yaml(dir.path(), 1, 0.0, 0.0);
@@ -120,7 +157,8 @@ fn tampered_or_truncated_shards_are_refused_by_readers_and_refetched_by_fetch() 
     assert_eq!(err.exit_code(), ExitCode::Data);
     let text = err.to_string();
     assert!(
-        text.contains("shard-00001") && text.contains("does not match the manifest"),
+        text.contains("shard-1722481200-1722492000.npz")
+            && text.contains("does not match the manifest"),
         "{text}"
     );
 
@@ -144,14 +182,15 @@ fn an_interrupted_fetch_leaves_no_manifest_and_resumes_with_the_missing_shards()
     let shards = shard_files(&s.cache_dir);
     std::fs::rename(
         &shards[3],
-        s.cache_dir.join("shard-00003-1722506400.npz.tmp-999"),
+        s.cache_dir.join("shard-1722502800-1722513600.npz.tmp-999"),
     )
     .unwrap();
     std::fs::remove_file(shards[3].with_extension("meta.json")).unwrap();
     std::fs::remove_file(shards[2].with_extension("meta.json")).unwrap();
 
-    let err = CacheReader::open(&s.cache_dir).unwrap_err().to_string();
+    let err = open_cache(&common::config(&yaml)).unwrap_err().to_string();
     assert!(err.contains("no complete cache"), "{err}");
+    assert_eq!(cache_dir(&common::config(&yaml)).unwrap(), s.cache_dir);
     let resumed = fetch(&common::config(&yaml), false).unwrap();
     assert_eq!((resumed.shards_fetched, resumed.shards_reused), (2, 2));
     assert_eq!(
@@ -196,7 +235,7 @@ fn the_synthetic_market_is_realistic_and_its_bad_rows_are_counted() {
     );
     // Each shard's report is written beside it.
     let meta =
-        std::fs::read_to_string(s.cache_dir.join("shard-00000-1722470400.meta.json")).unwrap();
+        std::fs::read_to_string(s.cache_dir.join("shard-1722470400-1722481200.meta.json")).unwrap();
     assert!(meta.contains("\"rows_dropped_nan\""), "{meta}");
 
     let o = CacheReader::open(&s.cache_dir).unwrap().load().unwrap();

@@ -153,14 +153,20 @@ fn numpy_loads_the_shards() {
     let Some(shared) = common::shared_data() else {
         return;
     };
-    let has_numpy = std::process::Command::new("python3")
-        .args(["-c", "import numpy"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !has_numpy {
-        eprintln!("skipped: python3 with numpy is not installed (pip install numpy)");
+    // The MLflow virtualenv of the test services has numpy (an MLflow dependency); else
+    // whatever python3 is on PATH.
+    let candidates = std::env::var("BINANCE_ML_TEST_MLFLOW_PYTHON")
+        .into_iter()
+        .chain(["python3".to_owned()]);
+    let Some(python) = candidates.into_iter().find(|p| {
+        std::process::Command::new(p)
+            .args(["-c", "import numpy"])
+            .status()
+            .is_ok_and(|s| s.success())
+    }) else {
+        eprintln!("skipped: no python with numpy (pip install numpy)");
         return;
-    }
+    };
     let dir = tempfile::tempdir().unwrap();
     let glob = shared
         .join("binance_1s_top10/usdm_*.csv")
@@ -192,7 +198,7 @@ for f in sorted(glob.glob(sys.argv[1] + "/*.npz")):
     total += float(bp.sum())
 print(n, first, repr(total))
 "#;
-    let out = std::process::Command::new("python3")
+    let out = std::process::Command::new(&python)
         .args(["-c", script])
         .arg(&summary.cache_dir)
         .output()

@@ -18,7 +18,7 @@ fn create_table(uri: &str, name: &str, rows: &[common::TallRow]) {
     let mut client = postgres::Client::connect(uri, postgres::NoTls).unwrap();
     client
         .batch_execute(&format!(
-            "DROP TABLE IF EXISTS {name}; CREATE TABLE {name} {DDL}"
+            "DROP TABLE IF EXISTS {name} CASCADE; CREATE TABLE {name} {DDL}"
         ))
         .unwrap();
     let mut w = client
@@ -193,7 +193,7 @@ fn bad_rows_are_filtered_and_counted_in_the_quality_report() {
         vec![t0 * 1000, (t0 + 6) * 1000]
     );
     let meta =
-        std::fs::read_to_string(s.cache_dir.join("shard-00000-1722470400.meta.json")).unwrap();
+        std::fs::read_to_string(s.cache_dir.join("shard-1722470400-1722556800.meta.json")).unwrap();
     assert!(meta.contains("\"rows_filtered_in_source\": 2"), "{meta}");
 }
 
@@ -368,4 +368,62 @@ fn tls_with_sslmode_require() {
     let (code, stdout, stderr) = common::run_cli(dir.path(), &yaml, &["fetch"]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("BTCUSDT: 1 snapshots"), "{stdout}");
+}
+
+#[test]
+fn a_connection_lost_mid_fetch_is_reconnected_and_the_shard_read_again() {
+    let (Some(shared), Some(uri)) = (common::shared_data(), common::database_uri()) else {
+        return;
+    };
+    let file = shared.join("binance_1s_top10/spot_BTCUSDT_20240808-09.csv");
+    create_table(&uri, "t_flaky_data", &common::tall_rows(&file));
+    // A view whose 1000th evaluated row makes the server end the session (what a restart or
+    // a network cut looks like to the client); a sequence counts across the reconnect.
+    let mut client = postgres::Client::connect(&uri, postgres::NoTls).unwrap();
+    client
+        .batch_execute(
+            "DROP VIEW IF EXISTS t_flaky; DROP SEQUENCE IF EXISTS t_flaky_seq;
+             CREATE SEQUENCE t_flaky_seq;
+             CREATE OR REPLACE FUNCTION t_flaky_gate() RETURNS boolean LANGUAGE plpgsql VOLATILE AS $$
+             BEGIN
+               IF nextval('t_flaky_seq') = 1000 THEN
+                 PERFORM pg_terminate_backend(pg_backend_pid());
+               END IF;
+               RETURN true;
+             END $$;
+             CREATE VIEW t_flaky AS SELECT * FROM t_flaky_data WHERE t_flaky_gate();",
+        )
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let range = ("2024-08-08", "2024-08-09");
+    let flaky = db_yaml(
+        &dir.path().join("a"),
+        &uri,
+        "t_flaky",
+        &["BTCUSDT"],
+        range,
+        "",
+    );
+    let s = fetch(&common::config(&flaky), false).unwrap();
+    let seq: i64 = client
+        .query_one("SELECT last_value FROM t_flaky_seq", &[])
+        .unwrap()
+        .get(0);
+    assert!(seq > 1000, "the session was never cut (sequence at {seq})");
+    assert_eq!(
+        s.quality.rows_read, 6500,
+        "no row counted twice: {:#?}",
+        s.quality
+    );
+    let steady = db_yaml(
+        &dir.path().join("b"),
+        &uri,
+        "t_flaky_data",
+        &["BTCUSDT"],
+        range,
+        "",
+    );
+    let t = fetch(&common::config(&steady), false).unwrap();
+    let load = |dir: &Path| CacheReader::open(dir).unwrap().load().unwrap().order_books;
+    assert_eq!(load(&s.cache_dir), load(&t.cache_dir));
 }

@@ -2,6 +2,11 @@
 //! a `.meta.json` beside each (sha256, snapshot counts, time span, quality report) and
 //! `manifest.json`, the index of a complete fetch.
 //!
+//! Spans are aligned to multiples of `shard_seconds` since the Unix epoch (whole UTC days by
+//! default), so two time ranges over the same source share their inner shards: a fetch whose
+//! range grew (nightly fine-tuning) links the shards it already has from the sibling cache of
+//! the same source (same `source_key`) instead of reading them again.
+//!
 //! Crash safety: every file is written to a temporary name, synced and renamed; a shard's
 //! meta is written after its NPZ, so an NPZ without meta is never trusted; the manifest is
 //! removed before any shard is (re)written and written last, so a killed fetch never leaves a
@@ -40,19 +45,26 @@ pub struct Span {
 }
 
 impl Span {
-    /// `shard-00003-1722729600` (index and start in Unix seconds).
+    /// `shard-1722729600-1722816000` (start and end in Unix seconds): the same span has the
+    /// same name in every cache.
     pub fn stem(&self) -> String {
-        format!("shard-{:05}-{}", self.index, self.start_ms.div_euclid(1000))
+        format!(
+            "shard-{}-{}",
+            self.start_ms.div_euclid(1000),
+            self.end_ms.div_euclid(1000)
+        )
     }
 }
 
-/// Cuts `[start_ms, end_ms)` into spans of `shard_seconds`.
+/// Cuts `[start_ms, end_ms)` at the multiples of `shard_seconds` since the epoch (the first
+/// and last span may be shorter).
 pub fn plan(start_ms: i64, end_ms: i64, shard_seconds: u64) -> Vec<Span> {
     let step = (shard_seconds.max(1) as i64).saturating_mul(1000);
     let mut spans = Vec::new();
     let mut t = start_ms;
     while t < end_ms {
-        let end = t.saturating_add(step).min(end_ms);
+        let boundary = (t.div_euclid(step) + 1).saturating_mul(step);
+        let end = boundary.min(end_ms);
         spans.push(Span {
             index: spans.len(),
             start_ms: t,
@@ -63,11 +75,11 @@ pub fn plan(start_ms: i64, end_ms: i64, shard_seconds: u64) -> Vec<Span> {
     spans
 }
 
-/// The cache key: the first 16 hex digits of the sha256 of everything that decides the
-/// cached content (source, columns, symbols, time range, depth, shard length, format
-/// version, and the source's `fingerprint`). Connection tuning, the source's label and the
-/// password are not part of it.
-pub fn cache_key(data: &DataConfig, fingerprint: &str) -> String {
+/// What decides the content of one shard span: source, columns, symbols, depth, cadence,
+/// shard length, format version and the source's `fingerprint`, but not the time range
+/// (except for the synthetic market, whose path starts at `start_date`). Connection tuning,
+/// the source's label and the password are not part of it. 16 hex digits of a sha256.
+pub fn source_key(data: &DataConfig, fingerprint: &str) -> String {
     let source = match data.source_type {
         SourceType::Database => serde_json::json!({
             "table": data.connection.table_name,
@@ -77,7 +89,10 @@ pub fn cache_key(data: &DataConfig, fingerprint: &str) -> String {
             "files": data.files,
             "columns": data.columns,
         }),
-        SourceType::Synthetic => serde_json::json!({ "synthetic": data.synthetic }),
+        SourceType::Synthetic => serde_json::json!({
+            "synthetic": data.synthetic,
+            "start": data.time_range.start_date.start(),
+        }),
     };
     let relevant = serde_json::json!({
         "format": DATA_FORMAT_VERSION,
@@ -85,11 +100,19 @@ pub fn cache_key(data: &DataConfig, fingerprint: &str) -> String {
         "source": source,
         "fingerprint": fingerprint,
         "symbols": data.asset_pairs.all(),
-        "start": data.time_range.start_date.start(),
-        "end": data.time_range.end_date.end_exclusive(),
         "cadence_seconds": data.time_range.cadence_seconds,
         "depth": data.order_book.depth_levels,
         "shard_seconds": data.cache.shard_seconds,
+    });
+    hex(&Sha256::digest(relevant.to_string().as_bytes()))[..16].to_owned()
+}
+
+/// The cache key (directory name): the source key plus the time range.
+pub fn cache_key(source_key: &str, data: &DataConfig) -> String {
+    let relevant = serde_json::json!({
+        "source_key": source_key,
+        "start": data.time_range.start_date.start(),
+        "end": data.time_range.end_date.end_exclusive(),
     });
     hex(&Sha256::digest(relevant.to_string().as_bytes()))[..16].to_owned()
 }
@@ -108,8 +131,10 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 pub struct ShardMeta {
     /// The NPZ's file name.
     pub file: String,
-    /// Position in the time range.
+    /// Position in this cache's time range.
     pub index: usize,
+    /// The [`source_key`] the shard was cut from.
+    pub source_key: String,
     /// Inclusive start, UTC Unix ms.
     pub start_ms: i64,
     /// Exclusive end, UTC Unix ms.
@@ -135,6 +160,8 @@ pub struct Manifest {
     pub format_version: String,
     /// The cache key (directory name).
     pub key: String,
+    /// The source key shared by caches of other time ranges of the same source.
+    pub source_key: String,
     /// The DataObject's metadata over all shards.
     pub metadata: Metadata,
     /// Every shard, in time order.
@@ -213,7 +240,7 @@ impl ShardCache {
             fs::read_to_string(self.meta_path(span)).map_err(|_| "not fetched yet".to_owned())?;
         let meta: ShardMeta =
             serde_json::from_str(&text).map_err(|e| format!("unreadable meta: {e}"))?;
-        if (meta.index, meta.start_ms, meta.end_ms) != (span.index, span.start_ms, span.end_ms) {
+        if (meta.start_ms, meta.end_ms) != (span.start_ms, span.end_ms) {
             return Err("meta describes another span".into());
         }
         let bytes = fs::read(self.npz_path(span)).map_err(|e| format!("cannot read NPZ: {e}"))?;
@@ -226,13 +253,51 @@ impl ShardCache {
                 meta.bytes
             ));
         }
-        Ok(meta)
+        Ok(ShardMeta {
+            index: span.index,
+            ..meta
+        })
+    }
+
+    /// Links the valid shard of `span` from a sibling cache of the same `source_key` (hard
+    /// link, else copy) and returns its meta; `None` when no sibling has it.
+    pub fn adopt(&self, span: &Span, source_key: &str) -> Option<ShardMeta> {
+        let parent = self.dir.parent()?;
+        for entry in fs::read_dir(parent).ok()?.flatten() {
+            let other = ShardCache { dir: entry.path() };
+            if other.dir == self.dir || !other.meta_path(span).exists() {
+                continue;
+            }
+            let Ok(meta) = other.check_shard(span) else {
+                continue;
+            };
+            if meta.source_key != source_key {
+                continue;
+            }
+            let target = self.npz_path(span);
+            let tmp =
+                target.with_file_name(format!("{}.npz.tmp-{}", span.stem(), std::process::id()));
+            let _ = fs::remove_file(&tmp);
+            let _ = fs::remove_file(self.meta_path(span));
+            let linked = fs::hard_link(other.npz_path(span), &tmp)
+                .or_else(|_| fs::copy(other.npz_path(span), &tmp).map(drop))
+                .and_then(|()| fs::rename(&tmp, &target));
+            let json = serde_json::to_vec_pretty(&meta).expect("meta serialises");
+            if linked.is_err() || write_atomic(&self.meta_path(span), &json).is_err() {
+                let _ = fs::remove_file(&tmp);
+                continue;
+            }
+            tracing::debug!(shard = %span.stem(), from = %other.dir.display(), "shard linked");
+            return Some(meta);
+        }
+        None
     }
 
     /// Writes one shard (NPZ, then its meta) and returns the meta.
     pub fn write_shard(
         &self,
         span: &Span,
+        source_key: &str,
         books: &BTreeMap<Symbol, OrderBook>,
         quality: QualityReport,
     ) -> Result<ShardMeta, DataError> {
@@ -261,6 +326,7 @@ impl ShardCache {
         let meta = ShardMeta {
             file: format!("{}.npz", span.stem()),
             index: span.index,
+            source_key: source_key.to_owned(),
             start_ms: span.start_ms,
             end_ms: span.end_ms,
             start: DateTime::from_timestamp_millis(span.start_ms).expect("valid span"),
@@ -435,11 +501,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn spans_tile_the_range_and_the_last_one_is_short() {
-        let spans = plan(0, 2_500_000, 1_000);
-        assert_eq!(spans.len(), 3);
-        assert_eq!((spans[2].start_ms, spans[2].end_ms), (2_000_000, 2_500_000));
-        assert_eq!(spans[1].stem(), "shard-00001-1000");
+    fn spans_tile_the_range_on_epoch_aligned_boundaries() {
+        let spans = plan(500_000, 2_500_000, 1_000);
+        let bounds: Vec<(i64, i64)> = spans.iter().map(|s| (s.start_ms, s.end_ms)).collect();
+        assert_eq!(
+            bounds,
+            [
+                (500_000, 1_000_000),
+                (1_000_000, 2_000_000),
+                (2_000_000, 2_500_000)
+            ]
+        );
+        assert_eq!(spans[1].index, 1);
+        assert_eq!(spans[1].stem(), "shard-1000-2000");
         assert!(plan(5, 5, 10).is_empty());
     }
 }

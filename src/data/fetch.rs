@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::DataError;
 use super::assemble::{Assembler, QualityReport};
-use super::cache::{self, Manifest, ShardCache, ShardMeta};
+use super::cache::{self, CacheReader, Manifest, ShardCache, ShardMeta};
 use super::dataobject::{
     DATA_FORMAT_VERSION, DataObject, ExternalData, Metadata, TemporalFeatures, TimeSpan,
 };
@@ -27,8 +27,10 @@ pub struct FetchSummary {
     pub key: String,
     /// Shards in the time range.
     pub shards: usize,
-    /// Shards reused from an earlier fetch.
+    /// Shards reused from an earlier fetch (including linked ones).
     pub shards_reused: usize,
+    /// Of those, shards linked from the cache of another time range of the same source.
+    pub shards_linked: usize,
     /// Shards fetched now.
     pub shards_fetched: usize,
     /// Snapshots kept per symbol.
@@ -63,6 +65,34 @@ fn progress_bar(total: u64) -> ProgressBar {
     bar
 }
 
+/// Reads one shard; when the connection breaks, reconnects (with backoff) and reads the
+/// whole shard again into a fresh assembler, so no row is counted twice.
+fn read_with_retries(
+    source: &mut dyn Source,
+    span: &cache::Span,
+    symbols: &[crate::config::Symbol],
+    depth: usize,
+    max_retries: u32,
+    bar: &ProgressBar,
+) -> Result<Assembler, DataError> {
+    let mut retry = 0;
+    loop {
+        let mut asm = Assembler::new(symbols.to_vec(), depth);
+        let position = bar.position();
+        match source.read_span(span.start_ms, span.end_ms, &mut asm, bar) {
+            Ok(()) => return Ok(asm),
+            Err(e @ DataError::ConnectionLost { .. }) if retry < max_retries => {
+                retry += 1;
+                tracing::warn!(shard = %span.stem(), retry, max_retries, "{e}; reconnecting");
+                std::thread::sleep(std::time::Duration::from_millis(500 << (retry - 1).min(5)));
+                source.reconnect()?;
+                bar.set_position(position);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 fn join(
     handle: std::thread::ScopedJoinHandle<'_, Result<ShardMeta, DataError>>,
 ) -> Result<ShardMeta, DataError> {
@@ -75,6 +105,7 @@ fn join(
 fn finish_shard(
     store: &ShardCache,
     span: &cache::Span,
+    source_key: &str,
     asm: Assembler,
     depth: usize,
     started: std::time::Instant,
@@ -84,7 +115,7 @@ fn finish_shard(
     for (symbol, book) in &books {
         book.validate(symbol.as_str(), depth)?;
     }
-    let meta = store.write_shard(span, &books, quality)?;
+    let meta = store.write_shard(span, source_key, &books, quality)?;
     let q = &meta.quality;
     tracing::info!(
         shard = %span.stem(),
@@ -100,11 +131,18 @@ fn finish_shard(
     Ok(meta)
 }
 
-/// The cache directory `fetch` writes for `config`; it holds `manifest.json` once a fetch
-/// completed.
+/// The cache directory `fetch` writes for `config` (`<workdir>/data/<key>`), computed
+/// without reading the source; it holds `manifest.json` once a fetch completed.
 pub fn cache_dir(config: &Config) -> Result<PathBuf, DataError> {
-    let key = cache::cache_key(&config.data, &sources::fingerprint(&config.data)?);
+    let source_key = cache::source_key(&config.data, &sources::fingerprint(&config.data)?);
+    let key = cache::cache_key(&source_key, &config.data);
     Ok(ShardCache::dir_of(&config.workdir, &key))
+}
+
+/// Opens the complete cache of `config` for reading (an error naming `fetch` if there is
+/// none: a stage never reads a partial or foreign cache).
+pub fn open_cache(config: &Config) -> Result<CacheReader, DataError> {
+    CacheReader::open(&cache_dir(config)?)
 }
 
 /// Fetches the configured time range into the shard cache under `config.workdir`; with
@@ -121,7 +159,8 @@ pub fn fetch(config: &Config, force: bool) -> Result<FetchSummary, DataError> {
         end.timestamp_millis(),
         data.cache.shard_seconds,
     );
-    let key = cache::cache_key(data, &sources::fingerprint(data)?);
+    let source_key = cache::source_key(data, &sources::fingerprint(data)?);
+    let key = cache::cache_key(&source_key, data);
     let store = ShardCache::create(&config.workdir, &key)?;
     tracing::info!(cache = %store.dir().display(), shards = spans.len(), "fetch starts");
 
@@ -141,11 +180,26 @@ pub fn fetch(config: &Config, force: bool) -> Result<FetchSummary, DataError> {
             }
         }
     }
-    let missing: Vec<usize> = (0..spans.len()).filter(|&i| metas[i].is_none()).collect();
-    let reused = spans.len() - missing.len();
+    let mut missing: Vec<usize> = (0..spans.len()).filter(|&i| metas[i].is_none()).collect();
+    let mut linked = 0;
     if !missing.is_empty() {
         store.remove_manifest()?;
+    }
+    if !force {
+        // Shards another time range of the same source already holds.
+        missing.retain(|&i| match store.adopt(&spans[i], &source_key) {
+            Some(meta) => {
+                metas[i] = Some(meta);
+                linked += 1;
+                false
+            }
+            None => true,
+        });
+    }
+    let reused = spans.len() - missing.len();
+    if !missing.is_empty() {
         let mut source: Box<dyn Source> = sources::open(data)?;
+        let max_retries = data.connection.max_retries;
         tracing::info!(source = %source.describe(), shards = missing.len(), reused, "fetching");
         let total: u64 = missing
             .iter()
@@ -161,16 +215,16 @@ pub fn fetch(config: &Config, force: bool) -> Result<FetchSummary, DataError> {
                 let span = spans[i];
                 bar.set_message(span.stem());
                 let started = std::time::Instant::now();
-                let mut asm = Assembler::new(symbols.clone(), depth);
-                source.read_span(span.start_ms, span.end_ms, &mut asm, &bar)?;
+                let asm =
+                    read_with_retries(&mut *source, &span, &symbols, depth, max_retries, &bar)?;
                 let read_ms = started.elapsed().as_millis() as u64;
                 if let Some((j, handle)) = pending.take() {
                     metas[j] = Some(join(handle)?);
                 }
-                let (store, parent) = (&store, fetch_span.clone());
+                let (store, parent, source_key) = (&store, fetch_span.clone(), &source_key);
                 let handle = scope.spawn(move || {
                     let _entered = parent.enter();
-                    finish_shard(store, &span, asm, depth, started, read_ms)
+                    finish_shard(store, &span, source_key, asm, depth, started, read_ms)
                 });
                 pending = Some((i, handle));
             }
@@ -240,6 +294,7 @@ pub fn fetch(config: &Config, force: bool) -> Result<FetchSummary, DataError> {
     let manifest = Manifest {
         format_version: DATA_FORMAT_VERSION.to_owned(),
         key: key.clone(),
+        source_key,
         metadata,
         shards,
         quality: quality.clone(),
@@ -267,6 +322,7 @@ pub fn fetch(config: &Config, force: bool) -> Result<FetchSummary, DataError> {
         key,
         shards: spans.len(),
         shards_reused: reused,
+        shards_linked: linked,
         shards_fetched: missing.len(),
         snapshots,
         quality,
@@ -277,11 +333,12 @@ pub fn fetch(config: &Config, force: bool) -> Result<FetchSummary, DataError> {
 pub fn outcome(s: &FetchSummary) -> Outcome {
     let q = &s.quality;
     let mut text = format!(
-        "{}\nshards: {} ({} fetched, {} reused)\n",
+        "{}\nshards: {} ({} fetched, {} reused, of which {} from another time range)\n",
         s.cache_dir.display(),
         s.shards,
         s.shards_fetched,
-        s.shards_reused
+        s.shards_reused,
+        s.shards_linked
     );
     for (symbol, n) in &s.snapshots {
         text.push_str(&format!("{symbol}: {n} snapshots\n"));

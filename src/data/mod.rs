@@ -107,6 +107,15 @@ pub enum DataError {
         /// The server's or driver's message.
         message: String,
     },
+    /// The connection broke during a query (network, server restart); `fetch` reconnects
+    /// and refetches the shard up to `data.connection.max_retries` times.
+    #[error("lost the database connection ({context}): {message}")]
+    ConnectionLost {
+        /// Which query.
+        context: String,
+        /// The driver's message.
+        message: String,
+    },
 }
 
 impl DataError {
@@ -114,9 +123,10 @@ impl DataError {
     /// 3 for bad input, bad data and a broken cache.
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            DataError::Unreachable { .. } | DataError::Auth { .. } | DataError::Query { .. } => {
-                ExitCode::External
-            }
+            DataError::Unreachable { .. }
+            | DataError::Auth { .. }
+            | DataError::Query { .. }
+            | DataError::ConnectionLost { .. } => ExitCode::External,
             _ => ExitCode::Data,
         }
     }

@@ -26,6 +26,11 @@ pub trait Source {
         progress: &ProgressBar,
     ) -> Result<(), DataError>;
 
+    /// Opens a new connection after [`DataError::ConnectionLost`].
+    fn reconnect(&mut self) -> Result<(), DataError> {
+        Ok(())
+    }
+
     /// Query chunks one span of `span_ms` takes (the progress bar's unit).
     fn chunks_per_span(&self, _span_ms: i64) -> u64 {
         1
