@@ -81,36 +81,58 @@ pub fn compute(spec: &FeatureSpec, levels: Levels<'_>) -> Vec<f64> {
         }
     };
 
+    // Resolve names once, not per row.
+    #[derive(Clone, Copy)]
+    enum Kind {
+        Spread,
+        VolumeImbalance,
+        DepthImbalance,
+        MicroPrice,
+        PriceMomentum,
+        VolumeMomentum,
+    }
+    let plan: Vec<Kind> = spec
+        .names
+        .iter()
+        .map(|name| match name.as_str() {
+            "bid_ask_spread" => Kind::Spread,
+            "volume_imbalance" => Kind::VolumeImbalance,
+            "depth_imbalance" => Kind::DepthImbalance,
+            "weighted_mid_price" => Kind::MicroPrice,
+            "price_momentum" => Kind::PriceMomentum,
+            "volume_momentum" => Kind::VolumeMomentum,
+            other => unreachable!("feature {other} passed config validation"),
+        })
+        .collect();
     let ncols = spec.columns().len();
     let mut out = Vec::with_capacity(rows * ncols);
     for i in 0..rows {
         let (b1, a1) = (levels.bid_px[i * d], levels.ask_px[i * d]);
         let (bq1, aq1) = (levels.bid_qty[i * d], levels.ask_qty[i * d]);
         let m = mid[i];
-        for name in &spec.names {
-            match name.as_str() {
-                "bid_ask_spread" => out.push(bps(a1 - b1, m)),
-                "volume_imbalance" => out.push((bq1 - aq1) / (bq1 + aq1)),
-                "depth_imbalance" => {
+        for kind in &plan {
+            match kind {
+                Kind::Spread => out.push(bps(a1 - b1, m)),
+                Kind::VolumeImbalance => out.push((bq1 - aq1) / (bq1 + aq1)),
+                Kind::DepthImbalance => {
                     let (bd, ad) = (depth_sum(i, levels.bid_qty), depth_sum(i, levels.ask_qty));
                     out.push((bd - ad) / (bd + ad));
                 }
-                "weighted_mid_price" => {
+                Kind::MicroPrice => {
                     // Micro-price: the mid tilted towards the side with less quantity.
                     let micro = (b1 * aq1 + a1 * bq1) / (bq1 + aq1);
                     out.push(bps(micro - m, m));
                 }
-                "price_momentum" => out.extend(
+                Kind::PriceMomentum => out.extend(
                     spec.momentum_windows
                         .iter()
                         .map(|&w| log_change(&mid, i, w, 1e4)),
                 ),
-                "volume_momentum" => out.extend(
+                Kind::VolumeMomentum => out.extend(
                     spec.momentum_windows
                         .iter()
                         .map(|&w| log_change(&total_depth, i, w, 1.0)),
                 ),
-                other => unreachable!("feature {other} passed config validation"),
             }
         }
         if spec.level_features {

@@ -241,26 +241,42 @@ pub fn prepare(
     let mut states = Vec::new();
     let mut step_state = vec![StepState::Real; grid.steps];
     let mut target_mid = Vec::new();
-    for (a, asset) in assets.iter().enumerate() {
-        let overlaps = asset.ts_ms.iter().any(|t| *t > first && *t <= last);
-        if a > 0 && !overlaps {
+    for asset in &assets[1..] {
+        if !asset.ts_ms.iter().any(|t| *t > first && *t <= last) {
             return Err(PreprocessError::NoOverlap {
                 asset: asset.symbol.to_owned(),
                 target: target.symbol.to_owned(),
             });
         }
-        let aligned = grid::align(
-            asset.ts_ms,
-            asset.levels,
-            grid,
-            spec.handling,
-            spec.max_gap_ms,
-        );
-        let mid = features::mid_prices(aligned.book.levels());
+    }
+    // Assets are independent until their rows are interleaved: one thread each.
+    let per_asset: Vec<(grid::AlignedAsset, Vec<f64>, Vec<f64>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = assets
+            .iter()
+            .map(|asset| {
+                s.spawn(move || {
+                    let aligned = grid::align(
+                        asset.ts_ms,
+                        asset.levels,
+                        grid,
+                        spec.handling,
+                        spec.max_gap_ms,
+                    );
+                    let mid = features::mid_prices(aligned.book.levels());
+                    let f = features::compute(&spec.features, aligned.book.levels());
+                    (aligned, mid, f)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    for (a, (asset, (aligned, mid, f))) in assets.iter().zip(per_asset).enumerate() {
         if !mid.iter().any(|m| m.is_finite()) {
             return Err(PreprocessError::AllNan(asset.symbol.to_owned()));
         }
-        let f = features::compute(&spec.features, aligned.book.levels());
         for t in 0..grid.steps {
             rows[t * ncols + a * fa..t * ncols + (a + 1) * fa]
                 .copy_from_slice(&f[t * fa..(t + 1) * fa]);
