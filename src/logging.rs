@@ -223,3 +223,67 @@ pub fn report_error(format: LogFormat, color: bool, message: &str, exit_code: i3
         ),
     };
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(color: bool) -> LineLayer {
+        LineLayer {
+            settings: LogSettings {
+                level: LogLevel::Info,
+                format: LogFormat::Text,
+                color,
+                function_names: true,
+                colors: LogColors::default(),
+            },
+        }
+    }
+
+    fn fields() -> Fields {
+        Fields {
+            message: "shard written".into(),
+            pairs: vec![("rows", "42".into())],
+        }
+    }
+
+    #[test]
+    fn text_lines_use_the_spec_colour_scheme_on_a_terminal() {
+        let line = layer(true).text_line(Level::WARN, "fetch", &fields());
+        assert!(
+            line.contains("\x1b[33mWARN \x1b[0m"),
+            "level yellow: {line:?}"
+        );
+        assert!(
+            line.contains("\x1b[36mfetch\x1b[0m: "),
+            "function cyan: {line:?}"
+        );
+        assert!(
+            line.contains("\x1b[33mrows\x1b[0m=\x1b[32m42\x1b[0m"),
+            "name yellow, value green: {line:?}"
+        );
+        let plain = layer(false).text_line(Level::WARN, "fetch", &fields());
+        assert!(
+            plain.ends_with("WARN  fetch: shard written rows=42"),
+            "{plain:?}"
+        );
+        assert!(!plain.contains('\x1b'));
+    }
+
+    #[test]
+    fn json_lines_carry_every_field() {
+        let v: serde_json::Value =
+            serde_json::from_str(&json_line(Level::INFO, "train", &fields())).unwrap();
+        assert_eq!(v["level"], "INFO");
+        assert_eq!(v["function"], "train");
+        assert_eq!(v["message"], "shard written");
+        assert_eq!(v["rows"], "42");
+    }
+
+    #[test]
+    fn colour_names_map_to_ansi_codes() {
+        assert_eq!(ansi_code("cyan"), 36);
+        assert_eq!(ansi_code("bright_red"), 91);
+        assert_eq!(paint(false, "red", "x"), "x");
+    }
+}
