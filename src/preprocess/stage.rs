@@ -172,7 +172,9 @@ pub fn memory_needed(
     let raw = 3 * shard_steps as u64 * assets as u64 * depth as u64 * 4 * 8;
     let grid = chunk * assets as u64 * depth as u64 * 4 * 8;
     let rows = chunk * columns as u64 * 8 * 2;
-    let per_step = total_steps as u64 * 48;
+    // Labels, changes, volatility, usability, weights, regimes and sample indices, plus the
+    // copies made while `samples.npz` is encoded (measured: ~140 bytes per step).
+    let per_step = total_steps as u64 * 160;
     let robust = columns as u64 * super::scaler::ROBUST_SAMPLE_CAP as u64 * 8;
     raw + grid + rows + per_step + robust
 }
