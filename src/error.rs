@@ -41,6 +41,9 @@ pub enum Error {
     /// A stage whose implementation has not landed yet.
     #[error("the `{0}` stage is not implemented yet; no work was done")]
     NotImplemented(&'static str),
+    /// Building, training or loading a model failed.
+    #[error(transparent)]
+    Train(#[from] crate::train::TrainError),
     /// Writing a result or log failed.
     #[error("{context}: {source}")]
     Io {
@@ -58,6 +61,7 @@ impl Error {
         match self {
             Error::Config(_) | Error::NotImplemented(_) => ExitCode::Usage,
             Error::Io { .. } => ExitCode::Data,
+            Error::Train(e) => e.exit_code(),
         }
     }
 }

@@ -7,6 +7,8 @@ pub mod commands;
 pub mod config;
 pub mod error;
 pub mod logging;
+pub mod model;
 pub mod preprocess;
+pub mod train;
 
 pub use error::{Error, ExitCode, Result};
