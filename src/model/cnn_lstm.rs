@@ -77,6 +77,14 @@ fn activate<const D: usize>(x: Tensor<D>, act: Activation) -> Tensor<D> {
     }
 }
 
+/// Whether the activation is non-decreasing (GELU and SiLU dip below zero, so they are not).
+fn monotone(act: Activation) -> bool {
+    matches!(
+        act,
+        Activation::Relu | Activation::LeakyRelu | Activation::Tanh
+    )
+}
+
 /// A flat inverted-dropout mask: 0 with probability `p`, else 1/(1-p), drawn from `rng`.
 pub(crate) fn dropout_mask(shape: &[usize], p: f64, rng: &mut Rng, device: &Device) -> Tensor<1> {
     let n: usize = shape.iter().product();
@@ -177,10 +185,21 @@ impl CnnLstm {
                 1,
             );
             x = conv2d(x, conv.weight.val(), Some(conv.bias.val()), options);
-            x = activate(x, self.spec.activation);
             x = match self.spec.pooling {
-                Pooling::Max => max_pool2d(x, MaxPoolOptions::new(c.pool)),
-                Pooling::Avg => avg_pool2d(x, AvgPoolOptions::new(c.pool)),
+                // Max pooling commutes with a non-decreasing activation, so pool first and
+                // activate a map `pool` times smaller (forward and backward).
+                Pooling::Max if monotone(self.spec.activation) => activate(
+                    max_pool2d(x, MaxPoolOptions::new(c.pool)),
+                    self.spec.activation,
+                ),
+                Pooling::Max => max_pool2d(
+                    activate(x, self.spec.activation),
+                    MaxPoolOptions::new(c.pool),
+                ),
+                Pooling::Avg => avg_pool2d(
+                    activate(x, self.spec.activation),
+                    AvgPoolOptions::new(c.pool),
+                ),
             };
             x = dropout(x, c.dropout, rng.as_deref_mut());
         }
@@ -224,5 +243,26 @@ impl CnnLstm {
             h = dropout(h, d.dropout, rng.as_deref_mut());
         }
         self.head.forward(h)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pooling_before_a_monotone_activation_gives_the_same_map() {
+        let device = Device::flex();
+        let mut rng = Rng::new(2, "x");
+        let values: Vec<f32> = (0..2 * 3 * 6 * 4).map(|_| rng.uniform(2.0)).collect();
+        let x = Tensor::<4>::from_data(TensorData::new(values, [2, 3, 6, 4]), &device);
+        for act in [Activation::Relu, Activation::LeakyRelu, Activation::Tanh] {
+            assert!(monotone(act));
+            let pool = || MaxPoolOptions::new([2, 2]);
+            let a = max_pool2d(activate(x.clone(), act), pool()).into_data();
+            let b = activate(max_pool2d(x.clone(), pool()), act).into_data();
+            assert_eq!(a, b, "{act:?}");
+        }
+        assert!(!monotone(Activation::Gelu) && !monotone(Activation::Silu));
     }
 }
