@@ -14,7 +14,7 @@ pub use device::{DeviceChoice, select_device};
 pub use loss::{balanced_class_weights, weighted_cross_entropy};
 pub use memory::{MemoryEstimate, check_memory_budget};
 pub use metrics::{ClassificationMetrics, EpochMetrics};
-pub use source::{Batch, BatchSource, InMemorySource, Split};
+pub use source::{Batch, BatchIter, BatchSource, InMemorySource, Split, prefetch};
 pub use trainer::{StepResult, TrainObserver, TrainOptions, TrainOutcome, Trainer};
 
 /// Why training could not run or finish.

@@ -81,6 +81,25 @@ pub trait BatchSource {
     ) -> Result<BatchIter<'_>, TrainError>;
 }
 
+/// Run a batch iterator on a background thread, keeping up to `depth` batches ready
+/// (`training.prefetch_batches`), so reading and slicing overlap the training step. Errors
+/// are passed through in order; the thread stops when the returned iterator is dropped.
+pub fn prefetch<I>(iter: I, depth: usize) -> BatchIter<'static>
+where
+    I: Iterator<Item = Result<Batch, TrainError>> + Send + 'static,
+{
+    let (tx, rx) = std::sync::mpsc::sync_channel(depth.max(1));
+    std::thread::spawn(move || {
+        for item in iter {
+            // The receiver is gone: training stopped, nothing left to do.
+            if tx.send(item).is_err() {
+                break;
+            }
+        }
+    });
+    Box::new(rx.into_iter())
+}
+
 /// Samples held in memory; the training split is fully shuffled each epoch.
 #[derive(Debug, Clone)]
 pub struct InMemorySource {
@@ -164,5 +183,74 @@ impl BatchSource for InMemorySource {
             })
         });
         Ok(Box::new(iter))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(i: u32) -> Result<Batch, TrainError> {
+        Ok(Batch {
+            x: vec![i as f32],
+            y: vec![i],
+            weights: vec![1.0],
+        })
+    }
+
+    #[test]
+    fn prefetch_keeps_order_and_passes_errors_through() {
+        let items = vec![
+            batch(0),
+            batch(1),
+            Err(TrainError::Batch("bad row".into())),
+            batch(3),
+        ];
+        let got: Vec<_> = prefetch(items.into_iter(), 2).collect();
+        assert_eq!(got.len(), 4);
+        assert_eq!(got[1].as_ref().unwrap().y, vec![1]);
+        assert!(got[2].as_ref().unwrap_err().to_string().contains("bad row"));
+        assert_eq!(got[3].as_ref().unwrap().y, vec![3]);
+    }
+
+    #[test]
+    fn prefetch_stops_when_dropped_early() {
+        let endless = (0..).map(batch);
+        let first: Vec<_> = prefetch(endless, 3).take(5).collect();
+        assert_eq!(first.len(), 5);
+    }
+
+    #[test]
+    fn in_memory_source_shuffles_by_epoch_and_seed_only() {
+        let shape = SampleShape {
+            assets: 1,
+            time_steps: 1,
+            features: 1,
+        };
+        let n = 10;
+        let data = (
+            (0..n).map(|i| i as f32).collect(),
+            (0..n).collect(),
+            vec![1.0; n as usize],
+        );
+        let mut s = InMemorySource::new(shape, data, (vec![], vec![], vec![])).unwrap();
+        let order = |s: &mut InMemorySource, epoch| -> Vec<u32> {
+            s.batches(Split::Train, epoch, 9, 4)
+                .unwrap()
+                .flat_map(|b| b.unwrap().y)
+                .collect()
+        };
+        let e1 = order(&mut s, 1);
+        assert_eq!(e1, order(&mut s, 1));
+        assert_ne!(e1, order(&mut s, 2));
+        let mut sorted = e1.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..n).collect::<Vec<_>>());
+        let sizes: Vec<usize> = s
+            .batches(Split::Train, 1, 9, 4)
+            .unwrap()
+            .map(|b| b.unwrap().len())
+            .collect();
+        assert_eq!(sizes, vec![4, 4, 2]);
     }
 }
