@@ -56,6 +56,9 @@ pub enum Error {
     /// Diagnostics ran and found the data unfit for training (`fail_on_invalid`).
     #[error("diagnostics failed (data.validation.fail_on_invalid is true):\n  - {}", .0.join("\n  - "))]
     DiagnosticsFailed(Vec<String>),
+    /// Building, training or loading a model failed.
+    #[error(transparent)]
+    Train(#[from] crate::train::TrainError),
     /// Writing a result or log failed.
     #[error("{context}: {source}")]
     Io {
@@ -78,6 +81,7 @@ impl Error {
             Error::Preprocess(e) => e.exit_code(),
             Error::Diagnose(crate::diagnostics::stage::DiagnoseError::Store(e)) => e.exit_code(),
             Error::Diagnose(_) | Error::DiagnosticsFailed(_) => ExitCode::Data,
+            Error::Train(e) => e.exit_code(),
         }
     }
 }

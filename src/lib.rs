@@ -9,8 +9,10 @@ pub mod data;
 pub mod diagnostics;
 pub mod error;
 pub mod logging;
+pub mod model;
 pub mod plot;
 pub mod preprocess;
 pub mod tracking;
+pub mod train;
 
 pub use error::{Error, ExitCode, Result};

@@ -1,0 +1,268 @@
+//! The configurable CNN+LSTM: conv blocks over (time x feature) maps, a sequence over time,
+//! an LSTM, dense layers, logits.
+
+use burn::module::{Module, Param};
+use burn::tensor::activation::{gelu, leaky_relu, relu, silu};
+use burn::tensor::module::{avg_pool2d, conv2d, max_pool2d};
+use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
+use burn::tensor::{Device, Tensor, TensorData};
+
+use super::lstm::{Lstm, uniform_param};
+use super::rng::Rng;
+use super::spec::ModelSpec;
+use crate::config::{Activation, Pooling};
+
+/// A 2-D convolution with "same" padding.
+#[derive(Module, Debug)]
+pub struct Conv {
+    /// `[out, in, kt, kf]`.
+    pub weight: Param<Tensor<4>>,
+    /// `[out]`.
+    pub bias: Param<Tensor<1>>,
+}
+
+/// A fully connected layer.
+#[derive(Module, Debug)]
+pub struct Dense {
+    /// `[in, out]`.
+    pub weight: Param<Tensor<2>>,
+    /// `[out]`.
+    pub bias: Param<Tensor<1>>,
+}
+
+impl Dense {
+    fn new(d_in: usize, d_out: usize, rng: &mut Rng, device: &Device) -> Self {
+        let k = 1.0 / (d_in as f32).sqrt();
+        Self {
+            weight: uniform_param([d_in, d_out], k, rng, device),
+            bias: uniform_param([d_out], k, rng, device),
+        }
+    }
+
+    fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        x.matmul(self.weight.val()) + self.bias.val().unsqueeze_dim::<2>(0)
+    }
+}
+
+/// The conv layers of one branch.
+#[derive(Module, Debug)]
+pub struct ConvBranch {
+    /// One per conv block.
+    pub layers: Vec<Conv>,
+}
+
+/// The classifier. Build with [`CnnLstm::new`]; the architecture is in [`ModelSpec`].
+#[derive(Module, Debug)]
+pub struct CnnLstm {
+    /// One branch (stacked channels) or one per asset (separate branches).
+    pub branches: Vec<ConvBranch>,
+    /// Recurrent block.
+    pub lstm: Lstm,
+    /// Hidden dense layers.
+    pub dense: Vec<Dense>,
+    /// Output layer (logits).
+    pub head: Dense,
+    #[module(skip)]
+    spec: ModelSpec,
+}
+
+/// Apply the configured activation.
+fn activate<const D: usize>(x: Tensor<D>, act: Activation) -> Tensor<D> {
+    match act {
+        Activation::Relu => relu(x),
+        Activation::Gelu => gelu(x),
+        Activation::Tanh => x.tanh(),
+        Activation::Silu => silu(x),
+        Activation::LeakyRelu => leaky_relu(x, 0.01),
+    }
+}
+
+/// Whether the activation is non-decreasing (GELU and SiLU dip below zero, so they are not).
+fn monotone(act: Activation) -> bool {
+    matches!(
+        act,
+        Activation::Relu | Activation::LeakyRelu | Activation::Tanh
+    )
+}
+
+/// A flat inverted-dropout mask: 0 with probability `p`, else 1/(1-p), drawn from `rng`.
+pub(crate) fn dropout_mask(shape: &[usize], p: f64, rng: &mut Rng, device: &Device) -> Tensor<1> {
+    let n: usize = shape.iter().product();
+    let keep = 1.0 - p as f32;
+    let scale = 1.0 / keep;
+    let values: Vec<f32> = (0..n)
+        .map(|_| if rng.next_f32() < keep { scale } else { 0.0 })
+        .collect();
+    Tensor::from_data(TensorData::new(values, [n]), device)
+}
+
+/// Inverted dropout; identity when `rng` is `None` (inference) or `p` is zero.
+fn dropout<const D: usize>(x: Tensor<D>, p: f64, rng: Option<&mut Rng>) -> Tensor<D> {
+    match rng {
+        Some(rng) if p > 0.0 => {
+            let dims = x.dims();
+            let mask = dropout_mask(&dims, p, rng, &x.device()).reshape(dims);
+            x * mask
+        }
+        _ => x,
+    }
+}
+
+/// "same" padding for one axis, extra cell at the end as TensorFlow does for even kernels.
+fn same_padding(k: usize) -> (usize, usize) {
+    let total = k - 1;
+    (total / 2, total - total / 2)
+}
+
+impl CnnLstm {
+    /// Build a freshly initialised model on `device`, weights drawn from `rng`
+    /// (U(-1/sqrt(fan_in), 1/sqrt(fan_in)) as PyTorch does).
+    pub fn new(spec: &ModelSpec, rng: &mut Rng, device: &Device) -> Self {
+        let branches = (0..spec.branches())
+            .map(|_| {
+                let mut c_in = spec.branch_in_channels();
+                let layers = spec
+                    .conv
+                    .iter()
+                    .map(|c| {
+                        let fan_in = c_in * c.kernel[0] * c.kernel[1];
+                        let k = 1.0 / (fan_in as f32).sqrt();
+                        let conv = Conv {
+                            weight: uniform_param(
+                                [c.filters, c_in, c.kernel[0], c.kernel[1]],
+                                k,
+                                rng,
+                                device,
+                            ),
+                            bias: uniform_param([c.filters], k, rng, device),
+                        };
+                        c_in = c.filters;
+                        conv
+                    })
+                    .collect();
+                ConvBranch { layers }
+            })
+            .collect();
+        let (_, width) = spec.sequence();
+        let lstm = Lstm::new(width, spec.lstm_units, rng, device);
+        let mut d_in = spec.lstm_units;
+        let dense = spec
+            .dense
+            .iter()
+            .map(|d| {
+                let layer = Dense::new(d_in, d.units, rng, device);
+                d_in = d.units;
+                layer
+            })
+            .collect();
+        let head = Dense::new(d_in, spec.num_classes, rng, device);
+        Self {
+            branches,
+            lstm,
+            dense,
+            head,
+            spec: spec.clone(),
+        }
+    }
+
+    /// The architecture this model was built from.
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    /// Conv blocks of one branch: `[B, C, T, F]` -> `[B, T', C' * F']` sequence.
+    fn branch_forward(
+        &self,
+        branch: &ConvBranch,
+        mut x: Tensor<4>,
+        mut rng: Option<&mut Rng>,
+    ) -> Tensor<3> {
+        for (conv, c) in branch.layers.iter().zip(&self.spec.conv) {
+            let options = ConvOptions::new_with_padding(
+                [1, 1],
+                [same_padding(c.kernel[0]), same_padding(c.kernel[1])],
+                [1, 1],
+                1,
+            );
+            x = conv2d(x, conv.weight.val(), Some(conv.bias.val()), options);
+            x = match self.spec.pooling {
+                // Max pooling commutes with a non-decreasing activation, so pool first and
+                // activate a map `pool` times smaller (forward and backward).
+                Pooling::Max if monotone(self.spec.activation) => activate(
+                    max_pool2d(x, MaxPoolOptions::new(c.pool)),
+                    self.spec.activation,
+                ),
+                Pooling::Max => max_pool2d(
+                    activate(x, self.spec.activation),
+                    MaxPoolOptions::new(c.pool),
+                ),
+                Pooling::Avg => avg_pool2d(
+                    activate(x, self.spec.activation),
+                    AvgPoolOptions::new(c.pool),
+                ),
+            };
+            x = dropout(x, c.dropout, rng.as_deref_mut());
+        }
+        let [b, ch, t, f] = x.dims();
+        x.permute([0, 2, 1, 3]).reshape([b, t, ch * f])
+    }
+
+    /// Logits `[batch, num_classes]` for `x` `[batch, assets, T, features]`.
+    ///
+    /// `rng` = `Some` is training mode: dropout masks (conv, LSTM output, recurrent state,
+    /// dense) are drawn from it. `None` is inference.
+    pub fn forward(&self, x: Tensor<4>, mut rng: Option<&mut Rng>) -> Tensor<2> {
+        let [b, a, t, f] = x.dims();
+        let seq = if self.branches.len() == 1 {
+            self.branch_forward(&self.branches[0], x, rng.as_deref_mut())
+        } else {
+            let parts = self
+                .branches
+                .iter()
+                .enumerate()
+                .map(|(i, br)| {
+                    let xi = x.clone().narrow(1, i, 1).reshape([b, 1, t, f]);
+                    self.branch_forward(br, xi, rng.as_deref_mut())
+                })
+                .collect();
+            debug_assert_eq!(a, self.branches.len());
+            Tensor::cat(parts, 2)
+        };
+        let units = self.spec.lstm_units;
+        let recurrent_mask = match rng.as_deref_mut() {
+            Some(r) if self.spec.recurrent_dropout > 0.0 => Some(
+                dropout_mask(&[b, units], self.spec.recurrent_dropout, r, &seq.device())
+                    .reshape([b, units]),
+            ),
+            _ => None,
+        };
+        let mut h = self.lstm.forward(seq, recurrent_mask);
+        h = dropout(h, self.spec.lstm_dropout, rng.as_deref_mut());
+        for (layer, d) in self.dense.iter().zip(&self.spec.dense) {
+            h = activate(layer.forward(h), self.spec.activation);
+            h = dropout(h, d.dropout, rng.as_deref_mut());
+        }
+        self.head.forward(h)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pooling_before_a_monotone_activation_gives_the_same_map() {
+        let device = Device::flex();
+        let mut rng = Rng::new(2, "x");
+        let values: Vec<f32> = (0..2 * 3 * 6 * 4).map(|_| rng.uniform(2.0)).collect();
+        let x = Tensor::<4>::from_data(TensorData::new(values, [2, 3, 6, 4]), &device);
+        for act in [Activation::Relu, Activation::LeakyRelu, Activation::Tanh] {
+            assert!(monotone(act));
+            let pool = || MaxPoolOptions::new([2, 2]);
+            let a = max_pool2d(activate(x.clone(), act), pool()).into_data();
+            let b = activate(max_pool2d(x.clone(), pool()), act).into_data();
+            assert_eq!(a, b, "{act:?}");
+        }
+        assert!(!monotone(Activation::Gelu) && !monotone(Activation::Silu));
+    }
+}

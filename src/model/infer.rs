@@ -1,0 +1,51 @@
+//! Inference on host buffers: logits and temperature-scaled probabilities.
+
+use burn::module::Module;
+use burn::tensor::activation::softmax;
+use burn::tensor::{Tensor, TensorData};
+
+use super::{CnnLstm, ModelError};
+
+fn input_tensor(model: &CnnLstm, x: &[f32]) -> Result<(Tensor<4>, usize), ModelError> {
+    let shape = model.spec().input;
+    let per = shape.len();
+    if per == 0 || x.len() % per != 0 || x.is_empty() {
+        return Err(ModelError::InputSize {
+            got: x.len(),
+            want: per * (x.len() / per.max(1)).max(1),
+            batch: (x.len() / per.max(1)).max(1),
+            shape: shape.to_string(),
+        });
+    }
+    let b = x.len() / per;
+    let device = model.head.bias.device();
+    let data = TensorData::new(
+        x.to_vec(),
+        [b, shape.assets, shape.time_steps, shape.features],
+    );
+    Ok((Tensor::from_data(data, &device), b))
+}
+
+/// Logits `[batch * num_classes]` (row-major) for `x` = `batch` samples `[assets, T, F]`
+/// row-major. Runs in inference mode (no dropout, no autodiff graph).
+pub fn predict_logits(model: &CnnLstm, x: &[f32]) -> Result<Vec<f32>, ModelError> {
+    let model = model.valid();
+    let (input, _) = input_tensor(&model, x)?;
+    Ok(to_vec(model.forward(input, None)))
+}
+
+/// Class probabilities `[batch * num_classes]`: softmax of logits / `temperature` (the
+/// calibration slot; 1.0 = uncalibrated).
+pub fn predict_proba(model: &CnnLstm, x: &[f32], temperature: f32) -> Result<Vec<f32>, ModelError> {
+    let model = model.valid();
+    let (input, _) = input_tensor(&model, x)?;
+    let logits = model.forward(input, None).div_scalar(temperature);
+    Ok(to_vec(softmax(logits, 1)))
+}
+
+pub(crate) fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("a float tensor converted to f32 reads back as f32")
+}

@@ -1,0 +1,80 @@
+//! The CNN+LSTM classifier built from `model` config, its summary, and inference helpers.
+//!
+//! Model code never names a backend: tensors live on whatever `burn::tensor::Device` the caller
+//! picked (see `crate::train::device`).
+
+pub mod cnn_lstm;
+pub mod infer;
+pub mod lstm;
+pub mod rng;
+pub mod spec;
+pub mod summary;
+
+pub use cnn_lstm::CnnLstm;
+pub use infer::{predict_logits, predict_proba};
+pub use rng::Rng;
+pub use spec::{ConvSpec, DenseSpec, ModelSpec, SampleShape};
+pub use summary::{LayerSummary, ModelSummary};
+
+/// Why a model could not be built from its configuration.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ModelError {
+    /// A per-layer list does not have `num_layers` entries.
+    #[error("model.{field} has {got} entries but model.cnn.num_layers is {want}")]
+    LayerListLength {
+        /// The config key, e.g. `cnn.filters`.
+        field: &'static str,
+        /// Its length.
+        got: usize,
+        /// `num_layers` (or `dense.layers` length).
+        want: usize,
+    },
+    /// A size that must be positive is zero.
+    #[error("model.{field} must be positive")]
+    Zero {
+        /// The config key.
+        field: String,
+    },
+    /// A dropout rate outside [0, 1).
+    #[error("model.{field} = {value} is not in [0, 1)")]
+    Dropout {
+        /// The config key.
+        field: String,
+        /// The rate given.
+        value: f64,
+    },
+    /// Pooling shrank the time or feature axis to nothing.
+    #[error(
+        "conv block {block}: pooling {pool:?} leaves a [{time} x {features}] map from the input \
+         [{in_time} x {in_features}]; use smaller pool_sizes, fewer layers or a longer window"
+    )]
+    PooledAway {
+        /// 1-based block index.
+        block: usize,
+        /// `[time, feature]` pool.
+        pool: [usize; 2],
+        /// Time steps left.
+        time: usize,
+        /// Features left.
+        features: usize,
+        /// Time steps entering the block.
+        in_time: usize,
+        /// Features entering the block.
+        in_features: usize,
+    },
+    /// Fewer than two classes.
+    #[error("model.output.num_classes must be at least 2, got {0}")]
+    Classes(usize),
+    /// A batch whose length does not match the model input.
+    #[error("input has {got} values; {batch} samples of {shape} need {want}")]
+    InputSize {
+        /// Values given.
+        got: usize,
+        /// Values needed.
+        want: usize,
+        /// Samples in the batch.
+        batch: usize,
+        /// The sample shape, as text.
+        shape: String,
+    },
+}

@@ -1,0 +1,487 @@
+//! The training loop: epochs of Adam steps over a [`BatchSource`], validation, callbacks,
+//! a progress bar, and a checkpoint after every epoch.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
+use burn::tensor::{Bytes, Device, Int, Tensor, TensorData};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use super::TrainError;
+use super::callbacks::{EarlyStopping, ReduceLrOnPlateau, StopDecision};
+use super::checkpoint::{Checkpoint, TrainState, model_from_bytes, model_to_bytes};
+use super::loss::{combine_weights, weighted_cross_entropy};
+use super::memory::check_memory_budget;
+use super::metrics::{ClassificationMetrics, EpochMetrics};
+use super::source::{Batch, BatchSource, Split};
+use crate::config::{ModelConfig, TrainingConfig};
+use crate::model::{CnnLstm, ModelSpec, Rng};
+
+/// Everything the loop needs besides the model architecture and the data.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    /// Maximum epochs.
+    pub epochs: u32,
+    /// Samples per batch.
+    pub batch_size: usize,
+    /// Initial learning rate.
+    pub learning_rate: f64,
+    /// Seed of weights init, dropout and shuffling.
+    pub seed: u64,
+    /// Per-class loss weights (`None` = all 1), e.g. from [`super::balanced_class_weights`].
+    pub class_weights: Option<Vec<f32>>,
+    /// Early stopping, when enabled.
+    pub early_stopping: Option<EarlyStopping>,
+    /// Reduce-LR-on-plateau, when enabled.
+    pub reduce_lr: Option<ReduceLrOnPlateau>,
+    /// `training.memory.max_bytes`.
+    pub memory_budget: u64,
+    /// Where to write a checkpoint after every epoch.
+    pub checkpoint_path: Option<PathBuf>,
+    /// Draw a progress bar (only ever on a terminal).
+    pub progress: bool,
+}
+
+impl TrainOptions {
+    /// From config; class weights are left to the caller (they need the training counts).
+    pub fn from_config(model: &ModelConfig, training: &TrainingConfig) -> Result<Self, TrainError> {
+        if training.batch_size == 0 || training.epochs == 0 {
+            return Err(TrainError::Option(
+                "training.batch_size and training.epochs must be positive".into(),
+            ));
+        }
+        Ok(Self {
+            epochs: training.epochs,
+            batch_size: training.batch_size as usize,
+            learning_rate: model.compilation.learning_rate,
+            seed: training.seed,
+            class_weights: None,
+            early_stopping: EarlyStopping::from_config(&training.callbacks.early_stopping)?,
+            reduce_lr: ReduceLrOnPlateau::from_config(&training.callbacks.reduce_lr)?,
+            memory_budget: training.memory.max_bytes,
+            checkpoint_path: None,
+            progress: true,
+        })
+    }
+}
+
+/// Receives per-epoch results (the `train` stage logs them to MLflow).
+pub trait TrainObserver {
+    /// Called after each epoch, with that epoch's metrics.
+    fn on_epoch_end(&mut self, metrics: &EpochMetrics) {
+        let _ = metrics;
+    }
+    /// Called after a checkpoint was written.
+    fn on_checkpoint(&mut self, path: &Path, epoch: u32) {
+        let _ = (path, epoch);
+    }
+}
+
+/// An observer that ignores everything.
+impl TrainObserver for () {}
+
+/// What a finished training hands back.
+#[derive(Debug)]
+pub struct TrainOutcome {
+    /// Final weights (the best epoch's when `restore_best_weights` applied), inference mode.
+    pub model: CnnLstm,
+    /// Metrics of every epoch.
+    pub history: Vec<EpochMetrics>,
+    /// Epoch (1-based) whose weights `model` holds.
+    pub weights_epoch: u32,
+    /// Early stopping ended training.
+    pub stopped_early: bool,
+}
+
+/// What one optimisation step reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepResult {
+    /// Weighted mean loss of the batch.
+    pub loss: f32,
+    /// Sum of the combined sample weights (to average losses over batches).
+    pub weight_sum: f32,
+    /// Predicted class per sample (before the update).
+    pub predicted: Vec<u32>,
+}
+
+/// A training run in progress. Create with [`Trainer::new`] or [`Trainer::resume`], then
+/// [`Trainer::fit`] (or [`Trainer::run_epoch`] one at a time).
+pub struct Trainer {
+    spec: ModelSpec,
+    opts: TrainOptions,
+    device: Device,
+    model: Option<CnnLstm>,
+    optim: ModuleOptimizer,
+    state: TrainState,
+    best: Option<CnnLstm>,
+}
+
+fn adam() -> ModuleOptimizer {
+    // PyTorch's and Keras' epsilon order of magnitude (Burn's default is 1e-5).
+    AdamConfig::new().with_epsilon(1e-8).init()
+}
+
+impl Trainer {
+    /// Fresh run: checks the memory budget, initialises weights from `opts.seed`.
+    /// `device` is a plain device from [`super::select_device`]; autodiff is enabled here.
+    pub fn new(spec: ModelSpec, opts: TrainOptions, device: Device) -> Result<Self, TrainError> {
+        check_memory_budget(&spec, opts.batch_size, opts.memory_budget)?;
+        if let Some(cw) = &opts.class_weights
+            && cw.len() != spec.num_classes
+        {
+            return Err(TrainError::Option(format!(
+                "{} class weights for {} classes",
+                cw.len(),
+                spec.num_classes
+            )));
+        }
+        let model = CnnLstm::new(
+            &spec,
+            &mut Rng::new(opts.seed, "init"),
+            &device.clone().autodiff(),
+        );
+        let state = TrainState {
+            spec: spec.clone(),
+            seed: opts.seed,
+            batch_size: opts.batch_size,
+            epoch: 0,
+            learning_rate: opts.learning_rate,
+            rng: Rng::new(opts.seed, "dropout"),
+            early_stopping: opts.early_stopping.clone(),
+            reduce_lr: opts.reduce_lr.clone(),
+            history: Vec::new(),
+            stopped: false,
+        };
+        Ok(Self {
+            spec,
+            opts,
+            device,
+            model: Some(model),
+            optim: adam(),
+            state,
+            best: None,
+        })
+    }
+
+    /// Continue from the checkpoint at `opts.checkpoint_path`: weights, Adam state, epoch,
+    /// learning rate, callback and RNG state all come from it, so the run ends exactly where
+    /// an uninterrupted one would have.
+    pub fn resume(spec: ModelSpec, opts: TrainOptions, device: Device) -> Result<Self, TrainError> {
+        let path = opts
+            .checkpoint_path
+            .clone()
+            .ok_or_else(|| TrainError::Option("resume needs a checkpoint path".into()))?;
+        let ck = Checkpoint::load(&path)?;
+        let mismatch = |what: &str| TrainError::Checkpoint {
+            path: path.clone(),
+            reason: format!("written for a different {what}; start a new run instead of --resume"),
+        };
+        if ck.state.spec != spec {
+            return Err(mismatch("model architecture"));
+        }
+        if ck.state.seed != opts.seed || ck.state.batch_size != opts.batch_size {
+            return Err(mismatch("seed or batch size"));
+        }
+        let mut trainer = Self::new(spec, opts, device)?;
+        let ad = trainer.device.clone().autodiff();
+        trainer.model = Some(model_from_bytes(&trainer.spec, &ck.model, &ad)?);
+        trainer.optim = adam()
+            .from_bytes(Bytes::from_bytes_vec(ck.optimizer))
+            .map_err(|e| TrainError::Checkpoint {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+        trainer.best = match &ck.best_model {
+            Some(b) => Some(model_from_bytes(&trainer.spec, b, &ad)?),
+            None => None,
+        };
+        trainer.state = ck.state;
+        Ok(trainer)
+    }
+
+    /// Epochs completed so far.
+    pub fn epochs_done(&self) -> u32 {
+        self.state.epoch
+    }
+
+    /// Metrics of the completed epochs.
+    pub fn history(&self) -> &[EpochMetrics] {
+        &self.state.history
+    }
+
+    /// The current weights (training mode).
+    pub fn model(&self) -> &CnnLstm {
+        self.model.as_ref().expect("model is present between steps")
+    }
+
+    /// Whether another epoch should run.
+    pub fn finished(&self) -> bool {
+        self.state.stopped || self.state.epoch >= self.opts.epochs
+    }
+
+    /// Run epochs until `epochs` or early stopping, then apply `restore_best_weights`.
+    pub fn fit(
+        mut self,
+        source: &mut dyn BatchSource,
+        observer: &mut dyn TrainObserver,
+    ) -> Result<TrainOutcome, TrainError> {
+        while !self.finished() {
+            self.run_epoch(source, observer)?;
+        }
+        Ok(self.into_outcome())
+    }
+
+    /// The result so far, applying `restore_best_weights`.
+    pub fn into_outcome(mut self) -> TrainOutcome {
+        let last = self.state.epoch;
+        let best_epoch = self
+            .state
+            .early_stopping
+            .as_ref()
+            .filter(|es| es.restore_best_weights)
+            .and_then(|es| es.best_epoch);
+        let (model, weights_epoch) = match (best_epoch, self.best.take()) {
+            (Some(e), Some(best)) if e != last => (best, e),
+            _ => (self.model.take().expect("model present"), last),
+        };
+        TrainOutcome {
+            model: model.valid(),
+            history: self.state.history,
+            weights_epoch,
+            stopped_early: self.state.stopped,
+        }
+    }
+
+    fn tensors(
+        &self,
+        batch: &Batch,
+        device: &Device,
+    ) -> (Tensor<4>, Tensor<1, Int>, Tensor<1>, f32) {
+        let s = self.spec.input;
+        let n = batch.len();
+        let x = Tensor::from_data(
+            TensorData::new(batch.x.clone(), [n, s.assets, s.time_steps, s.features]),
+            device,
+        );
+        let y = Tensor::from_data(
+            TensorData::new(batch.y.iter().map(|&c| i64::from(c)).collect(), [n]),
+            device,
+        );
+        let w = combine_weights(&batch.y, &batch.weights, self.opts.class_weights.as_deref());
+        let sum: f32 = w.iter().sum();
+        (
+            x,
+            y,
+            Tensor::from_data(TensorData::new(w, [n]), device),
+            sum,
+        )
+    }
+
+    fn check_labels(&self, batch: &Batch) -> Result<(), TrainError> {
+        batch.validate(self.spec.input)?;
+        if let Some(bad) = batch
+            .y
+            .iter()
+            .find(|&&c| c as usize >= self.spec.num_classes)
+        {
+            return Err(TrainError::Batch(format!(
+                "label {bad} but the model has {} classes",
+                self.spec.num_classes
+            )));
+        }
+        Ok(())
+    }
+
+    /// One optimisation step (forward with dropout, weighted loss, backward, Adam at `lr`) on
+    /// one batch. Used by [`Trainer::run_epoch`] and by the speed benchmark.
+    pub fn train_step(&mut self, batch: &Batch, lr: f64) -> Result<StepResult, TrainError> {
+        self.check_labels(batch)?;
+        let ad = self.device.clone().autodiff();
+        let (x, y, w, wsum) = self.tensors(batch, &ad);
+        let model = self.model.take().expect("model present");
+        let logits = model.forward(x, Some(&mut self.state.rng));
+        let loss = weighted_cross_entropy(logits.clone(), y, w, wsum);
+        let value = loss.clone().into_scalar::<f32>();
+        if !value.is_finite() {
+            self.model = Some(model);
+            return Err(TrainError::NonFiniteLoss {
+                loss: value,
+                epoch: self.state.epoch + 1,
+                batch: 0,
+            });
+        }
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        self.model = Some(self.optim.step(lr, model, grads));
+        Ok(StepResult {
+            loss: value,
+            weight_sum: wsum,
+            predicted: argmax(logits),
+        })
+    }
+
+    /// One epoch: training pass, validation pass, callbacks, checkpoint.
+    pub fn run_epoch(
+        &mut self,
+        source: &mut dyn BatchSource,
+        observer: &mut dyn TrainObserver,
+    ) -> Result<EpochMetrics, TrainError> {
+        let epoch = self.state.epoch + 1;
+        let lr = self.state.learning_rate;
+        let total = source.len(Split::Train);
+        let bar = self.progress_bar(epoch, total);
+        let started = Instant::now();
+        let mut metrics = ClassificationMetrics::new(self.spec.num_classes);
+        let (mut loss_sum, mut weight_sum, mut seen) = (0.0f64, 0.0f64, 0usize);
+        let batches = source.batches(Split::Train, epoch, self.opts.seed, self.opts.batch_size)?;
+        for (i, batch) in batches.enumerate() {
+            let batch = batch?;
+            let step = self.train_step(&batch, lr).map_err(|e| match e {
+                TrainError::NonFiniteLoss { loss, .. } => TrainError::NonFiniteLoss {
+                    loss,
+                    epoch,
+                    batch: i,
+                },
+                other => other,
+            })?;
+            metrics.update(&batch.y, &step.predicted);
+            loss_sum += f64::from(step.loss) * f64::from(step.weight_sum);
+            weight_sum += f64::from(step.weight_sum);
+            seen += batch.len();
+            bar.inc(batch.len() as u64);
+            bar.set_message(format!(
+                "loss {:.4}",
+                loss_sum / weight_sum.max(f64::MIN_POSITIVE)
+            ));
+        }
+        bar.finish_and_clear();
+        if seen == 0 {
+            return Err(TrainError::Batch(
+                "the training split yielded no batches".into(),
+            ));
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let (p, r, f1) = metrics.macro_prf();
+        let mut m = EpochMetrics {
+            epoch,
+            learning_rate: lr,
+            loss: loss_sum / weight_sum.max(f64::MIN_POSITIVE),
+            accuracy: metrics.accuracy(),
+            precision: p,
+            recall: r,
+            f1,
+            val_loss: None,
+            val_accuracy: None,
+            val_precision: None,
+            val_recall: None,
+            val_f1: None,
+            samples_per_second: seen as f64 / elapsed.max(1e-9),
+        };
+        self.validate(source, epoch, &mut m)?;
+        self.end_of_epoch(&m)?;
+        observer.on_epoch_end(&m);
+        if let Some(path) = self.opts.checkpoint_path.clone() {
+            self.checkpoint().save(&path)?;
+            observer.on_checkpoint(&path, epoch);
+        }
+        Ok(m)
+    }
+
+    fn validate(
+        &self,
+        source: &mut dyn BatchSource,
+        epoch: u32,
+        m: &mut EpochMetrics,
+    ) -> Result<(), TrainError> {
+        if source.len(Split::Validation) == 0 {
+            return Ok(());
+        }
+        let model = self.model().valid();
+        let mut metrics = ClassificationMetrics::new(self.spec.num_classes);
+        let (mut loss_sum, mut weight_sum) = (0.0f64, 0.0f64);
+        for batch in source.batches(
+            Split::Validation,
+            epoch,
+            self.opts.seed,
+            self.opts.batch_size,
+        )? {
+            let batch = batch?;
+            self.check_labels(&batch)?;
+            let (x, y, w, wsum) = self.tensors(&batch, &self.device);
+            let logits = model.forward(x, None);
+            let loss = weighted_cross_entropy(logits.clone(), y, w, wsum).into_scalar::<f32>();
+            metrics.update(&batch.y, &argmax(logits));
+            loss_sum += f64::from(loss) * f64::from(wsum);
+            weight_sum += f64::from(wsum);
+        }
+        let (p, r, f1) = metrics.macro_prf();
+        m.val_loss = Some(loss_sum / weight_sum.max(f64::MIN_POSITIVE));
+        m.val_accuracy = Some(metrics.accuracy());
+        m.val_precision = Some(p);
+        m.val_recall = Some(r);
+        m.val_f1 = Some(f1);
+        Ok(())
+    }
+
+    fn end_of_epoch(&mut self, m: &EpochMetrics) -> Result<(), TrainError> {
+        self.state.epoch = m.epoch;
+        self.state.history.push(m.clone());
+        if let Some(r) = self.state.reduce_lr.as_mut() {
+            self.state.learning_rate = r.on_epoch_end(m, self.state.learning_rate)?;
+        }
+        if let Some(es) = self.state.early_stopping.as_mut() {
+            match es.on_epoch_end(m)? {
+                StopDecision::Continue { improved: true } if es.restore_best_weights => {
+                    self.best = Some(self.model().clone());
+                }
+                StopDecision::Continue { .. } => {}
+                StopDecision::Stop => self.state.stopped = true,
+            }
+        }
+        Ok(())
+    }
+
+    fn checkpoint(&self) -> Checkpoint {
+        let enc = |m: &CnnLstm| model_to_bytes(m).expect("in-memory weights serialise");
+        Checkpoint {
+            state: self.state.clone(),
+            model: enc(self.model()),
+            optimizer: self
+                .optim
+                .into_bytes()
+                .expect("in-memory optimizer state serialises")
+                .to_vec(),
+            best_model: self.best.as_ref().map(enc),
+        }
+    }
+
+    fn progress_bar(&self, epoch: u32, total: usize) -> ProgressBar {
+        if !self.opts.progress || !std::io::stderr().is_terminal() {
+            return ProgressBar::hidden();
+        }
+        let bar = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{prefix} [{bar:30}] {pos}/{len} samples {per_sec} ETA {eta} {msg}",
+            )
+            .expect("static template parses")
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(format!("epoch {epoch}/{}", self.opts.epochs));
+        bar
+    }
+}
+
+/// Predicted class per row of `[batch, classes]` logits.
+fn argmax(logits: Tensor<2>) -> Vec<u32> {
+    let [b, _] = logits.dims();
+    logits
+        .argmax(1)
+        .reshape([b])
+        .into_data()
+        .iter::<i64>()
+        .map(|c| c as u32)
+        .collect()
+}
