@@ -384,15 +384,7 @@ pub fn split_and_fit(
     let ends = ranges.map(|r| p.usable.sample_ends(r, window, lookahead));
     let ncols = p.columns.len();
     // per_asset: every column its own group; global: feature f of every asset shares one.
-    let groups: Vec<usize> = (0..ncols)
-        .map(|c| {
-            if per_asset || c >= p.asset_columns {
-                c
-            } else {
-                c % p.features_per_asset
-            }
-        })
-        .collect();
+    let groups = scaler::groups(ncols, p.asset_columns, p.features_per_asset, per_asset);
     let train = ranges[0];
     let scaler = Scaler::fit(method, &p.rows, &groups, train.start..train.end);
     Ok(Samples {

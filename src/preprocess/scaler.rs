@@ -19,6 +19,25 @@ pub struct Scaler {
     pub scale: Vec<f64>,
 }
 
+/// Parameter groups of `ncols` columns: every column its own (`per_asset`), or feature f of
+/// every asset block sharing one; columns after the asset blocks are always their own.
+pub fn groups(
+    ncols: usize,
+    asset_columns: usize,
+    per_asset_block: usize,
+    per_asset: bool,
+) -> Vec<usize> {
+    (0..ncols)
+        .map(|c| {
+            if per_asset || c >= asset_columns || per_asset_block == 0 {
+                c
+            } else {
+                c % per_asset_block
+            }
+        })
+        .collect()
+}
+
 /// Values kept per group for the robust scaler's quantiles; beyond it the kept values are
 /// thinned to an evenly spaced subsample (exact below the cap, approximate above).
 pub const ROBUST_SAMPLE_CAP: usize = 1 << 16;

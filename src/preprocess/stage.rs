@@ -314,7 +314,7 @@ pub fn preprocess(config: &Config, force: bool) -> Result<PreprocessSummary, Sta
     let degradation_slices = ranges[2].slices(s.degradation_slices as usize);
 
     // The scaler sees training rows only.
-    let groups = scaler_groups(
+    let groups = super::scaler::groups(
         pass1.columns.len(),
         pass1.asset_columns,
         pass1.features_per_asset,
@@ -599,24 +599,6 @@ fn pass_one(
         current = next;
     }
     Ok(out)
-}
-
-/// Parameter groups: every column its own, or (global scaling) feature f of every asset shared.
-fn scaler_groups(
-    ncols: usize,
-    asset_columns: usize,
-    per_asset_cols: usize,
-    per_asset: bool,
-) -> Vec<usize> {
-    (0..ncols)
-        .map(|c| {
-            if per_asset || c >= asset_columns || per_asset_cols == 0 {
-                c
-            } else {
-                c % per_asset_cols
-            }
-        })
-        .collect()
 }
 
 fn write_rows(path: &Path, rows: &[f64], ncols: usize) -> Result<String, DataError> {
