@@ -191,11 +191,22 @@ fn main() {
         }
     }
     let infer_sps = (isteps * B) as f64 / itimes.iter().sum::<f64>();
+    // `predict` latency: one window, the model already loaded.
+    let one = &batches[0].x[..T * F];
+    let single: Vec<f64> = (0..warm + isteps)
+        .map(|_| {
+            let t0 = Instant::now();
+            std::hint::black_box(predict_proba(&model, one, 1.0).expect("inference"));
+            t0.elapsed().as_secs_f64()
+        })
+        .skip(warm)
+        .collect();
     println!(
         "RESULT backend=burn-flex train_sps={train_sps:.1} train_step_med_ms={:.1} infer_sps={infer_sps:.1} \
-         infer_step_med_ms={:.2} loss_last={last:.4} steps={steps} threads={}",
+         infer_step_med_ms={:.2} infer_one_window_med_ms={:.2} loss_last={last:.4} steps={steps} threads={}",
         median(times) * 1e3,
         median(itimes) * 1e3,
+        median(single) * 1e3,
         std::thread::available_parallelism().map_or(1, |n| n.get()),
     );
     if want_profile {

@@ -13,7 +13,7 @@ if ! "$VENV/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split(
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install "torch==$VERSION"
 fi
-LIB=$("$VENV/bin/python" -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
+LIB=$("$VENV/bin/python" -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))' 2>/dev/null)
 
 cat <<EOS
 # libtorch $VERSION is in $LIB. To build and run with the tch backend:

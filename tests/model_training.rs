@@ -448,3 +448,23 @@ fn probabilities_sum_to_one_and_temperature_flattens_them() {
     let e = predict_proba(&model, &x[..7], 1.0).unwrap_err();
     assert!(e.to_string().contains("input has 7 values"), "{e}");
 }
+
+/// The libtorch backend (feature `tch`) trains the same model through the same loop.
+#[cfg(feature = "tch")]
+#[test]
+fn libtorch_cpu_trains_and_matches_the_input_contract() {
+    use binance_ml::config::Backend;
+    use binance_ml::train::select_device;
+    let (cfg, s, mut source) = dropout_setup();
+    let spec = ModelSpec::from_config(&cfg, s).unwrap();
+    let device = select_device(Backend::Tch, "cpu").unwrap();
+    assert!(device.description.contains("libtorch"));
+    let out = Trainer::new(spec, options(&cfg, 2, 6, 1), device.device)
+        .unwrap()
+        .fit(&mut source, &mut ())
+        .unwrap();
+    assert_eq!(out.history.len(), 2);
+    assert!(out.history.iter().all(|m| m.loss.is_finite()));
+    let x = random_x(3 * s.len(), 1);
+    assert_eq!(predict_proba(&out.model, &x, 1.0).unwrap().len(), 9);
+}
