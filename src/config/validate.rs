@@ -284,7 +284,7 @@ fn targets(v: &mut Validator, c: &Config) {
     });
     if cadence > 0 {
         v.check(
-            horizon % cadence == 0,
+            horizon.is_multiple_of(cadence),
             "targets.prediction_horizon_seconds",
             || {
                 format!(

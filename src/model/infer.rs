@@ -9,7 +9,7 @@ use super::{CnnLstm, ModelError};
 fn input_tensor(model: &CnnLstm, x: &[f32]) -> Result<(Tensor<4>, usize), ModelError> {
     let shape = model.spec().input;
     let per = shape.len();
-    if per == 0 || x.len() % per != 0 || x.is_empty() {
+    if per == 0 || !x.len().is_multiple_of(per) || x.is_empty() {
         return Err(ModelError::InputSize {
             got: x.len(),
             want: per * (x.len() / per.max(1)).max(1),

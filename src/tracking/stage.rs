@@ -271,10 +271,10 @@ impl<'t> StageRun<'t> {
 impl Drop for StageRun<'_> {
     // A stage that returns early with `?` or panics must not leave a RUNNING run behind.
     fn drop(&mut self) {
-        if !self.ended {
-            if let Err(e) = self.tracker.end_run(&self.info.run_id, RunStatus::Failed) {
-                tracing::warn!(run_id = %self.info.run_id, error = %e, "could not mark the run FAILED");
-            }
+        if !self.ended
+            && let Err(e) = self.tracker.end_run(&self.info.run_id, RunStatus::Failed)
+        {
+            tracing::warn!(run_id = %self.info.run_id, error = %e, "could not mark the run FAILED");
         }
     }
 }

@@ -19,18 +19,7 @@ pub struct Monitor {
 impl Monitor {
     /// Check the name against the metrics the loop reports.
     pub fn new(name: &str) -> Result<Self, TrainError> {
-        const KNOWN: [&str; 10] = [
-            "loss",
-            "accuracy",
-            "precision",
-            "recall",
-            "f1",
-            "val_loss",
-            "val_accuracy",
-            "val_precision",
-            "val_recall",
-            "val_f1",
-        ];
+        const KNOWN: &[&str] = crate::config::validate::EPOCH_METRICS;
         if !KNOWN.contains(&name) {
             return Err(TrainError::Option(format!(
                 "monitor `{name}` is not a reported metric; use one of {}",
