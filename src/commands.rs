@@ -24,22 +24,34 @@ pub fn execute(cli: &Cli, loaded: &LoadedConfig) -> Result<Outcome> {
     match &cli.command {
         Command::ValidateConfig => Ok(validate_config(loaded)),
         Command::Tracking(TrackingCommand::Sync) => tracking_sync(loaded),
-        Command::Fetch(args) => tracked(loaded, Stage::Preprocessing, "fetch", |run| {
+        Command::Fetch(args) => tracked(loaded, Stage::DataCollection, "fetch", &[], |run| {
             let summary = fetch::fetch(&loaded.config, args.force)?;
             log_fetch(run, &summary)?;
             Ok(fetch::outcome(&summary))
         }),
-        Command::Preprocess(args) => tracked(loaded, Stage::Preprocessing, "preprocess", |run| {
-            let summary = preprocess(&loaded.config, args.force)?;
-            log_preprocess(run, &summary)?;
-            Ok(preprocess_outcome(&summary))
-        }),
+        Command::Preprocess(args) => tracked(
+            loaded,
+            Stage::Preprocessing,
+            "preprocess",
+            &[Stage::DataCollection],
+            |run| {
+                let summary = preprocess(&loaded.config, args.force)?;
+                log_preprocess(run, &summary)?;
+                Ok(preprocess_outcome(&summary))
+            },
+        ),
         Command::Diagnose => {
-            let out = tracked(loaded, Stage::DataDiagnostics, "diagnose", |run| {
-                let out = diagnose(&loaded.config)?;
-                log_diagnose(run, &out)?;
-                Ok(out)
-            })?;
+            let out = tracked(
+                loaded,
+                Stage::DataDiagnostics,
+                "diagnose",
+                &[Stage::Preprocessing],
+                |run| {
+                    let out = diagnose(&loaded.config)?;
+                    log_diagnose(run, &out)?;
+                    Ok(out)
+                },
+            )?;
             if out.report.failed && loaded.config.data.validation.fail_on_invalid {
                 return Err(Error::DiagnosticsFailed(out.report.warnings));
             }
@@ -91,16 +103,31 @@ fn tracking_sync(loaded: &LoadedConfig) -> Result<Outcome> {
 }
 
 /// Runs `body` inside an MLflow run of `stage`'s experiment, tagged with the config hash and
-/// holding the redacted configuration; the run ends FINISHED on success and FAILED on error.
+/// the latest successful runs of the `consumed` stages for the same configuration (lineage),
+/// and holding the redacted configuration; the run ends FINISHED on success, FAILED on error.
 fn tracked<T>(
     loaded: &LoadedConfig,
     stage: Stage,
     model: &str,
+    consumed: &[Stage],
     body: impl FnOnce(&StageRun<'_>) -> Result<T>,
 ) -> Result<T> {
     let settings = TrackingSettings::from_config(&loaded.config);
     let tracker = Tracker::open(&settings)?;
     let config_hash = loaded.config_hash();
+    let mut input_ids = Vec::new();
+    for s in consumed {
+        match tracking::latest_successful_run(&tracker, &settings, *s, &config_hash) {
+            Ok(Some(run)) => input_ids.push((*s, run.info.run_id)),
+            Ok(None) => {}
+            // Lineage is worth a warning, not a failed stage.
+            Err(e) => tracing::warn!(
+                "cannot look up the {} run this stage consumed: {e}",
+                s.key()
+            ),
+        }
+    }
+    let inputs: Vec<(Stage, &str)> = input_ids.iter().map(|(s, id)| (*s, id.as_str())).collect();
     let yaml = loaded.redacted_yaml();
     let asset = loaded.config.data.asset_pairs.target_asset.to_string();
     let spec = StageRunSpec {
@@ -109,6 +136,7 @@ fn tracked<T>(
         model,
         config_hash: &config_hash,
         config_yaml: &yaml,
+        inputs: &inputs,
         ..StageRunSpec::default()
     };
     let run = StageRun::start(&tracker, &settings, &spec)?;

@@ -90,18 +90,46 @@ fn quickstart_preprocesses_reuses_and_diagnoses() {
             "missing artifact {f}"
         );
     }
-    // Every stage logged a run to the local MLflow store.
+    // Every stage logged a run to the local MLflow store, linked to the run it consumed.
     let mlruns = dir.path().join("work/mlruns");
-    let experiments: Vec<String> = std::fs::read_dir(&mlruns)
+    let runs_of = |experiment: &str| -> Vec<std::path::PathBuf> {
+        let exp = std::fs::read_dir(&mlruns)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| {
+                std::fs::read_to_string(p.join("meta.yaml"))
+                    .is_ok_and(|m| m.contains(&format!("name: {experiment}")))
+            })
+            .unwrap_or_else(|| panic!("no experiment {experiment}"));
+        std::fs::read_dir(exp)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.join("meta.yaml").is_file())
+            .collect()
+    };
+    let tag = |run: &Path, key: &str| std::fs::read_to_string(run.join("tags").join(key)).ok();
+    let fetch_runs = runs_of("binance-data-collection");
+    assert_eq!(fetch_runs.len(), 1);
+    let fetch_id = fetch_runs[0]
+        .file_name()
         .unwrap()
-        .filter_map(|e| std::fs::read_to_string(e.unwrap().path().join("meta.yaml")).ok())
-        .collect();
-    for name in ["binance-preprocessing", "binance-data-diagnostics"] {
-        assert!(
-            experiments.iter().any(|m| m.contains(name)),
-            "no experiment {name}"
+        .to_string_lossy()
+        .into_owned();
+    let pre_runs = runs_of("binance-preprocessing");
+    assert_eq!(pre_runs.len(), 2, "two preprocess runs (built, reused)");
+    for run in &pre_runs {
+        assert_eq!(
+            tag(run, "binance_ml.input_run.data_collection").as_deref(),
+            Some(fetch_id.as_str())
         );
     }
+    let diag_runs = runs_of("binance-data-diagnostics");
+    let consumed = tag(&diag_runs[0], "binance_ml.input_run.preprocessing").expect("lineage tag");
+    assert!(
+        pre_runs.iter().any(|r| r.ends_with(&consumed)),
+        "diagnose consumed {consumed}"
+    );
+    assert!(tag(&diag_runs[0], "binance_ml.config_hash").is_some());
 }
 
 #[test]
