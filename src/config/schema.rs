@@ -1329,9 +1329,9 @@ impl Default for MlflowConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StageExperiments {
-    /// `record`.
+    /// `record` and `fetch`.
     pub data_collection: String,
-    /// `fetch` and `preprocess`.
+    /// `preprocess`.
     pub preprocessing: String,
     /// `diagnose`.
     pub diagnostics: String,
