@@ -41,7 +41,7 @@ field() { sed -n "s/.* $1=\([0-9.]*\).*/\1/p"; }
 for r in $(seq 1 "$ROUNDS"); do
   a=$("$TORCH_VENV/bin/python" "$BENCH_DIR/torch_bench.py" "$STEPS" "$ISTEPS" "$WARM" | grep '^RESULT')
   echo "round $r A: $a"
-  b=$("$BIN" "$STEPS" "$ISTEPS" "$WARM" | grep '^RESULT')
+  b=$("$BIN" "$STEPS" "$ISTEPS" "$WARM" --bench | grep '^RESULT')
   echo "round $r B: $b"
   torch_sps+=("$(echo "$a" | field train_sps)"); torch_inf+=("$(echo "$a" | field infer_sps)")
   ours_sps+=("$(echo "$b" | field train_sps)"); ours_inf+=("$(echo "$b" | field infer_sps)")

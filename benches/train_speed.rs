@@ -134,6 +134,11 @@ fn profile(rng: &mut Rng) {
 }
 
 fn main() {
+    // `cargo test --all-targets` runs bench targets too; measure only under `cargo bench`.
+    if !std::env::args().any(|a| a == "--bench") {
+        eprintln!("train_speed: a benchmark; run it with `cargo bench --bench train_speed`");
+        return;
+    }
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| a != "--bench")
