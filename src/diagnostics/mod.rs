@@ -12,6 +12,7 @@ use serde::Serialize;
 use crate::config::DiagnosticsConfig;
 use crate::plot::{self, Chart, Line, PlotError};
 use crate::preprocess::grid::GapCounts;
+use crate::preprocess::scaler::quantile;
 
 /// Spread statistics of one asset, in basis points of the mid price.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -32,16 +33,6 @@ pub struct SpreadStats {
     pub share_negative: f64,
     /// Share wider than `diagnostics.wide_spread_bps`.
     pub share_wide: f64,
-}
-
-/// Quantile `q` of sorted values (linear interpolation).
-fn quantile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let pos = q * (sorted.len() - 1) as f64;
-    let (i, frac) = (pos.floor() as usize, pos.fract());
-    sorted[i] + (sorted[(i + 1).min(sorted.len() - 1)] - sorted[i]) * frac
 }
 
 /// Statistics of the finite values of `spreads_bps`.

@@ -19,6 +19,16 @@ pub struct Scaler {
     pub scale: Vec<f64>,
 }
 
+/// Quantile `q` of sorted values, interpolating linearly between neighbours; NaN when empty.
+pub fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let pos = q * (sorted.len() - 1) as f64;
+    let (i, frac) = (pos.floor() as usize, pos.fract());
+    sorted[i] + (sorted[(i + 1).min(sorted.len() - 1)] - sorted[i]) * frac
+}
+
 /// Parameter groups of `ncols` columns: every column its own (`per_asset`), or feature f of
 /// every asset block sharing one; columns after the asset blocks are always their own.
 pub fn groups(
@@ -108,16 +118,10 @@ impl Acc {
                     1.0
                 },
             ),
+            Acc::Sample { kept, .. } if kept.is_empty() => (0.0, 1.0),
             Acc::Sample { mut kept, .. } => {
                 kept.sort_by(f64::total_cmp);
-                let q = |p: f64| {
-                    if kept.is_empty() {
-                        return 0.0;
-                    }
-                    let pos = p * (kept.len() - 1) as f64;
-                    let (i, frac) = (pos.floor() as usize, pos.fract());
-                    kept[i] + (kept[(i + 1).min(kept.len() - 1)] - kept[i]) * frac
-                };
+                let q = |p| quantile(&kept, p);
                 (q(0.5), q(0.75) - q(0.25))
             }
         };
