@@ -2,12 +2,14 @@
 
 use serde_json::json;
 
-use crate::cli::{Cli, Command, TrackingCommand};
+use crate::cli::{Cli, Command, ModelSelector, TrackingCommand};
 use crate::config::LoadedConfig;
 use crate::data::fetch::{self, FetchSummary};
 use crate::diagnostics::stage::{DiagnoseOutput, diagnose};
+use crate::predict::{self, ModelRef, PredictOutput};
 use crate::preprocess::stage::{PreprocessSummary, preprocess};
 use crate::tracking::{self, Metric, Stage, StageRun, StageRunSpec, Tracker, TrackingSettings};
+use crate::train::stage::{MODEL_NAME, TrainRequest, TrainSummary, train};
 use crate::{Error, Result};
 
 /// What a command produced: a human summary and the same as JSON for `--json`.
@@ -56,6 +58,26 @@ pub fn execute(cli: &Cli, loaded: &LoadedConfig) -> Result<Outcome> {
                 return Err(Error::DiagnosticsFailed(out.report.warnings));
             }
             Ok(diagnose_outcome(&out))
+        }
+        Command::Train(args) => {
+            let req = TrainRequest {
+                resume: args.resume,
+                progress: true,
+            };
+            let s = tracked(
+                loaded,
+                Stage::ModelTraining,
+                MODEL_NAME,
+                &[Stage::Preprocessing, Stage::DataDiagnostics],
+                |run| train(loaded, req, run),
+            )?;
+            Ok(train_outcome(&s))
+        }
+        Command::Predict(args) => {
+            let which = model_ref(&args.model);
+            let range = args.start.as_deref().zip(args.end.as_deref());
+            let out = predict::predict(loaded, &which, range)?;
+            Ok(predict_outcome(&out))
         }
         other => Err(Error::NotImplemented(other.name())),
     }
@@ -275,5 +297,79 @@ fn diagnose_outcome(out: &DiagnoseOutput) -> Outcome {
     Outcome {
         text,
         json: serde_json::to_value(out).expect("report serialises"),
+    }
+}
+
+fn train_outcome(s: &TrainSummary) -> Outcome {
+    let mut text = format!(
+        "{}\nrun {} on {}: {} epoch(s), weights of epoch {}{}{}",
+        s.model_dir.display(),
+        s.run_id,
+        s.device,
+        s.epochs,
+        s.weights_epoch,
+        if s.stopped_early {
+            " (early stopping)"
+        } else {
+            ""
+        },
+        s.resumed_after_epoch
+            .map(|e| format!(", resumed after epoch {e}"))
+            .unwrap_or_default(),
+    );
+    if let Some(m) = &s.metrics {
+        text.push_str(&format!(
+            "\ntrain loss {:.4} accuracy {:.3}",
+            m.loss, m.accuracy
+        ));
+        if let (Some(l), Some(a), Some(f)) = (m.val_loss, m.val_accuracy, m.val_f1) {
+            text.push_str(&format!(
+                "; validation loss {l:.4} accuracy {a:.3} macro F1 {f:.3}"
+            ));
+        }
+    }
+    if let Some((name, version)) = &s.registered {
+        text.push_str(&format!("\nregistered as {name} version {version}"));
+    }
+    Outcome {
+        text,
+        json: serde_json::to_value(s).expect("summary serialises"),
+    }
+}
+
+fn model_ref(m: &ModelSelector) -> ModelRef {
+    match (&m.run_id, m.model_version, &m.model_alias) {
+        (Some(id), _, _) => ModelRef::Run(id.clone()),
+        (_, Some(v), _) => ModelRef::Version(v),
+        (_, _, Some(a)) => ModelRef::Alias(a.clone()),
+        _ => ModelRef::Latest,
+    }
+}
+
+/// Table on stdout; with `--json` one JSON object per window (JSON lines).
+fn predict_outcome(out: &PredictOutput) -> Outcome {
+    let lines = out
+        .predictions
+        .iter()
+        .map(|p| {
+            let probs: serde_json::Map<String, serde_json::Value> = out
+                .classes
+                .iter()
+                .zip(&p.probabilities)
+                .map(|(c, v)| (c.clone(), json!(v)))
+                .collect();
+            json!({
+                "timestamp": p.timestamp,
+                "probabilities": probs,
+                "predicted_class": p.predicted_class,
+                "expected_move_pct": p.expected_move_pct,
+                "horizon_seconds": out.horizon_seconds,
+                "run_id": out.run_id,
+            })
+        })
+        .collect();
+    Outcome {
+        text: predict::table(out),
+        json: serde_json::Value::Array(lines),
     }
 }

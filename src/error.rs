@@ -59,6 +59,9 @@ pub enum Error {
     /// Building, training or loading a model failed.
     #[error(transparent)]
     Train(#[from] crate::train::TrainError),
+    /// Prediction could not run.
+    #[error(transparent)]
+    Predict(#[from] crate::predict::PredictError),
     /// Writing a result or log failed.
     #[error("{context}: {source}")]
     Io {
@@ -82,6 +85,7 @@ impl Error {
             Error::Diagnose(crate::diagnostics::stage::DiagnoseError::Store(e)) => e.exit_code(),
             Error::Diagnose(_) | Error::DiagnosticsFailed(_) => ExitCode::Data,
             Error::Train(e) => e.exit_code(),
+            Error::Predict(e) => e.exit_code(),
         }
     }
 }

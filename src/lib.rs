@@ -11,6 +11,7 @@ pub mod error;
 pub mod logging;
 pub mod model;
 pub mod plot;
+pub mod predict;
 pub mod preprocess;
 pub mod tracking;
 pub mod train;

@@ -76,7 +76,15 @@ fn main() {
     match binance_ml::commands::execute(&cli, &loaded) {
         Ok(outcome) => {
             if g.json {
-                println!("{}", outcome.json);
+                // A list (predictions) prints as JSON lines, one object per line.
+                match &outcome.json {
+                    serde_json::Value::Array(items) => {
+                        for item in items {
+                            println!("{item}");
+                        }
+                    }
+                    other => println!("{other}"),
+                }
             } else {
                 println!("{}", outcome.text.trim_end());
             }

@@ -3,6 +3,7 @@
 //! Model code never names a backend: tensors live on whatever `burn::tensor::Device` the caller
 //! picked (see `crate::train::device`).
 
+pub mod artifact;
 pub mod cnn_lstm;
 pub mod infer;
 pub mod lstm;
@@ -10,6 +11,7 @@ pub mod rng;
 pub mod spec;
 pub mod summary;
 
+pub use artifact::{ModelArtifact, ModelManifest};
 pub use cnn_lstm::CnnLstm;
 pub use infer::{predict_logits, predict_proba};
 pub use rng::Rng;

@@ -19,6 +19,7 @@ pub mod split;
 pub mod stage;
 pub mod temporal;
 pub mod weights;
+pub mod window;
 
 use crate::config::{Config, GapHandling, NormalizationMethod};
 

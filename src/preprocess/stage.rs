@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use super::grid::{GapCounts, Grid, Levels, StepState};
 use super::scaler::{Scaler, ScalerFit};
 use super::split::{self, SplitRange, Usable};
+use super::window::RowLayout;
 use super::{AssetInput, PrepareSpec, PreprocessError, weights};
 use crate::config::{Config, SplitMethod};
 use crate::data::cache::{CacheReader, sha256_hex, write_atomic};
@@ -615,20 +616,39 @@ fn write_rows(path: &Path, rows: &[f64], ncols: usize) -> Result<String, DataErr
 
 /// Reads a row file's values as f64 (row-major, `ncols` columns).
 pub fn read_rows(path: &Path, ncols: usize) -> Result<Vec<f64>, DataError> {
+    Ok(read_rows_f32(path, ncols, None)?
+        .into_iter()
+        .map(f64::from)
+        .collect())
+}
+
+/// Reads a row file's float32 values (row-major, `ncols` columns), checking its sha256 when
+/// `sha256` is given.
+pub fn read_rows_f32(
+    path: &Path,
+    ncols: usize,
+    sha256: Option<&str>,
+) -> Result<Vec<f32>, DataError> {
     let bytes =
         std::fs::read(path).map_err(|e| DataError::io(format!("reading {}", path.display()), e))?;
     let corrupt = |message: String| DataError::Corrupt {
         path: path.to_owned(),
         message,
     };
+    if let Some(want) = sha256
+        && sha256_hex(&bytes) != want
+    {
+        return Err(corrupt(
+            "sha256 does not match the store manifest; rerun `binance-ml preprocess --force`"
+                .into(),
+        ));
+    }
     match NpzReader::new(&bytes)
         .map_err(corrupt)?
         .read("rows")
         .map_err(corrupt)?
     {
-        Array::F32 { data, cols, .. } if cols == ncols => {
-            Ok(data.into_iter().map(f64::from).collect())
-        }
+        Array::F32 { data, cols, .. } if cols == ncols => Ok(data),
         _ => Err(corrupt(format!(
             "expected a float32 [steps x {ncols}] array `rows`"
         ))),
@@ -664,6 +684,17 @@ fn write_samples(
     let bytes = w.finish().map_err(io)?;
     write_atomic(&path, &bytes)?;
     Ok(sha256_hex(&bytes))
+}
+
+impl StoreManifest {
+    /// Where each asset's features sit in a row.
+    pub fn layout(&self) -> RowLayout {
+        RowLayout {
+            assets: self.assets.len(),
+            features_per_asset: self.features_per_asset,
+            columns: self.columns.len(),
+        }
+    }
 }
 
 /// The manifest of a complete store, if there is one.

@@ -604,6 +604,9 @@ impl Store for FileStore {
     fn version_by_alias(&self, _: &str, _: &str) -> Result<ModelVersion> {
         Err(self.unsupported("the model registry"))
     }
+    fn model_version(&self, _: &str, _: &str) -> Result<ModelVersion> {
+        Err(self.unsupported("the model registry"))
+    }
     fn supports_models(&self) -> bool {
         false
     }

@@ -28,7 +28,7 @@ pub use error::{Result, TrackingError};
 pub use http::{Credentials, RetryPolicy, Secret};
 pub use limits::Batch;
 pub use spool::{SyncReport, sync};
-pub use stage::{Stage, StageRun, StageRunSpec, latest_successful_run};
+pub use stage::{Stage, StageRun, StageRunSpec, format_model_name, latest_successful_run};
 pub use tracker::Tracker;
 pub use types::*;
 
@@ -66,6 +66,8 @@ pub struct TrackingSettings {
     pub run_name_pattern: String,
     /// `mlflow.model_registry.model_name_pattern`; placeholders `{asset}`, `{model}`.
     pub model_name_pattern: String,
+    /// `mlflow.model_registry.register_model`: register logged models as versions.
+    pub register_model: bool,
     /// Basic-auth credentials; `None` reads MLFLOW_TRACKING_USERNAME/PASSWORD.
     pub credentials: Option<Credentials>,
 }
@@ -83,6 +85,7 @@ impl TrackingSettings {
             experiments: m.experiments.clone(),
             run_name_pattern: m.run_naming.pattern.clone(),
             model_name_pattern: m.model_registry.model_name_pattern.clone(),
+            register_model: m.model_registry.register_model,
             ..TrackingSettings::default()
         }
     }
@@ -101,6 +104,7 @@ impl Default for TrackingSettings {
             experiments: crate::config::StageExperiments::default(),
             run_name_pattern: "{asset}_{model}_{timestamp}".into(),
             model_name_pattern: "{asset}_predictor".into(),
+            register_model: true,
             credentials: None,
         }
     }
@@ -216,6 +220,8 @@ pub trait Store: Send + Sync {
     fn set_alias(&self, name: &str, alias: &str, version: &str) -> Result<()>;
     /// The version `alias` points at.
     fn version_by_alias(&self, name: &str, alias: &str) -> Result<ModelVersion>;
+    /// Version `version` of the registered model `name`.
+    fn model_version(&self, name: &str, version: &str) -> Result<ModelVersion>;
     /// Whether logged models and the registry work here (not on the local file store).
     fn supports_models(&self) -> bool;
 }

@@ -437,6 +437,14 @@ impl Store for RestStore {
         Ok(a.model_version)
     }
 
+    fn model_version(&self, name: &str, version: &str) -> Result<ModelVersion> {
+        let a: VersionAnswer = self.get(
+            "/model-versions/get",
+            &[("name", name), ("version", version)],
+        )?;
+        Ok(a.model_version)
+    }
+
     fn supports_models(&self) -> bool {
         true
     }

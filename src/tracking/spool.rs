@@ -594,6 +594,10 @@ impl Store for SpoolStore {
         self.read(|r| r.version_by_alias(name, alias))
     }
 
+    fn model_version(&self, name: &str, version: &str) -> Result<ModelVersion> {
+        self.read(|r| r.model_version(name, version))
+    }
+
     fn supports_models(&self) -> bool {
         true
     }

@@ -225,9 +225,9 @@ impl<'t> StageRun<'t> {
             .log_artifact(self.run_id(), file, DIAGNOSTICS_DIR)
     }
 
-    /// Logs the model in `model_dir`: with a server, as an MLflow 3 logged model registered
-    /// under `model_name_pattern` (returns the new version); on the local file store, as run
-    /// artifacts under `model/` (returns `None`).
+    /// Logs the model in `model_dir` as run artifacts under `model/`, and with a server also
+    /// as an MLflow 3 logged model, registered under `model_name_pattern` when
+    /// `register_model` is on (returns the new version).
     pub fn log_model(
         &self,
         settings: &TrackingSettings,
@@ -236,9 +236,11 @@ impl<'t> StageRun<'t> {
         model_dir: &Path,
         params: &[Param],
     ) -> Result<Option<ModelVersion>> {
+        // Run artifacts everywhere, so `predict --run-id` reads the same files from a server
+        // and from the local store; with a server also a logged model in the registry.
+        self.tracker
+            .log_artifacts(self.run_id(), model_dir, MODEL_DIR)?;
         if !self.tracker.supports_models() {
-            self.tracker
-                .log_artifacts(self.run_id(), model_dir, MODEL_DIR)?;
             return Ok(None);
         }
         let name = format_model_name(&settings.model_name_pattern, asset, model)?;
@@ -250,6 +252,9 @@ impl<'t> StageRun<'t> {
             model_dir,
             params,
         )?;
+        if !settings.register_model {
+            return Ok(None);
+        }
         self.tracker
             .register_model(&name, &logged.model_id, self.run_id())
             .map(Some)

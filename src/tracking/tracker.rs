@@ -414,6 +414,11 @@ impl Tracker {
     pub fn version_by_alias(&self, name: &str, alias: &str) -> Result<ModelVersion> {
         self.store.version_by_alias(name, alias)
     }
+
+    /// Version `version` of the registered model `name`.
+    pub fn model_version(&self, name: &str, version: &str) -> Result<ModelVersion> {
+        self.store.model_version(name, version)
+    }
 }
 
 /// A plain REST store from the settings (no spool); `sync` replays through it.

@@ -7,6 +7,8 @@ pub mod loss;
 pub mod memory;
 pub mod metrics;
 pub mod source;
+pub mod stage;
+pub mod store;
 pub mod trainer;
 
 pub use callbacks::{EarlyStopping, Monitor, ReduceLrOnPlateau};
@@ -15,6 +17,7 @@ pub use loss::{balanced_class_weights, weighted_cross_entropy};
 pub use memory::{MemoryEstimate, check_memory_budget};
 pub use metrics::{ClassificationMetrics, EpochMetrics};
 pub use source::{Batch, BatchIter, BatchSource, InMemorySource, Split, prefetch};
+pub use store::StoreSource;
 pub use trainer::{StepResult, TrainObserver, TrainOptions, TrainOutcome, Trainer};
 
 /// Why training could not run or finish.
@@ -71,6 +74,23 @@ pub enum TrainError {
         /// 0-based batch index.
         batch: usize,
     },
+    /// There is no preprocessed store for this configuration.
+    #[error(
+        "no preprocessed data for this configuration at {}: run `binance-ml preprocess` first",
+        .dir.display()
+    )]
+    NoStore {
+        /// Where the store was looked for.
+        dir: std::path::PathBuf,
+    },
+    /// A plot, summary or model file could not be written.
+    #[error("writing {}: {reason}", .path.display())]
+    Output {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
     /// Reading or writing a checkpoint failed.
     #[error("checkpoint {path}: {reason}")]
     Checkpoint {
@@ -91,6 +111,7 @@ impl TrainError {
             | TrainError::Device { .. }
             | TrainError::MemoryBudget { .. }
             | TrainError::Option(_) => crate::ExitCode::Usage,
+            TrainError::NoStore { .. } => crate::ExitCode::Data,
             _ => crate::ExitCode::Training,
         }
     }

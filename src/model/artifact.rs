@@ -1,0 +1,180 @@
+//! The model artifact: everything inference needs, in one directory that `train` logs to
+//! MLflow and `predict`/`evaluate` load back.
+//!
+//! ```text
+//! model.json             ModelManifest: architecture, input layout, scaler, classes,
+//!                        boundaries, calibration temperature, provenance, weights sha256
+//! weights.bpk            Burn burnpack weights
+//! training_config.yaml   the effective configuration (secrets redacted): feature recipe
+//! ```
+//!
+//! The directory is written under a temporary name and renamed, so a reader never sees a
+//! half-written model.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+use serde::{Deserialize, Serialize};
+
+use super::{CnnLstm, ModelSpec};
+use crate::config::{ClassDefinition, Config};
+use crate::data::cache::sha256_hex;
+use crate::preprocess::scaler::Scaler;
+use crate::preprocess::window::RowLayout;
+use crate::train::TrainError;
+use crate::train::checkpoint::{model_from_bytes, model_to_bytes};
+
+/// Layout version of the artifact directory.
+pub const ARTIFACT_FORMAT_VERSION: &str = "1";
+/// The manifest's file name.
+pub const MANIFEST_FILE: &str = "model.json";
+/// The weights' file name.
+pub const WEIGHTS_FILE: &str = "weights.bpk";
+/// The configuration snapshot's file name.
+pub const CONFIG_FILE: &str = "training_config.yaml";
+
+/// `model.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelManifest {
+    /// Layout version.
+    pub format_version: String,
+    /// `model.architecture`, e.g. `CNN_LSTM_MultiClass`.
+    pub architecture: String,
+    /// The resolved architecture (rebuilds the model).
+    pub spec: ModelSpec,
+    /// Symbols, target first.
+    pub assets: Vec<String>,
+    /// Store columns, in order (asset blocks, then temporal).
+    pub columns: Vec<String>,
+    /// How a row becomes the model input.
+    pub layout: RowLayout,
+    /// Window length in steps.
+    pub window_steps: usize,
+    /// Grid cadence, ms.
+    pub cadence_ms: i64,
+    /// `targets.prediction_horizon_seconds`.
+    pub horizon_seconds: u64,
+    /// Scaler fit on the training rows (applied to every input row).
+    pub scaler: Scaler,
+    /// Class names, lowest move first.
+    pub class_names: Vec<String>,
+    /// Class boundaries.
+    pub boundaries: Vec<f64>,
+    /// How boundaries are read.
+    pub boundary_type: ClassDefinition,
+    /// Mean relative price change (%) of each class's training samples: the expected move
+    /// is the probability-weighted mean of these.
+    pub class_mean_change_pct: Vec<f64>,
+    /// Softmax temperature (1.0 until `evaluate` calibrates it).
+    pub temperature: f64,
+    /// The preprocessed store the model was trained on.
+    pub store_key: String,
+    /// `binance_ml.config_hash` of the training run.
+    pub config_hash: String,
+    /// Epoch whose weights are stored.
+    pub weights_epoch: u32,
+    /// sha256 of `weights.bpk`.
+    pub weights_sha256: String,
+    /// When it was written (RFC 3339, UTC).
+    pub created_at: String,
+}
+
+/// A loaded model artifact.
+#[derive(Debug)]
+pub struct ModelArtifact {
+    /// The manifest.
+    pub manifest: ModelManifest,
+    /// The network, inference mode.
+    pub model: CnnLstm,
+    /// The training configuration snapshot (redacted).
+    pub config_yaml: String,
+}
+
+fn art_err(path: &Path, reason: impl ToString) -> TrainError {
+    TrainError::Checkpoint {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+impl ModelArtifact {
+    /// Writes the artifact to `dir` atomically (any previous content is replaced).
+    pub fn save(
+        dir: &Path,
+        manifest: &ModelManifest,
+        model: &CnnLstm,
+        config_yaml: &str,
+    ) -> Result<(), TrainError> {
+        let weights = model_to_bytes(model)?;
+        let mut manifest = manifest.clone();
+        manifest.weights_sha256 = sha256_hex(&weights);
+        let tmp = sibling(dir, "tmp");
+        let _ = fs::remove_dir_all(&tmp);
+        let write = || -> std::io::Result<()> {
+            fs::create_dir_all(&tmp)?;
+            fs::write(tmp.join(WEIGHTS_FILE), &weights)?;
+            fs::write(tmp.join(CONFIG_FILE), config_yaml)?;
+            let json = serde_json::to_vec_pretty(&manifest).map_err(std::io::Error::other)?;
+            fs::write(tmp.join(MANIFEST_FILE), json)?;
+            let old = sibling(dir, "old");
+            if dir.exists() {
+                let _ = fs::remove_dir_all(&old);
+                fs::rename(dir, &old)?;
+            }
+            fs::rename(&tmp, dir)?;
+            let _ = fs::remove_dir_all(&old);
+            Ok(())
+        };
+        write().map_err(|e| {
+            let _ = fs::remove_dir_all(&tmp);
+            art_err(dir, e)
+        })
+    }
+
+    /// Reads and checks the artifact in `dir`, loading the weights onto `device`.
+    pub fn load(dir: &Path, device: &Device) -> Result<Self, TrainError> {
+        let path = dir.join(MANIFEST_FILE);
+        let text = fs::read_to_string(&path).map_err(|e| {
+            art_err(
+                &path,
+                format!("{e} (not a binance-ml model directory: it needs {MANIFEST_FILE})"),
+            )
+        })?;
+        let manifest: ModelManifest = serde_json::from_str(&text).map_err(|e| art_err(&path, e))?;
+        if manifest.format_version != ARTIFACT_FORMAT_VERSION {
+            return Err(art_err(
+                &path,
+                format!(
+                    "format version {} is not {ARTIFACT_FORMAT_VERSION}; retrain the model",
+                    manifest.format_version
+                ),
+            ));
+        }
+        let wpath = dir.join(WEIGHTS_FILE);
+        let weights = fs::read(&wpath).map_err(|e| art_err(&wpath, e))?;
+        if sha256_hex(&weights) != manifest.weights_sha256 {
+            return Err(art_err(&wpath, "sha256 does not match model.json"));
+        }
+        let model =
+            model_from_bytes(&manifest.spec, &weights, device).map_err(|e| art_err(&wpath, e))?;
+        let cpath = dir.join(CONFIG_FILE);
+        let config_yaml = fs::read_to_string(&cpath).map_err(|e| art_err(&cpath, e))?;
+        Ok(Self {
+            manifest,
+            model,
+            config_yaml,
+        })
+    }
+
+    /// The training configuration, parsed (secrets are masked in it).
+    pub fn config(&self, dir: &Path) -> Result<Config, TrainError> {
+        serde_yaml_ng::from_str(&self.config_yaml).map_err(|e| art_err(&dir.join(CONFIG_FILE), e))
+    }
+}
+
+fn sibling(dir: &Path, suffix: &str) -> PathBuf {
+    let mut name = dir.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{suffix}-{}", std::process::id()));
+    dir.with_file_name(name)
+}

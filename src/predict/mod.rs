@@ -1,0 +1,419 @@
+//! The `predict` stage: a trained model + the latest order books from the configured source
+//! -> class probabilities, the predicted class and the expected move, per window.
+//!
+//! The model artifact carries its own feature recipe (the training configuration), scaler and
+//! window length; only the data location comes from the current configuration. Rows are
+//! computed exactly as in training (the same `prepare`), over a span long enough for one
+//! window plus the longest feature look-back.
+
+use std::path::PathBuf;
+
+use indicatif::ProgressBar;
+use serde::Serialize;
+
+use crate::config::{Config, DateBound, LoadedConfig, Symbol};
+use crate::data::assemble::Assembler;
+use crate::data::{DataError, OrderBook, sources};
+use crate::model::{ModelArtifact, predict_proba};
+use crate::preprocess::grid::{Grid, Levels};
+use crate::preprocess::{AssetInput, PrepareSpec, prepare};
+use crate::tracking::{
+    self, MODEL_DIR, Stage, Tracker, TrackingSettings, format_model_name, latest_successful_run,
+};
+use crate::train::select_device;
+use crate::train::stage::MODEL_NAME;
+
+/// Why `predict` cannot answer; each says what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum PredictError {
+    /// No model was named and no training run exists for this configuration.
+    #[error(
+        "no trained model for this configuration: run `binance-ml train`, or name one with \
+         --run-id, --model-version or --model-alias"
+    )]
+    NoModel,
+    /// The source has too little usable data before the requested instant.
+    #[error(
+        "{source_desc} has no complete window of {window} steps ending in {range}: one window \
+         needs {needed} consecutive usable steps ({window} + {history} of feature history) at \
+         {cadence_s} s cadence; check data.time_range / --start/--end and the source's gaps"
+    )]
+    NotEnoughHistory {
+        /// The source.
+        source_desc: String,
+        /// The instants asked for.
+        range: String,
+        /// Window length.
+        window: usize,
+        /// Feature look-back steps.
+        history: usize,
+        /// window + history.
+        needed: usize,
+        /// Cadence in seconds.
+        cadence_s: f64,
+    },
+    /// The target asset has no snapshot before the requested instant.
+    #[error("{source_desc} has no {symbol} snapshot between {start} and {end}")]
+    NoData {
+        /// The source.
+        source_desc: String,
+        /// The target.
+        symbol: String,
+        /// Range start (RFC 3339).
+        start: String,
+        /// Range end (RFC 3339).
+        end: String,
+    },
+    /// `--start`/`--end` are malformed or reversed.
+    #[error("{0}")]
+    Range(String),
+}
+
+impl PredictError {
+    /// Exit code: 2 for usage, 3 for data.
+    pub fn exit_code(&self) -> crate::ExitCode {
+        match self {
+            PredictError::NoModel | PredictError::Range(_) => crate::ExitCode::Usage,
+            _ => crate::ExitCode::Data,
+        }
+    }
+}
+
+/// Which model to use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelRef {
+    /// The training run that produced it.
+    Run(String),
+    /// A registered version of `model_name_pattern`'s model.
+    Version(u32),
+    /// A registry alias, e.g. `champion`.
+    Alias(String),
+    /// The newest finished training run of this configuration.
+    Latest,
+}
+
+/// Finds the model's artifact directory: the work directory's copy when this machine trained
+/// it, otherwise downloaded from the run's `model/` artifacts. Returns `(run_id, dir)`.
+pub fn locate_model(loaded: &LoadedConfig, which: &ModelRef) -> crate::Result<(String, PathBuf)> {
+    let config = &loaded.config;
+    let settings = TrackingSettings::from_config(config);
+    let asset = config.data.asset_pairs.target_asset.to_string();
+    let tracker = Tracker::open(&settings)?;
+    let registered = |v: tracking::ModelVersion| v.run_id;
+    let name = || format_model_name(&settings.model_name_pattern, &asset, MODEL_NAME);
+    let run_id = match which {
+        ModelRef::Run(id) => id.clone(),
+        ModelRef::Version(v) => registered(tracker.model_version(&name()?, &v.to_string())?),
+        ModelRef::Alias(a) => registered(tracker.version_by_alias(&name()?, a)?),
+        ModelRef::Latest => {
+            let hash = loaded.config_hash();
+            latest_successful_run(&tracker, &settings, Stage::ModelTraining, &hash)?
+                .map(|r| r.info.run_id)
+                .ok_or(PredictError::NoModel)?
+        }
+    };
+    let local = config.workdir.join("models").join(&run_id);
+    if local.join(crate::model::artifact::MANIFEST_FILE).is_file() {
+        return Ok((run_id, local));
+    }
+    let cache = config.workdir.join("model-cache").join(&run_id);
+    let dir = cache.join(MODEL_DIR);
+    if !dir.join(crate::model::artifact::MANIFEST_FILE).is_file() {
+        // Download next to the cache and rename, so an interrupted download is never used.
+        let tmp = config
+            .workdir
+            .join("model-cache")
+            .join(format!(".{run_id}.{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        tracker.download_artifacts(&run_id, MODEL_DIR, &tmp)?;
+        let _ = std::fs::remove_dir_all(&cache);
+        std::fs::rename(&tmp, &cache).map_err(|e| crate::Error::Io {
+            context: format!("moving the downloaded model to {}", cache.display()),
+            source: e,
+        })?;
+    }
+    Ok((run_id, dir))
+}
+
+/// One prediction.
+#[derive(Debug, Clone, Serialize)]
+pub struct Prediction {
+    /// End of the window (UTC, RFC 3339): the prediction is for the move after it.
+    pub timestamp: String,
+    /// Probability per class, in `classes` order.
+    pub probabilities: Vec<f64>,
+    /// The most likely class.
+    pub predicted_class: String,
+    /// Probability-weighted mean of the classes' mean training moves, in percent.
+    pub expected_move_pct: f64,
+}
+
+/// What `predict` produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct PredictOutput {
+    /// The training run of the model.
+    pub run_id: String,
+    /// The artifact directory used.
+    pub model_dir: PathBuf,
+    /// Class names.
+    pub classes: Vec<String>,
+    /// Horizon of the predicted move, seconds.
+    pub horizon_seconds: u64,
+    /// Calibration temperature applied.
+    pub temperature: f64,
+    /// One per window, oldest first.
+    pub predictions: Vec<Prediction>,
+}
+
+/// Predicts for the latest window (or every window ending in `range`).
+pub fn predict(
+    loaded: &LoadedConfig,
+    which: &ModelRef,
+    range: Option<(&str, &str)>,
+) -> crate::Result<PredictOutput> {
+    let _span = tracing::info_span!("predict").entered();
+    let config: &Config = &loaded.config;
+    let (run_id, dir) = locate_model(loaded, which)?;
+    let device = select_device(config.model.backend, &config.model.device)?;
+    let artifact = ModelArtifact::load(&dir, &device.device)?;
+    let trained = artifact.config(&dir)?;
+    let m = &artifact.manifest;
+    let spec = PrepareSpec::from_config(&trained);
+    let cadence = m.cadence_ms;
+    let history = spec.history_steps();
+    // `prepare` also computes labels, which need more steps than their look-ahead.
+    let span_steps = (m.window_steps + history).max(spec.labels.lookahead() + 1) + 1;
+    let symbols: Vec<Symbol> = m
+        .assets
+        .iter()
+        .map(|s| Symbol::new(s).map_err(DataError::Input))
+        .collect::<Result<_, _>>()?;
+    let depth = trained.data.order_book.depth_levels as usize;
+    let mut source = sources::open(&config.data)?;
+    let read = |source: &mut dyn sources::Source, a: i64, b: i64| {
+        let mut asm = Assembler::new(symbols.clone(), depth);
+        source.read_span(a, b, &mut asm, &ProgressBar::hidden())?;
+        let (mut books, _) = asm.finish();
+        Ok::<_, DataError>(
+            symbols
+                .iter()
+                .map(|s| books.remove(s).unwrap_or_else(|| OrderBook::empty(depth)))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let (from, to) = match range {
+        Some((a, b)) => {
+            let parse = |s: &str| DateBound::parse(s).map_err(PredictError::Range);
+            let (a, b) = (parse(a)?, parse(b)?);
+            let (a, b) = (
+                a.start().timestamp_millis(),
+                b.end_exclusive().timestamp_millis(),
+            );
+            if a >= b {
+                return Err(PredictError::Range(format!(
+                    "--start must be before --end (got {} .. {})",
+                    rfc3339(a),
+                    rfc3339(b)
+                ))
+                .into());
+            }
+            (a, b - 1)
+        }
+        None => {
+            let end = config
+                .data
+                .time_range
+                .end_date
+                .end_exclusive()
+                .timestamp_millis()
+                .min(chrono::Utc::now().timestamp_millis());
+            let last = last_snapshot(
+                source.as_mut(),
+                &read,
+                config.data.time_range.start_date.start().timestamp_millis(),
+                end,
+                span_steps as i64 * cadence,
+            )?;
+            (last, last)
+        }
+    };
+    let read_from = from - span_steps as i64 * cadence;
+    let books = read(source.as_mut(), read_from, to + 1)?;
+    let target = &books[0];
+    let (Some(&first), Some(&last)) = (
+        target.snapshot_timestamps.first(),
+        target.snapshot_timestamps.last(),
+    ) else {
+        return Err(PredictError::NoData {
+            source_desc: source.describe(),
+            symbol: m.assets[0].clone(),
+            start: rfc3339(read_from),
+            end: rfc3339(to),
+        }
+        .into());
+    };
+    let grid = Grid::covering(first, last, cadence);
+    let inputs: Vec<AssetInput<'_>> = m
+        .assets
+        .iter()
+        .zip(&books)
+        .map(|(s, b)| AssetInput {
+            symbol: s,
+            ts_ms: &b.snapshot_timestamps,
+            levels: Levels {
+                depth: b.bid_price.cols,
+                bid_px: &b.bid_price.data,
+                bid_qty: &b.bid_qty.data,
+                ask_px: &b.ask_price.data,
+                ask_qty: &b.ask_qty.data,
+            },
+        })
+        .collect();
+    let not_enough = || PredictError::NotEnoughHistory {
+        source_desc: source.describe(),
+        range: if from == to {
+            rfc3339(from)
+        } else {
+            format!("{} .. {}", rfc3339(from), rfc3339(to))
+        },
+        window: m.window_steps,
+        history,
+        needed: m.window_steps + history,
+        cadence_s: cadence as f64 / 1000.0,
+    };
+    if grid.steps <= spec.labels.lookahead() {
+        return Err(not_enough().into());
+    }
+    let p = prepare(&spec, &inputs, grid).map_err(crate::preprocess::stage::StageError::from)?;
+    let n = p.columns.len();
+    if p.columns != m.columns {
+        return Err(DataError::Input(format!(
+            "the rows computed now have columns {:?}, the model was trained on {:?}",
+            p.columns, m.columns
+        ))
+        .into());
+    }
+    let mut scaled: Vec<f32> = Vec::with_capacity(p.rows.len());
+    let mut ok = Vec::with_capacity(grid.steps);
+    for row in p.rows.chunks_exact(n) {
+        let mut r = row.to_vec();
+        m.scaler.transform_row(&mut r);
+        ok.push(r.iter().all(|x| x.is_finite()));
+        scaled.extend(r.iter().map(|x| *x as f32));
+    }
+    // Window ends in [from, to] whose whole window is usable.
+    let w = m.window_steps;
+    let mut run = 0usize;
+    let mut ends = Vec::new();
+    for (k, good) in ok.iter().enumerate() {
+        run = if *good { run + 1 } else { 0 };
+        let t = grid.time_ms(k);
+        if run >= w && t >= from && t <= to {
+            ends.push(k);
+        }
+    }
+    if ends.is_empty() {
+        return Err(not_enough().into());
+    }
+    let temperature = m.temperature;
+    let classes = m.class_names.len();
+    let mut predictions = Vec::with_capacity(ends.len());
+    for chunk in ends.chunks(256) {
+        let mut x = Vec::with_capacity(chunk.len() * m.layout.sample_shape(w).len());
+        for &k in chunk {
+            m.layout.push_window(&scaled, k, w, &mut x);
+        }
+        let probs = predict_proba(&artifact.model, &x, temperature as f32)
+            .map_err(crate::train::TrainError::from)?;
+        for (&k, p) in chunk.iter().zip(probs.chunks_exact(classes)) {
+            let probabilities: Vec<f64> = p.iter().map(|v| f64::from(*v)).collect();
+            let best = probabilities
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map_or(0, |(i, _)| i);
+            predictions.push(Prediction {
+                timestamp: rfc3339(grid.time_ms(k)),
+                expected_move_pct: probabilities
+                    .iter()
+                    .zip(&m.class_mean_change_pct)
+                    .map(|(p, c)| p * c)
+                    .sum(),
+                predicted_class: m.class_names[best].clone(),
+                probabilities,
+            });
+        }
+    }
+    Ok(PredictOutput {
+        run_id,
+        model_dir: dir,
+        classes: m.class_names.clone(),
+        horizon_seconds: m.horizon_seconds,
+        temperature,
+        predictions,
+    })
+}
+
+/// Time of the newest target snapshot before `end`, scanning back in growing chunks (a live
+/// database is asked for minutes, not years) until `floor`.
+fn last_snapshot<R>(
+    source: &mut dyn sources::Source,
+    read: &R,
+    floor: i64,
+    end: i64,
+    chunk: i64,
+) -> crate::Result<i64>
+where
+    R: Fn(&mut dyn sources::Source, i64, i64) -> Result<Vec<OrderBook>, DataError>,
+{
+    let (mut hi, mut len) = (end, chunk.max(1));
+    while hi > floor {
+        let lo = (hi - len).max(floor);
+        let books = read(source, lo, hi)?;
+        if let Some(&t) = books[0].snapshot_timestamps.last() {
+            return Ok(t);
+        }
+        hi = lo;
+        len *= 4;
+    }
+    Err(PredictError::NoData {
+        source_desc: source.describe(),
+        symbol: "the target".into(),
+        start: rfc3339(floor),
+        end: rfc3339(end),
+    }
+    .into())
+}
+
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_else(|| ms.to_string())
+}
+
+/// A fixed-width table of predictions for the terminal.
+pub fn table(out: &PredictOutput) -> String {
+    let mut s = format!("{:<25}", "timestamp");
+    for c in &out.classes {
+        s.push_str(&format!(" {c:>14}"));
+    }
+    s.push_str(&format!(" {:>14} {:>16}\n", "predicted", "expected_move_%"));
+    for p in &out.predictions {
+        s.push_str(&format!("{:<25}", p.timestamp));
+        for v in &p.probabilities {
+            s.push_str(&format!(" {v:>14.4}"));
+        }
+        s.push_str(&format!(
+            " {:>14} {:>16.5}\n",
+            p.predicted_class, p.expected_move_pct
+        ));
+    }
+    s.push_str(&format!(
+        "model run {} ({}), horizon {} s, temperature {}",
+        out.run_id,
+        out.model_dir.display(),
+        out.horizon_seconds,
+        out.temperature
+    ));
+    s
+}
