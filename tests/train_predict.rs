@@ -405,3 +405,62 @@ diagnostics: {{min_class_samples: 5}}
     let ts = chrono::DateTime::parse_from_rfc3339(p[0]["timestamp"].as_str().unwrap()).unwrap();
     assert_eq!(ts.timestamp(), newest, "{:?}", p[0]);
 }
+
+#[test]
+fn with_a_server_the_model_is_registered_and_predict_loads_it_by_version_and_alias() {
+    let Some(uri) = common::env_or_skip(
+        "BINANCE_ML_TEST_MLFLOW_URI",
+        "with_a_server_the_model_is_registered_and_predict_loads_it_by_version_and_alias",
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let tag = common::unique("train");
+    let mlflow = format!(
+        r#"
+mlflow:
+  tracking_uri: {uri:?}
+  experiments: {{data_collection: "{tag}-data", preprocessing: "{tag}-pre", diagnostics: "{tag}-diag", training: "{tag}-train", evaluation: "{tag}-eval"}}
+  model_registry: {{model_name_pattern: "{tag}_{{asset}}"}}
+"#
+    );
+    let yaml = tiny(&dir.path().join("work"), "  epochs: 1") + &mlflow;
+    ok(dir.path(), &yaml, &["fetch"]);
+    ok(dir.path(), &yaml, &["preprocess"]);
+    let t = json(&ok(dir.path(), &yaml, &["train", "--json"]));
+    let name = format!("{tag}_BTCUSDT");
+    assert_eq!(t["registered"][0], name.as_str());
+    assert_eq!(t["registered"][1], "1");
+    let run_id = t["run_id"].as_str().unwrap();
+
+    // A machine that did not train: the model comes from the server's run artifacts.
+    let elsewhere = tiny(&dir.path().join("other"), "  epochs: 1") + &mlflow;
+    let by_version = ok(
+        dir.path(),
+        &elsewhere,
+        &["predict", "--json", "--model-version", "1"],
+    );
+    let p = json(by_version.lines().next().unwrap());
+    assert_eq!(p["run_id"], run_id);
+    assert!(
+        dir.path()
+            .join(format!("other/model-cache/{run_id}/model/weights.bpk"))
+            .is_file()
+    );
+    let settings = common::settings(&uri, dir.path());
+    let tracker = binance_ml::tracking::Tracker::open(&settings).unwrap();
+    tracker.set_alias(&name, "champion", "1").unwrap();
+    let by_alias = ok(
+        dir.path(),
+        &elsewhere,
+        &["predict", "--json", "--model-alias", "champion"],
+    );
+    assert_eq!(by_alias, by_version);
+    let (code, _, err) = common::run_cli(
+        dir.path(),
+        &elsewhere,
+        &["predict", "--model-alias", "nobody"],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("nobody"), "{err}");
+}
