@@ -2,14 +2,18 @@
 
 use serde_json::json;
 
-use crate::cli::{Cli, Command, ModelSelector, TrackingCommand};
+use crate::cli::{Cli, Command, EvalSplit, ModelSelector, Stage as Step, TrackingCommand};
 use crate::config::LoadedConfig;
-use crate::data::fetch::{self, FetchSummary};
-use crate::diagnostics::stage::{DiagnoseOutput, diagnose};
+use crate::data::fetch;
+use crate::diagnostics::stage::DiagnoseOutput;
+use crate::evaluate::EvaluateError;
+use crate::evaluate::stage::{EvaluateRequest, EvaluateSummary};
+use crate::pipeline::{self, Pipeline, RunSummary};
 use crate::predict::{self, ModelRef, PredictOutput};
-use crate::preprocess::stage::{PreprocessSummary, preprocess};
-use crate::tracking::{self, Metric, Stage, StageRun, StageRunSpec, Tracker, TrackingSettings};
-use crate::train::stage::{MODEL_NAME, TrainRequest, TrainSummary, train};
+use crate::preprocess::stage::PreprocessSummary;
+use crate::tracking::{self, TrackingSettings};
+use crate::train::Split;
+use crate::train::stage::{TrainRequest, TrainSummary};
 use crate::{Error, Result};
 
 /// What a command produced: a human summary and the same as JSON for `--json`.
@@ -23,61 +27,43 @@ pub struct Outcome {
 
 /// Runs `cli.command` with an already loaded and validated configuration.
 pub fn execute(cli: &Cli, loaded: &LoadedConfig) -> Result<Outcome> {
+    let p = Pipeline::new(loaded);
     match &cli.command {
         Command::ValidateConfig => Ok(validate_config(loaded)),
         Command::Tracking(TrackingCommand::Sync) => tracking_sync(loaded),
-        Command::Fetch(args) => tracked(loaded, Stage::DataCollection, "fetch", &[], |run| {
-            let summary = fetch::fetch(&loaded.config, args.force)?;
-            log_fetch(run, &summary)?;
-            Ok(fetch::outcome(&summary))
-        }),
-        Command::Preprocess(args) => tracked(
-            loaded,
-            Stage::Preprocessing,
-            "preprocess",
-            &[Stage::DataCollection],
-            |run| {
-                let summary = preprocess(&loaded.config, args.force)?;
-                log_preprocess(run, &summary)?;
-                Ok(preprocess_outcome(&summary))
-            },
-        ),
-        Command::Diagnose => {
-            let out = tracked(
-                loaded,
-                Stage::DataDiagnostics,
-                "diagnose",
-                &[Stage::Preprocessing],
-                |run| {
-                    let out = diagnose(&loaded.config)?;
-                    log_diagnose(run, &out)?;
-                    Ok(out)
-                },
-            )?;
-            if out.report.failed && loaded.config.data.validation.fail_on_invalid {
-                return Err(Error::DiagnosticsFailed(out.report.warnings));
+        Command::Fetch(args) => Ok(fetch::outcome(&p.fetch(args.force)?)),
+        Command::Preprocess(args) => Ok(preprocess_outcome(&p.preprocess(args.force)?)),
+        Command::Diagnose => Ok(diagnose_outcome(&p.diagnose()?)),
+        Command::Train(args) => Ok(train_outcome(&p.train(TrainRequest {
+            resume: args.resume,
+            progress: true,
+        })?)),
+        Command::Evaluate(args) => {
+            if args.start.is_some() {
+                return Err(EvaluateError::RangeNotSupported.into());
             }
-            Ok(diagnose_outcome(&out))
-        }
-        Command::Train(args) => {
-            let req = TrainRequest {
-                resume: args.resume,
-                progress: true,
+            let req = EvaluateRequest {
+                model: model_ref(&args.model),
+                split: match args.split {
+                    EvalSplit::Test => Split::Test,
+                    EvalSplit::Val => Split::Validation,
+                },
             };
-            let s = tracked(
-                loaded,
-                Stage::ModelTraining,
-                MODEL_NAME,
-                &[Stage::Preprocessing, Stage::DataDiagnostics],
-                |run| train(loaded, req, run),
-            )?;
-            Ok(train_outcome(&s))
+            Ok(evaluate_outcome(&p.evaluate(&req)?))
         }
         Command::Predict(args) => {
             let which = model_ref(&args.model);
             let range = args.start.as_deref().zip(args.end.as_deref());
             let out = predict::predict(loaded, &which, range)?;
             Ok(predict_outcome(&out))
+        }
+        Command::Run(args) => {
+            let s = pipeline::run(
+                loaded,
+                args.from.unwrap_or(Step::Fetch),
+                args.until.unwrap_or(Step::Evaluate),
+            )?;
+            Ok(run_outcome(&s))
         }
         other => Err(Error::NotImplemented(other.name())),
     }
@@ -124,121 +110,6 @@ fn tracking_sync(loaded: &LoadedConfig) -> Result<Outcome> {
     })
 }
 
-/// Runs `body` inside an MLflow run of `stage`'s experiment, tagged with the config hash and
-/// the latest successful runs of the `consumed` stages for the same configuration (lineage),
-/// and holding the redacted configuration; the run ends FINISHED on success, FAILED on error.
-fn tracked<T>(
-    loaded: &LoadedConfig,
-    stage: Stage,
-    model: &str,
-    consumed: &[Stage],
-    body: impl FnOnce(&StageRun<'_>) -> Result<T>,
-) -> Result<T> {
-    let settings = TrackingSettings::from_config(&loaded.config);
-    let tracker = Tracker::open(&settings)?;
-    let config_hash = loaded.config_hash();
-    let mut input_ids = Vec::new();
-    for s in consumed {
-        match tracking::latest_successful_run(&tracker, &settings, *s, &config_hash) {
-            Ok(Some(run)) => input_ids.push((*s, run.info.run_id)),
-            Ok(None) => {}
-            // Lineage is worth a warning, not a failed stage.
-            Err(e) => tracing::warn!(
-                "cannot look up the {} run this stage consumed: {e}",
-                s.key()
-            ),
-        }
-    }
-    let inputs: Vec<(Stage, &str)> = input_ids.iter().map(|(s, id)| (*s, id.as_str())).collect();
-    let yaml = loaded.redacted_yaml();
-    let asset = loaded.config.data.asset_pairs.target_asset.to_string();
-    let spec = StageRunSpec {
-        stage: Some(stage),
-        asset: &asset,
-        model,
-        config_hash: &config_hash,
-        config_yaml: &yaml,
-        inputs: &inputs,
-        ..StageRunSpec::default()
-    };
-    let run = StageRun::start(&tracker, &settings, &spec)?;
-    tracing::info!(run_id = run.run_id(), tracking = %tracker.describe(), "MLflow run started");
-    match body(&run) {
-        Ok(v) => {
-            run.finish()?;
-            Ok(v)
-        }
-        Err(e) => {
-            // The stage's own error is the one to report; a failure to mark the run is logged.
-            if let Err(t) = run.fail() {
-                tracing::warn!("could not mark the MLflow run FAILED: {t}");
-            }
-            Err(e)
-        }
-    }
-}
-
-fn metrics(pairs: &[(String, f64)]) -> Vec<Metric> {
-    let now = chrono::Utc::now().timestamp_millis();
-    pairs
-        .iter()
-        .map(|(k, v)| Metric::new(k, *v, now, 0))
-        .collect()
-}
-
-fn log_fetch(run: &StageRun<'_>, s: &FetchSummary) -> Result<()> {
-    let t = run.tracker();
-    t.set_tags(run.run_id(), &[("binance_ml.dataset_hash", s.key.as_str())])?;
-    t.log_params(
-        run.run_id(),
-        &[
-            ("cache_dir", s.cache_dir.display().to_string()),
-            ("shards", s.shards.to_string()),
-        ],
-    )?;
-    let mut m: Vec<(String, f64)> = s
-        .snapshots
-        .iter()
-        .map(|(sym, n)| (format!("snapshots_{sym}"), *n as f64))
-        .collect();
-    m.push(("shards_fetched".into(), s.shards_fetched as f64));
-    m.push(("shards_reused".into(), s.shards_reused as f64));
-    m.push(("rows_dropped".into(), s.quality.rows_dropped() as f64));
-    m.push((
-        "snapshots_dropped".into(),
-        s.quality.snapshots_dropped() as f64,
-    ));
-    t.log_metrics(run.run_id(), &metrics(&m))?;
-    Ok(())
-}
-
-fn log_preprocess(run: &StageRun<'_>, s: &PreprocessSummary) -> Result<()> {
-    let t = run.tracker();
-    let key = s
-        .store_dir
-        .file_name()
-        .map(|k| k.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    t.set_tags(run.run_id(), &[("binance_ml.dataset_hash", key.as_str())])?;
-    t.log_params(
-        run.run_id(),
-        &[
-            ("store_dir", s.store_dir.display().to_string()),
-            ("columns", s.columns.to_string()),
-            ("steps", s.steps.to_string()),
-        ],
-    )?;
-    let m = [("train", 0), ("validation", 1), ("test", 2)]
-        .map(|(n, i)| (format!("samples_{n}"), s.samples[i] as f64));
-    t.log_metrics(run.run_id(), &metrics(&m))?;
-    t.log_artifact(
-        run.run_id(),
-        &s.store_dir.join("manifest.json"),
-        "preprocessing",
-    )?;
-    Ok(())
-}
-
 fn preprocess_outcome(s: &PreprocessSummary) -> Outcome {
     Outcome {
         text: format!(
@@ -253,39 +124,6 @@ fn preprocess_outcome(s: &PreprocessSummary) -> Outcome {
         ),
         json: serde_json::to_value(s).expect("summary serialises"),
     }
-}
-
-fn log_diagnose(run: &StageRun<'_>, out: &DiagnoseOutput) -> Result<()> {
-    let t = run.tracker();
-    let r = &out.report;
-    let mut m = Vec::new();
-    for (asset, st) in &r.spreads {
-        m.push((format!("{asset}_spread_median_bps"), st.median_bps));
-        m.push((format!("{asset}_spread_mean_bps"), st.mean_bps));
-        m.push((format!("{asset}_spread_p99_bps"), st.p99_bps));
-        m.push((format!("{asset}_spread_share_zero"), st.share_zero));
-        m.push((format!("{asset}_spread_share_wide"), st.share_wide));
-    }
-    let max_psi = r
-        .psi
-        .iter()
-        .map(|(_, v)| *v)
-        .filter(|v| v.is_finite())
-        .fold(0.0, f64::max);
-    m.push(("psi_max".into(), max_psi));
-    m.push(("warnings".into(), r.warnings.len() as f64));
-    t.log_metrics(run.run_id(), &metrics(&m))?;
-    t.set_tags(
-        run.run_id(),
-        &[(
-            "binance_ml.diagnostics_failed",
-            if r.failed { "true" } else { "false" },
-        )],
-    )?;
-    for file in &out.artifacts {
-        run.log_diagnostic(file)?;
-    }
-    Ok(())
 }
 
 fn diagnose_outcome(out: &DiagnoseOutput) -> Outcome {
@@ -364,6 +202,7 @@ fn predict_outcome(out: &PredictOutput) -> Outcome {
                 "predicted_class": p.predicted_class,
                 "expected_move_pct": p.expected_move_pct,
                 "horizon_seconds": out.horizon_seconds,
+                "temperature": out.temperature,
                 "run_id": out.run_id,
             })
         })
@@ -371,5 +210,72 @@ fn predict_outcome(out: &PredictOutput) -> Outcome {
     Outcome {
         text: predict::table(out),
         json: serde_json::Value::Array(lines),
+    }
+}
+
+fn evaluate_outcome(s: &EvaluateSummary) -> Outcome {
+    let beats = s.baselines.iter().all(|b| b.model_beats_it);
+    let text = format!(
+        "{}\nrun {} ({} split, {} samples, model run {}): accuracy {:.4}, macro F1 {:.4}; {}\n\
+         ECE {:.4} -> {:.4} with temperature {:.3}; accuracy slope over slices {:+.4}",
+        s.artifacts_dir.join("summary.md").display(),
+        s.run_id,
+        s.split,
+        s.samples,
+        s.model_run_id,
+        s.scores.accuracy,
+        s.scores.macro_f1,
+        if beats {
+            "beats every baseline".to_owned()
+        } else {
+            let lost: Vec<&str> = s
+                .baselines
+                .iter()
+                .filter(|b| !b.model_beats_it)
+                .map(|b| b.name.as_str())
+                .collect();
+            format!("does NOT beat: {}", lost.join(", "))
+        },
+        s.ece[0],
+        s.ece[1],
+        s.temperature,
+        s.degradation_slope,
+    );
+    Outcome {
+        text,
+        json: serde_json::to_value(s).expect("summary serialises"),
+    }
+}
+
+fn run_outcome(s: &RunSummary) -> Outcome {
+    let mut parts = vec![format!("pipeline run {}", s.run_id)];
+    if let Some(f) = &s.fetch {
+        parts.push(format!("fetch: {}", f.cache_dir.display()));
+    }
+    if let Some(p) = &s.preprocess {
+        parts.push(format!("preprocess: {}", p.store_dir.display()));
+    }
+    if let Some(d) = &s.diagnose {
+        parts.push(format!(
+            "diagnose: {} warning(s), {}",
+            d.report.warnings.len(),
+            d.artifacts_dir.display()
+        ));
+    }
+    if let Some(t) = &s.train {
+        parts.push(format!(
+            "train: {}",
+            train_outcome(t).text.replace('\n', "\n  ")
+        ));
+    }
+    if let Some(e) = &s.evaluate {
+        parts.push(format!(
+            "evaluate: {}",
+            evaluate_outcome(e).text.replace('\n', "\n  ")
+        ));
+    }
+    Outcome {
+        text: parts.join("\n"),
+        json: serde_json::to_value(s).expect("summary serialises"),
     }
 }

@@ -59,6 +59,9 @@ pub enum Error {
     /// Building, training or loading a model failed.
     #[error(transparent)]
     Train(#[from] crate::train::TrainError),
+    /// Evaluation could not run.
+    #[error(transparent)]
+    Evaluate(#[from] crate::evaluate::EvaluateError),
     /// Prediction could not run.
     #[error(transparent)]
     Predict(#[from] crate::predict::PredictError),
@@ -86,6 +89,7 @@ impl Error {
             Error::Diagnose(_) | Error::DiagnosticsFailed(_) => ExitCode::Data,
             Error::Train(e) => e.exit_code(),
             Error::Predict(e) => e.exit_code(),
+            Error::Evaluate(e) => e.exit_code(),
         }
     }
 }

@@ -49,13 +49,15 @@ impl Batch {
     }
 }
 
-/// Training or validation split.
+/// A split of the samples.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Split {
     /// Shuffled per epoch.
     Train,
     /// In order.
     Validation,
+    /// In order; only for evaluation (an in-memory source has none).
+    Test,
 }
 
 /// Iterator of batches handed out by a source for one pass.
@@ -150,6 +152,7 @@ impl BatchSource for InMemorySource {
         match split {
             Split::Train => self.train.1.len(),
             Split::Validation => self.validation.1.len(),
+            Split::Test => 0,
         }
     }
 
@@ -167,6 +170,7 @@ impl BatchSource for InMemorySource {
                 (&self.train, order)
             }
             Split::Validation => (&self.validation, (0..self.validation.1.len()).collect()),
+            Split::Test => (&self.validation, Vec::new()),
         };
         let per = self.shape.len();
         let batch_size = batch_size.max(1);

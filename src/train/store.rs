@@ -34,6 +34,7 @@ struct Shared {
     window: usize,
     train: Vec<Sample>,
     validation: Vec<Sample>,
+    test: Vec<Sample>,
     class_mean_change_pct: Vec<f64>,
 }
 
@@ -78,6 +79,7 @@ impl StoreSource {
         };
         let train = pick(&samples.ends[0])?;
         let validation = pick(&samples.ends[1])?;
+        let test = pick(&samples.ends[2])?;
         let classes = manifest.class_names.len();
         let (mut sum, mut count) = (vec![0.0; classes], vec![0u64; classes]);
         for s in &train {
@@ -102,6 +104,7 @@ impl StoreSource {
                 manifest,
                 train,
                 validation,
+                test,
                 class_mean_change_pct,
             }),
             shuffle_buffer: shuffle_buffer.max(1),
@@ -134,7 +137,8 @@ impl StoreSource {
             .max()
             .unwrap_or(0);
         let batch = (batch_size * self.sample_shape().len()) as u64 * 4;
-        let samples = ((s.train.len() + s.validation.len()) * std::mem::size_of::<Sample>()) as u64;
+        let samples = ((s.train.len() + s.validation.len() + s.test.len())
+            * std::mem::size_of::<Sample>()) as u64;
         (block_steps + shard) * row * 2 + batch * (self.prefetch as u64 + 2) + samples
     }
 
@@ -175,6 +179,7 @@ impl StoreSource {
         s.train
             .chunks(self.shuffle_buffer)
             .chain(s.validation.chunks(self.shuffle_buffer))
+            .chain(s.test.chunks(self.shuffle_buffer))
             .map(|b| b[b.len() - 1].end + 1 - b[0].end + s.window)
             .max()
             .unwrap_or(0)
@@ -190,6 +195,7 @@ impl BatchSource for StoreSource {
         match split {
             Split::Train => self.shared.train.len(),
             Split::Validation => self.shared.validation.len(),
+            Split::Test => self.shared.test.len(),
         }
     }
 
@@ -204,6 +210,7 @@ impl BatchSource for StoreSource {
         let samples = match split {
             Split::Train => &shared.train,
             Split::Validation => &shared.validation,
+            Split::Test => &shared.test,
         };
         let mut blocks: Vec<(usize, usize)> = (0..samples.len())
             .step_by(self.shuffle_buffer)
@@ -271,6 +278,7 @@ impl Batches {
         let samples = match self.split {
             Split::Train => &self.shared.train[a..b],
             Split::Validation => &self.shared.validation[a..b],
+            Split::Test => &self.shared.test[a..b],
         };
         let first_step = samples[0].end + 1 - self.shared.window;
         let rows = self.read_steps(first_step, samples[samples.len() - 1].end)?;

@@ -1,0 +1,47 @@
+//! The `evaluate` stage: metrics, baselines, calibration, degradation, backtest, saliency.
+
+pub mod backtest;
+pub mod baselines;
+pub mod calibration;
+pub mod metrics;
+pub mod saliency;
+pub mod stage;
+
+/// Why `evaluate` cannot run; each says what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum EvaluateError {
+    /// The model was trained on another preprocessed store than this configuration's.
+    #[error(
+        "model run {model_run} was trained on preprocessed store {model_store}, but this \
+         configuration's store is {store}: evaluate with the configuration it was trained with \
+         (its training_config.yaml artifact)"
+    )]
+    StoreMismatch {
+        /// The model's training run.
+        model_run: String,
+        /// The store key in the model artifact.
+        model_store: String,
+        /// This configuration's store key.
+        store: String,
+    },
+    /// The split has no samples.
+    #[error("the {0} split has no samples to evaluate")]
+    NoSamples(&'static str),
+    /// `--start/--end` evaluation of new data is not built yet.
+    #[error(
+        "evaluate --start/--end (a model on a new time range) is not implemented yet; no work \
+         was done. Evaluate on the store's test split, or preprocess the new range with a \
+         configuration whose data.time_range covers it"
+    )]
+    RangeNotSupported,
+}
+
+impl EvaluateError {
+    /// Exit code: 2 for what the user must change, 3 for data.
+    pub fn exit_code(&self) -> crate::ExitCode {
+        match self {
+            EvaluateError::NoSamples(_) => crate::ExitCode::Data,
+            _ => crate::ExitCode::Usage,
+        }
+    }
+}

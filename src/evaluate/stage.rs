@@ -1,0 +1,774 @@
+//! The `evaluate` stage: a trained model on the held-out split of the store it was trained
+//! on — metrics before and after temperature scaling, baselines side by side, calibration,
+//! degradation over consecutive test slices, a cost-aware backtest, gradient x input saliency,
+//! and a one-page `summary.md` — all logged to the evaluation experiment.
+//!
+//! Windows stream from the store in batches (`evaluation.batch_size`); only the logits
+//! (`samples x classes`) are kept, so memory grows with the classes, not the window size.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Device, Tensor, TensorData};
+use serde::Serialize;
+
+use super::backtest::{self, BacktestInput, BacktestResult};
+use super::calibration::{self, Calibration};
+use super::metrics::{self, Scores};
+use super::{EvaluateError, baselines, saliency::Saliency};
+use crate::config::LoadedConfig;
+use crate::data::cache::write_atomic;
+use crate::model::{CnnLstm, ModelArtifact, infer::to_vec};
+use crate::plot::{self, Chart, Line};
+use crate::predict::{ModelRef, locate_model};
+use crate::preprocess::split::SplitRange;
+use crate::preprocess::stage::{StoreSamples, load_samples, read_manifest, store_dir};
+use crate::tracking::{Metric, StageRun};
+use crate::train::{BatchSource, Split, StoreSource, TrainError, select_device};
+
+/// What the caller decides besides the configuration.
+#[derive(Debug, Clone)]
+pub struct EvaluateRequest {
+    /// The model.
+    pub model: ModelRef,
+    /// `Split::Test` (default) or `Split::Validation`.
+    pub split: Split,
+}
+
+/// One baseline's scores.
+#[derive(Debug, Clone, Serialize)]
+pub struct BaselineResult {
+    /// Name.
+    pub name: String,
+    /// Accuracy.
+    pub accuracy: f64,
+    /// Macro F1.
+    pub macro_f1: f64,
+    /// Whether the model beats it on both accuracy and macro F1.
+    pub model_beats_it: bool,
+}
+
+/// What `evaluate` produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvaluateSummary {
+    /// The evaluation run.
+    pub run_id: String,
+    /// The training run of the model.
+    pub model_run_id: String,
+    /// The split scored.
+    pub split: String,
+    /// Samples scored.
+    pub samples: usize,
+    /// Fitted temperature (1.0 when scaling is off).
+    pub temperature: f64,
+    /// Model scores before calibration.
+    pub scores: Scores,
+    /// Model scores after temperature scaling.
+    pub calibrated_scores: Scores,
+    /// ECE before / after.
+    pub ece: [f64; 2],
+    /// MCE before / after.
+    pub mce: [f64; 2],
+    /// Baselines on the same samples.
+    pub baselines: Vec<BaselineResult>,
+    /// Accuracy per consecutive slice, oldest first.
+    pub degradation_accuracy: Vec<f64>,
+    /// Least-squares slope of accuracy per slice.
+    pub degradation_slope: f64,
+    /// Backtest of the model, always-long and always-flat.
+    pub backtest: Option<[BacktestResult; 3]>,
+    /// Local artifact directory.
+    pub artifacts_dir: PathBuf,
+}
+
+fn out_err(path: &Path, e: impl ToString) -> TrainError {
+    TrainError::Output {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
+}
+
+/// Logits of every sample of `split`, in order, `samples x classes`.
+fn logits(
+    model: &CnnLstm,
+    source: &mut dyn BatchSource,
+    split: Split,
+    batch_size: usize,
+    device: &Device,
+) -> Result<Vec<f64>, TrainError> {
+    let shape = source.sample_shape();
+    let mut out = Vec::new();
+    for batch in source.batches(split, 1, 0, batch_size)? {
+        let batch = batch?;
+        let n = batch.len();
+        let x = Tensor::from_data(
+            TensorData::new(batch.x, [n, shape.assets, shape.time_steps, shape.features]),
+            device,
+        );
+        out.extend(to_vec(model.forward(x, None)).into_iter().map(f64::from));
+    }
+    Ok(out)
+}
+
+fn labels_of(samples: &StoreSamples, ends: &[usize]) -> Vec<u32> {
+    ends.iter().map(|&e| samples.labels[e] as u32).collect()
+}
+
+/// Least-squares slope of `y` against 0, 1, 2, ...
+fn slope(y: &[f64]) -> f64 {
+    let n = y.len() as f64;
+    if y.len() < 2 {
+        return 0.0;
+    }
+    let mx = (n - 1.0) / 2.0;
+    let my = y.iter().sum::<f64>() / n;
+    let (mut num, mut den) = (0.0, 0.0);
+    for (i, v) in y.iter().enumerate() {
+        num += (i as f64 - mx) * (v - my);
+        den += (i as f64 - mx).powi(2);
+    }
+    num / den
+}
+
+/// Evaluates the model on this configuration's store inside `run`.
+pub fn evaluate(
+    loaded: &LoadedConfig,
+    req: &EvaluateRequest,
+    run: &StageRun<'_>,
+) -> crate::Result<EvaluateSummary> {
+    let _span = tracing::info_span!("evaluate").entered();
+    let c = &loaded.config;
+    let e = &c.evaluation;
+    let (model_run, model_dir) = locate_model(loaded, &req.model)?;
+    let device = select_device(c.model.backend, &c.model.device)?;
+    let mut art = ModelArtifact::load(&model_dir, &device.device)?;
+    let store = store_dir(c)?;
+    let manifest =
+        read_manifest(&store).ok_or_else(|| TrainError::NoStore { dir: store.clone() })?;
+    if manifest.key != art.manifest.store_key {
+        return Err(EvaluateError::StoreMismatch {
+            model_run: model_run.clone(),
+            model_store: art.manifest.store_key.clone(),
+            store: manifest.key.clone(),
+        }
+        .into());
+    }
+    let samples = load_samples(&store, &manifest)?;
+    let mut source = StoreSource::open(
+        &store,
+        manifest.clone(),
+        c.training.shuffle_buffer as usize,
+        c.training.prefetch_batches as usize,
+    )?;
+    let k = art.manifest.class_names.len();
+    let batch = e.batch_size.max(1) as usize;
+    let (split_name, split_idx) = match req.split {
+        Split::Validation => ("validation", 1),
+        _ => ("test", 2),
+    };
+    let ends = &samples.ends[split_idx];
+    if ends.is_empty() {
+        return Err(EvaluateError::NoSamples(split_name).into());
+    }
+    let val_logits = logits(
+        &art.model,
+        &mut source,
+        Split::Validation,
+        batch,
+        &device.device,
+    )?;
+    let logits = if split_idx == 1 {
+        val_logits.clone()
+    } else {
+        logits(&art.model, &mut source, Split::Test, batch, &device.device)?
+    };
+    let labels = labels_of(&samples, ends);
+    let val_labels = labels_of(&samples, &samples.ends[1]);
+    let cal_cfg = &e.calibration_analysis;
+    let temperature = if cal_cfg.temperature_scaling && !val_labels.is_empty() {
+        calibration::fit_temperature(&val_logits, &val_labels, k)
+    } else {
+        1.0
+    };
+    let raw = calibration::softmax(&logits, k, 1.0);
+    let cal = calibration::softmax(&logits, k, temperature);
+    let scores = metrics::score(&raw, &labels, k);
+    let calibrated_scores = metrics::score(&cal, &labels, k);
+    let n_bins = cal_cfg.n_bins.max(1) as usize;
+    let (cal_raw, cal_fit) = (
+        calibration::calibration(&raw, &labels, k, n_bins),
+        calibration::calibration(&cal, &labels, k, n_bins),
+    );
+
+    // Baselines on the same samples. Persistence: the class of the move over the horizon
+    // that ended at the window's end, known at that time.
+    let n = labels.len();
+    let train_counts = &manifest.class_counts[0];
+    let h = manifest.lookahead_steps;
+    let previous: Vec<f64> = ends
+        .iter()
+        .map(|&e| {
+            e.checked_sub(h)
+                .map_or(f64::NAN, |p| samples.price_changes[p])
+        })
+        .collect();
+    let boundaries = &art.manifest.boundaries;
+    let baseline_scores = [
+        ("majority class", baselines::majority(train_counts, n)),
+        (
+            "train-prior random",
+            baselines::prior_random(train_counts, n, c.training.seed),
+        ),
+        (
+            "last observed move",
+            baselines::persistence(&previous, boundaries),
+        ),
+    ]
+    .map(|(name, predicted)| (name, metrics::score_predictions(&predicted, &labels, k)));
+    let baselines: Vec<BaselineResult> = baseline_scores
+        .iter()
+        .map(|(name, s)| BaselineResult {
+            name: (*name).into(),
+            accuracy: s.accuracy,
+            macro_f1: s.macro_f1,
+            model_beats_it: scores.accuracy > s.accuracy && scores.macro_f1 > s.macro_f1,
+        })
+        .collect();
+
+    // Degradation: consecutive slices of the split.
+    let range = manifest.ranges[split_idx];
+    let slices: Vec<SplitRange> = if split_idx == 2 && !manifest.degradation_slices.is_empty() {
+        manifest.degradation_slices.clone()
+    } else {
+        range.slices(c.preprocessing.train_test_split.degradation_slices.max(1) as usize)
+    };
+    let degradation_accuracy: Vec<f64> = slices
+        .iter()
+        .map(|s| {
+            let idx: Vec<usize> = (0..n)
+                .filter(|&i| ends[i] >= s.start && ends[i] < s.end)
+                .collect();
+            let p: Vec<f64> = idx
+                .iter()
+                .flat_map(|&i| cal[i * k..(i + 1) * k].iter().copied())
+                .collect();
+            let l: Vec<u32> = idx.iter().map(|&i| labels[i]).collect();
+            metrics::score(&p, &l, k).accuracy
+        })
+        .collect();
+    let degradation_slope = slope(&degradation_accuracy);
+
+    // Backtest: one decision per horizon (non-overlapping holding periods).
+    let backtest = e.backtesting.enabled.then(|| {
+        let mut picked = Vec::new();
+        let mut next = 0usize;
+        for (i, &end) in ends.iter().enumerate() {
+            if end >= next && samples.price_changes[end].is_finite() {
+                picked.push(i);
+                next = end + h.max(1);
+            }
+        }
+        let means = &art.manifest.class_mean_change_pct;
+        let expected: Vec<f64> = picked
+            .iter()
+            .map(|&i| {
+                cal[i * k..(i + 1) * k]
+                    .iter()
+                    .zip(means)
+                    .map(|(p, m)| p * m / 100.0)
+                    .sum()
+            })
+            .collect();
+        let realised: Vec<f64> = picked
+            .iter()
+            .map(|&i| samples.price_changes[ends[i]] / 100.0)
+            .collect();
+        let input = BacktestInput {
+            expected: &expected,
+            realised: &realised,
+            cost: e.backtesting.transaction_cost,
+            initial_capital: e.backtesting.initial_capital,
+            periods_per_year: 365.25 * 86_400.0 / art.manifest.horizon_seconds.max(1) as f64,
+        };
+        [
+            backtest::backtest(&input),
+            backtest::always_long(&input),
+            backtest::always_flat(&input),
+        ]
+    });
+
+    // Saliency on evenly spaced samples of the split.
+    let saliency = if e.explainability.enabled {
+        let ad = device.device.clone().autodiff();
+        let grad_model = ModelArtifact::load(&model_dir, &ad)?.model;
+        let mut sal = Saliency::new(&grad_model);
+        let want = (e.explainability.n_samples as usize).min(n).max(1);
+        let stride = (n / want).max(1);
+        let split = if split_idx == 1 {
+            Split::Validation
+        } else {
+            Split::Test
+        };
+        let per = source.sample_shape().len();
+        let mut i = 0usize;
+        for b in source.batches(split, 1, 0, batch)? {
+            let b = b?;
+            let mut x = Vec::new();
+            for j in 0..b.len() {
+                if (i + j).is_multiple_of(stride) && sal.samples + x.len() / per < want {
+                    x.extend_from_slice(&b.x[j * per..(j + 1) * per]);
+                }
+            }
+            i += b.len();
+            sal.add(&grad_model, &x, &ad);
+            if sal.samples >= want {
+                break;
+            }
+        }
+        Some(sal)
+    } else {
+        None
+    };
+
+    // Save the temperature with the model, locally and on the training run.
+    if cal_cfg.temperature_scaling {
+        art.manifest.temperature = temperature;
+        let path = model_dir.join(crate::model::artifact::MANIFEST_FILE);
+        let json = serde_json::to_vec_pretty(&art.manifest).expect("manifest serialises");
+        write_atomic(&path, &json)?;
+        run.tracker()
+            .log_artifact(&model_run, &path, crate::tracking::MODEL_DIR)?;
+    }
+
+    let dir = c.workdir.join("evaluation").join(run.run_id());
+    std::fs::create_dir_all(&dir).map_err(|e| out_err(&dir, e))?;
+    let summary = EvaluateSummary {
+        run_id: run.run_id().to_owned(),
+        model_run_id: model_run.clone(),
+        split: split_name.into(),
+        samples: n,
+        temperature,
+        scores,
+        calibrated_scores,
+        ece: [cal_raw.ece, cal_fit.ece],
+        mce: [cal_raw.mce, cal_fit.mce],
+        baselines,
+        degradation_accuracy,
+        degradation_slope,
+        backtest,
+        artifacts_dir: dir.clone(),
+    };
+    let plots = write_artifacts(
+        &dir,
+        &summary,
+        &art,
+        &[&cal_raw, &cal_fit],
+        saliency.as_ref(),
+    )?;
+    log_run(run, &summary, &model_run, &req.model, &dir, &plots)?;
+    Ok(summary)
+}
+
+fn write_artifacts(
+    dir: &Path,
+    s: &EvaluateSummary,
+    art: &ModelArtifact,
+    cal: &[&Calibration; 2],
+    saliency: Option<&Saliency>,
+) -> Result<Vec<PathBuf>, TrainError> {
+    let m = &art.manifest;
+    let k = m.class_names.len();
+    let mut plots = Vec::new();
+    let write = |name: &str, text: &str| -> Result<(), TrainError> {
+        let p = dir.join(name);
+        write_atomic(&p, text.as_bytes()).map_err(|e| out_err(&p, e))
+    };
+    // Confusion matrices: counts and row-normalised.
+    let mut csv = String::from("true\\predicted");
+    for c in &m.class_names {
+        let _ = write!(csv, ",{c}");
+    }
+    csv.push('\n');
+    let norm = s.scores.confusion_normalized();
+    for (i, c) in m.class_names.iter().enumerate() {
+        let _ = write!(csv, "{c}");
+        for j in 0..k {
+            let _ = write!(csv, ",{}", s.scores.confusion[i * k + j]);
+        }
+        csv.push('\n');
+    }
+    write("confusion_matrix.csv", &csv)?;
+    let counts: Vec<f64> = s.scores.confusion.iter().map(|v| *v as f64).collect();
+    for (file, values, title) in [
+        ("confusion_matrix.png", &counts, "confusion matrix (counts)"),
+        (
+            "confusion_matrix_normalized.png",
+            &norm,
+            "confusion matrix (row-normalised)",
+        ),
+    ] {
+        let p = dir.join(file);
+        plot::heatmap(
+            &p,
+            Chart {
+                title,
+                x_label: "predicted",
+                y_label: "true",
+            },
+            &m.class_names,
+            &m.class_names,
+            values,
+            true,
+        )
+        .map_err(|e| out_err(&p, e))?;
+        plots.push(p);
+    }
+    // Reliability diagram: accuracy against confidence per bin, before and after scaling.
+    let points = |c: &Calibration| -> Vec<(f64, f64)> {
+        c.bins
+            .iter()
+            .filter(|b| b.count > 0)
+            .map(|b| (b.confidence, b.accuracy))
+            .collect()
+    };
+    let (before, after) = (points(cal[0]), points(cal[1]));
+    let diagonal = [(0.0, 0.0), (1.0, 1.0)];
+    let p = dir.join("reliability_diagram.png");
+    let after_name = format!("temperature {:.2}", s.temperature);
+    plot::line_chart(
+        &p,
+        Chart {
+            title: "reliability diagram",
+            x_label: "confidence",
+            y_label: "accuracy",
+        },
+        &[
+            Line {
+                name: "uncalibrated",
+                points: &before,
+            },
+            Line {
+                name: &after_name,
+                points: &after,
+            },
+            Line {
+                name: "perfect",
+                points: &diagonal,
+            },
+        ],
+    )
+    .map_err(|e| out_err(&p, e))?;
+    plots.push(p);
+    let deg: Vec<(f64, f64)> = s
+        .degradation_accuracy
+        .iter()
+        .enumerate()
+        .map(|(i, a)| ((i + 1) as f64, *a))
+        .collect();
+    let p = dir.join("degradation.png");
+    plot::line_chart(
+        &p,
+        Chart {
+            title: "accuracy per consecutive slice",
+            x_label: "slice (oldest first)",
+            y_label: "accuracy",
+        },
+        &[Line {
+            name: "model",
+            points: &deg,
+        }],
+    )
+    .map_err(|e| out_err(&p, e))?;
+    plots.push(p);
+    if let Some(bt) = &s.backtest {
+        let curve = |r: &BacktestResult| -> Vec<(f64, f64)> {
+            r.equity
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (i as f64, *v))
+                .collect()
+        };
+        let (a, b, c) = (curve(&bt[0]), curve(&bt[1]), curve(&bt[2]));
+        let p = dir.join("equity_curve.png");
+        plot::line_chart(
+            &p,
+            Chart {
+                title: "backtest equity (after costs)",
+                x_label: "decision",
+                y_label: "equity",
+            },
+            &[
+                Line {
+                    name: "model",
+                    points: &a,
+                },
+                Line {
+                    name: "always long",
+                    points: &b,
+                },
+                Line {
+                    name: "always flat",
+                    points: &c,
+                },
+            ],
+        )
+        .map_err(|e| out_err(&p, e))?;
+        plots.push(p);
+    }
+    let mut ranking = Vec::new();
+    if let Some(sal) = saliency {
+        let fa = m.layout.features_per_asset;
+        let temporal: Vec<String> = m.columns[m.layout.asset_columns()..].to_vec();
+        let feature_names = |a: usize| -> Vec<String> {
+            m.columns[a * fa..(a + 1) * fa]
+                .iter()
+                .cloned()
+                .chain(temporal.iter().cloned())
+                .collect()
+        };
+        let mean = sal.mean();
+        let (t, f) = (sal.time_steps, sal.features);
+        for (a, asset) in m.assets.iter().enumerate().take(sal.assets) {
+            // Time x feature map of this asset channel (rows = time steps, newest last).
+            let values = &mean[a * t * f..(a + 1) * t * f];
+            let rows: Vec<String> = (0..t).map(|s| format!("t-{}", t - 1 - s)).collect();
+            let p = dir.join(format!("saliency_{asset}.png"));
+            let title = format!("saliency |grad x input|: {asset}");
+            plot::heatmap(
+                &p,
+                Chart {
+                    title: &title,
+                    x_label: "feature",
+                    y_label: "time step",
+                },
+                &rows,
+                &feature_names(a),
+                values,
+                false,
+            )
+            .map_err(|e| out_err(&p, e))?;
+            plots.push(p);
+        }
+        let per = sal.per_feature();
+        for a in 0..sal.assets {
+            let names = feature_names(a);
+            for j in 0..f {
+                let label = if j < fa {
+                    names[j].clone()
+                } else {
+                    format!("{}@{}", names[j], m.assets[a])
+                };
+                ranking.push((label, per[a * f + j]));
+            }
+        }
+        ranking.sort_by(|x, y| y.1.total_cmp(&x.1));
+        let mut csv = String::from("rank,feature,importance\n");
+        for (i, (name, v)) in ranking.iter().enumerate() {
+            let _ = writeln!(csv, "{},{name},{v:.6e}", i + 1);
+        }
+        write("feature_importance.csv", &csv)?;
+    }
+    write(
+        "metrics.json",
+        &serde_json::to_string_pretty(s).expect("summary serialises"),
+    )?;
+    write("summary.md", &summary_markdown(s, art, &ranking))?;
+    Ok(plots)
+}
+
+/// The one-page summary a person reads.
+pub fn summary_markdown(
+    s: &EvaluateSummary,
+    art: &ModelArtifact,
+    ranking: &[(String, f64)],
+) -> String {
+    let m = &art.manifest;
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "# Evaluation of {} ({} split)\n\nModel: training run `{}`, {} classes {:?}, horizon {} s, window {} steps. Samples scored: {}.\n",
+        m.assets[0],
+        s.split,
+        s.model_run_id,
+        m.class_names.len(),
+        m.class_names,
+        m.horizon_seconds,
+        m.window_steps,
+        s.samples
+    );
+    let beaten: Vec<&str> = s
+        .baselines
+        .iter()
+        .filter(|b| b.model_beats_it)
+        .map(|b| b.name.as_str())
+        .collect();
+    let verdict = if beaten.len() == s.baselines.len() {
+        "**The model beats every baseline** on both accuracy and macro F1.".to_owned()
+    } else {
+        let lost: Vec<&str> = s
+            .baselines
+            .iter()
+            .filter(|b| !b.model_beats_it)
+            .map(|b| b.name.as_str())
+            .collect();
+        format!(
+            "**The model does NOT beat: {}** (accuracy and macro F1 must both be higher).",
+            lost.join(", ")
+        )
+    };
+    let _ = writeln!(md, "## Verdict\n\n{verdict}\n");
+    let calibrated = if s.ece[1] <= 0.05 {
+        format!(
+            "After temperature scaling (T = {:.3}) the probabilities are **well calibrated** (ECE {:.4} <= 0.05).",
+            s.temperature, s.ece[1]
+        )
+    } else {
+        format!(
+            "Even after temperature scaling (T = {:.3}) the probabilities are **not well calibrated** (ECE {:.4} > 0.05): treat them as scores.",
+            s.temperature, s.ece[1]
+        )
+    };
+    let _ = writeln!(
+        md,
+        "{calibrated} Before scaling: ECE {:.4}, MCE {:.4}; after: MCE {:.4}.\n",
+        s.ece[0], s.mce[0], s.mce[1]
+    );
+    let _ = writeln!(
+        md,
+        "## Model vs baselines\n\n| | accuracy | macro F1 |\n|---|---|---|"
+    );
+    let _ = writeln!(
+        md,
+        "| model | {:.4} | {:.4} |",
+        s.scores.accuracy, s.scores.macro_f1
+    );
+    for b in &s.baselines {
+        let _ = writeln!(md, "| {} | {:.4} | {:.4} |", b.name, b.accuracy, b.macro_f1);
+    }
+    let _ = writeln!(
+        md,
+        "\n## Metrics (before / after temperature scaling)\n\n| metric | before | after |\n|---|---|---|"
+    );
+    for ((name, a), (_, b)) in s.scores.pairs().iter().zip(s.calibrated_scores.pairs()) {
+        let _ = writeln!(md, "| {name} | {a:.4} | {b:.4} |");
+    }
+    let _ = writeln!(
+        md,
+        "\n## Degradation over time\n\nAccuracy per consecutive slice: {}; slope {:+.4} per slice{}.\n",
+        s.degradation_accuracy
+            .iter()
+            .map(|a| format!("{a:.4}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        s.degradation_slope,
+        if s.degradation_slope < 0.0 {
+            " (decaying)"
+        } else {
+            ""
+        }
+    );
+    if let Some(bt) = &s.backtest {
+        let _ = writeln!(
+            md,
+            "## Backtest (after costs)\n\nRule: expected return = sum of class probability x the class's mean training move; long when it exceeds the transaction cost, short below minus the cost, flat otherwise; one decision per horizon.\n\n| | total return | Sharpe | max drawdown | hit rate | turnover | trades |\n|---|---|---|---|---|---|---|"
+        );
+        for (name, r) in ["model", "always long", "always flat"].iter().zip(bt) {
+            let _ = writeln!(
+                md,
+                "| {name} | {:.4} | {:.3} | {:.4} | {:.3} | {:.1} | {} |",
+                r.total_return, r.sharpe, r.max_drawdown, r.hit_rate, r.turnover, r.trades
+            );
+        }
+        md.push('\n');
+    }
+    if !ranking.is_empty() {
+        let _ = writeln!(md, "## What the model looks at (gradient x input)\n");
+        for (i, (name, v)) in ranking.iter().take(10).enumerate() {
+            let _ = writeln!(md, "{}. {name} ({v:.3e})", i + 1);
+        }
+    }
+    md
+}
+
+fn log_run(
+    run: &StageRun<'_>,
+    s: &EvaluateSummary,
+    model_run: &str,
+    which: &ModelRef,
+    dir: &Path,
+    plots: &[PathBuf],
+) -> crate::Result<()> {
+    let t = run.tracker();
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut m: Vec<Metric> = Vec::new();
+    let mut push = |k: String, v: f64| m.push(Metric::new(&k, v, now, 0));
+    for (k, v) in s.scores.pairs() {
+        push(format!("{}_{k}", s.split), v);
+    }
+    for (k, v) in s.calibrated_scores.pairs() {
+        push(format!("{}_calibrated_{k}", s.split), v);
+    }
+    push("temperature".into(), s.temperature);
+    push("ece".into(), s.ece[0]);
+    push("ece_calibrated".into(), s.ece[1]);
+    push("mce".into(), s.mce[0]);
+    push("mce_calibrated".into(), s.mce[1]);
+    push("degradation_slope".into(), s.degradation_slope);
+    for b in &s.baselines {
+        let key = b.name.replace([' ', '-'], "_");
+        push(format!("baseline_{key}_accuracy"), b.accuracy);
+        push(format!("baseline_{key}_macro_f1"), b.macro_f1);
+    }
+    if let Some(bt) = &s.backtest {
+        for (name, r) in ["model", "always_long", "always_flat"].iter().zip(bt) {
+            push(format!("backtest_{name}_total_return"), r.total_return);
+            push(format!("backtest_{name}_sharpe"), r.sharpe);
+            push(format!("backtest_{name}_max_drawdown"), r.max_drawdown);
+            push(format!("backtest_{name}_hit_rate"), r.hit_rate);
+            push(format!("backtest_{name}_trades"), r.trades as f64);
+        }
+    }
+    t.log_metrics(run.run_id(), &m)?;
+    for (i, a) in s.degradation_accuracy.iter().enumerate() {
+        t.log_metric(run.run_id(), "degradation_accuracy", *a, i as i64 + 1)?;
+    }
+    let mut tags = vec![
+        (
+            "binance_ml.input_run.training".to_owned(),
+            model_run.to_owned(),
+        ),
+        (
+            "binance_ml.beats_baselines".to_owned(),
+            s.baselines.iter().all(|b| b.model_beats_it).to_string(),
+        ),
+    ];
+    match which {
+        ModelRef::Version(v) => tags.push(("binance_ml.model_version".into(), v.to_string())),
+        ModelRef::Alias(a) => tags.push(("binance_ml.model_alias".into(), a.clone())),
+        _ => {}
+    }
+    t.set_tags(run.run_id(), &tags)?;
+    t.log_params(
+        run.run_id(),
+        &[
+            ("model_run_id", model_run.to_owned()),
+            ("split", s.split.clone()),
+            ("samples", s.samples.to_string()),
+        ],
+    )?;
+    for p in plots {
+        run.log_plot(p)?;
+    }
+    for f in [
+        "summary.md",
+        "metrics.json",
+        "confusion_matrix.csv",
+        "feature_importance.csv",
+    ] {
+        let p = dir.join(f);
+        if p.is_file() {
+            t.log_artifact(run.run_id(), &p, "evaluation")?;
+        }
+    }
+    Ok(())
+}
