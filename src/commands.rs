@@ -6,7 +6,6 @@ use crate::cli::{Cli, Command, EvalSplit, ModelSelector, Stage as Step, Tracking
 use crate::config::LoadedConfig;
 use crate::data::fetch;
 use crate::diagnostics::stage::DiagnoseOutput;
-use crate::evaluate::EvaluateError;
 use crate::evaluate::stage::{EvaluateRequest, EvaluateSummary};
 use crate::pipeline::{self, Pipeline, RunSummary};
 use crate::predict::{self, ModelRef, PredictOutput};
@@ -39,15 +38,13 @@ pub fn execute(cli: &Cli, loaded: &LoadedConfig) -> Result<Outcome> {
             progress: true,
         })?)),
         Command::Evaluate(args) => {
-            if args.start.is_some() {
-                return Err(EvaluateError::RangeNotSupported.into());
-            }
             let req = EvaluateRequest {
                 model: model_ref(&args.model),
                 split: match args.split {
                     EvalSplit::Test => Split::Test,
                     EvalSplit::Val => Split::Validation,
                 },
+                range: args.start.clone().zip(args.end.clone()),
             };
             Ok(evaluate_outcome(&p.evaluate(&req)?))
         }

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use binance_ml::config::{ModelConfig, TrainingConfig};
 use binance_ml::evaluate::saliency::Saliency;
 use binance_ml::model::{ModelSpec, Rng, SampleShape};
+use binance_ml::preprocess::stage::{load_samples, read_manifest};
 use binance_ml::train::{InMemorySource, TrainOptions, Trainer};
 use burn::tensor::Device;
 use serde_json::Value;
@@ -151,10 +152,51 @@ fn run_executes_every_stage_under_one_parent_and_evaluate_calibrates_the_model()
     assert_eq!(v["split"], "validation");
     assert_eq!(v["model_run_id"], train);
 
+    // New data by time range: the test split's span from the source gives the same samples
+    // and scores as the store (rows equal, labels equal), with the stored temperature.
+    let store = Path::new(r["preprocess"]["store_dir"].as_str().unwrap()).to_path_buf();
+    let manifest = read_manifest(&store).unwrap();
+    let samples = load_samples(&store, &manifest).unwrap();
+    let at = |k: usize| {
+        chrono::DateTime::from_timestamp_millis(
+            manifest.grid_start_ms + k as i64 * manifest.cadence_ms,
+        )
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    };
+    let test_ends = &samples.ends[2];
+    let (first, last) = (test_ends[0], test_ends[test_ends.len() - 1]);
+    let by_range = ok(
+        dir.path(),
+        &yaml,
+        &[
+            "evaluate",
+            "--json",
+            "--run-id",
+            train,
+            "--start",
+            &at(first),
+            "--end",
+            &at(last + 1),
+        ],
+    );
+    assert_eq!(by_range["samples"].as_u64().unwrap(), samples_in(test_ends));
+    // Batches differ (the range is cut into its own batches): log loss to float rounding.
+    let (mut a, mut b) = (by_range["scores"].clone(), eval["scores"].clone());
+    let (la, lb) = (a["log_loss"].take(), b["log_loss"].take());
+    assert_eq!(a, b);
+    assert!((la.as_f64().unwrap() - lb.as_f64().unwrap()).abs() < 1e-6);
+    assert_eq!(by_range["temperature_fitted"], false);
+    assert_eq!(by_range["temperature"].as_f64().unwrap(), t);
+
     // `run --from train` reuses the cached data and trains a new model.
     let again = ok(dir.path(), &yaml, &["run", "--json", "--from", "train"]);
     assert!(again["fetch"].is_null() && again["preprocess"].is_null());
     assert_ne!(again["train"]["run_id"], train);
+}
+
+fn samples_in(ends: &[usize]) -> u64 {
+    ends.len() as u64
 }
 
 fn metric(run: &Path, name: &str) -> f64 {

@@ -27,13 +27,6 @@ pub enum EvaluateError {
     /// The split has no samples.
     #[error("the {0} split has no samples to evaluate")]
     NoSamples(&'static str),
-    /// `--start/--end` evaluation of new data is not built yet.
-    #[error(
-        "evaluate --start/--end (a model on a new time range) is not implemented yet; no work \
-         was done. Evaluate on the store's test split, or preprocess the new range with a \
-         configuration whose data.time_range covers it"
-    )]
-    RangeNotSupported,
 }
 
 impl EvaluateError {

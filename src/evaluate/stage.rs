@@ -18,11 +18,11 @@ use super::metrics::{self, Scores};
 use super::{EvaluateError, baselines, saliency::Saliency};
 use crate::config::LoadedConfig;
 use crate::data::cache::write_atomic;
-use crate::model::{CnnLstm, ModelArtifact, infer::to_vec};
+use crate::model::{CnnLstm, ModelArtifact, SampleShape, infer::to_vec};
 use crate::plot::{self, Chart, Line};
-use crate::predict::{ModelRef, locate_model};
+use crate::predict::{ModelInput, ModelRef, locate_model, parse_range};
 use crate::preprocess::split::SplitRange;
-use crate::preprocess::stage::{StoreSamples, load_samples, read_manifest, store_dir};
+use crate::preprocess::stage::{load_samples, read_manifest, store_dir};
 use crate::tracking::{Metric, StageRun};
 use crate::train::{BatchSource, Split, StoreSource, TrainError, select_device};
 
@@ -31,8 +31,10 @@ use crate::train::{BatchSource, Split, StoreSource, TrainError, select_device};
 pub struct EvaluateRequest {
     /// The model.
     pub model: ModelRef,
-    /// `Split::Test` (default) or `Split::Validation`.
+    /// `Split::Test` (default) or `Split::Validation` of the store.
     pub split: Split,
+    /// New data instead of a split: `--start`, `--end`.
+    pub range: Option<(String, String)>,
 }
 
 /// One baseline's scores.
@@ -59,8 +61,10 @@ pub struct EvaluateSummary {
     pub split: String,
     /// Samples scored.
     pub samples: usize,
-    /// Fitted temperature (1.0 when scaling is off).
+    /// Temperature applied for the calibrated scores.
     pub temperature: f64,
+    /// Whether it was fit now (on the validation split) or is the one stored with the model.
+    pub temperature_fitted: bool,
     /// Model scores before calibration.
     pub scores: Scores,
     /// Model scores after temperature scaling.
@@ -88,30 +92,212 @@ fn out_err(path: &Path, e: impl ToString) -> TrainError {
     }
 }
 
-/// Logits of every sample of `split`, in order, `samples x classes`.
-fn logits(
+/// Forward passes in inference mode: logits `samples x classes` of the `[n, a, T, F]` batch.
+fn forward(model: &CnnLstm, x: Vec<f32>, shape: SampleShape, device: &Device) -> Vec<f64> {
+    let n = x.len() / shape.len();
+    let x = Tensor::from_data(
+        TensorData::new(x, [n, shape.assets, shape.time_steps, shape.features]),
+        device,
+    );
+    to_vec(model.forward(x, None))
+        .into_iter()
+        .map(f64::from)
+        .collect()
+}
+
+/// Which samples saliency uses: `want` evenly spaced ones out of `n`.
+fn saliency_pick(n: usize, want: usize) -> impl Fn(usize) -> bool {
+    let stride = (n / want.max(1)).max(1);
+    let want = want.min(n);
+    move |i| i % stride == 0 && i / stride < want
+}
+
+/// Logits of every sample of `split` in order, and the windows of the samples `pick` keeps.
+fn store_logits(
     model: &CnnLstm,
     source: &mut dyn BatchSource,
     split: Split,
     batch_size: usize,
     device: &Device,
-) -> Result<Vec<f64>, TrainError> {
+    pick: &dyn Fn(usize) -> bool,
+) -> Result<(Vec<f64>, Vec<f32>), TrainError> {
     let shape = source.sample_shape();
-    let mut out = Vec::new();
+    let per = shape.len();
+    let (mut out, mut kept) = (Vec::new(), Vec::new());
+    let mut i = 0;
     for batch in source.batches(split, 1, 0, batch_size)? {
         let batch = batch?;
-        let n = batch.len();
-        let x = Tensor::from_data(
-            TensorData::new(batch.x, [n, shape.assets, shape.time_steps, shape.features]),
-            device,
-        );
-        out.extend(to_vec(model.forward(x, None)).into_iter().map(f64::from));
+        for j in 0..batch.len() {
+            if pick(i + j) {
+                kept.extend_from_slice(&batch.x[j * per..(j + 1) * per]);
+            }
+        }
+        i += batch.len();
+        out.extend(forward(model, batch.x, shape, device));
     }
-    Ok(out)
+    Ok((out, kept))
 }
 
-fn labels_of(samples: &StoreSamples, ends: &[usize]) -> Vec<u32> {
-    ends.iter().map(|&e| samples.labels[e] as u32).collect()
+/// The samples to score and everything the analysis needs about them.
+struct EvalSet {
+    split: String,
+    /// Window end step of each sample (store steps or the range's grid steps).
+    ends: Vec<usize>,
+    labels: Vec<u32>,
+    logits: Vec<f64>,
+    /// Realised move over the horizon after each sample, percent.
+    realised_pct: Vec<f64>,
+    /// The move over the horizon that ended at each sample's end, percent (known then).
+    previous_pct: Vec<f64>,
+    /// Consecutive step ranges for the degradation report.
+    slices: Vec<SplitRange>,
+    /// Validation logits and labels to fit the temperature on (the store only).
+    validation: Option<(Vec<f64>, Vec<u32>)>,
+    train_counts: Vec<u64>,
+    /// Windows for saliency.
+    saliency_x: Vec<f32>,
+}
+
+fn store_set(
+    loaded: &LoadedConfig,
+    art: &ModelArtifact,
+    model_run: &str,
+    split: Split,
+    device: &Device,
+) -> crate::Result<EvalSet> {
+    let c = &loaded.config;
+    let store = store_dir(c)?;
+    let manifest =
+        read_manifest(&store).ok_or_else(|| TrainError::NoStore { dir: store.clone() })?;
+    if manifest.key != art.manifest.store_key {
+        return Err(EvaluateError::StoreMismatch {
+            model_run: model_run.to_owned(),
+            model_store: art.manifest.store_key.clone(),
+            store: manifest.key.clone(),
+        }
+        .into());
+    }
+    let samples = load_samples(&store, &manifest)?;
+    let mut source = StoreSource::open(
+        &store,
+        manifest.clone(),
+        c.training.shuffle_buffer as usize,
+        c.training.prefetch_batches as usize,
+    )?;
+    let batch = c.evaluation.batch_size.max(1) as usize;
+    let (name, idx) = match split {
+        Split::Validation => ("validation", 1),
+        _ => ("test", 2),
+    };
+    let ends = samples.ends[idx].clone();
+    if ends.is_empty() {
+        return Err(EvaluateError::NoSamples(name).into());
+    }
+    let labels_of =
+        |ends: &[usize]| -> Vec<u32> { ends.iter().map(|&e| samples.labels[e] as u32).collect() };
+    let pick = saliency_pick(ends.len(), c.evaluation.explainability.n_samples as usize);
+    let none = |_: usize| false;
+    let (val_logits, val_x) = store_logits(
+        &art.model,
+        &mut source,
+        Split::Validation,
+        batch,
+        device,
+        if idx == 1 { &pick } else { &none },
+    )?;
+    let (logits, saliency_x) = if idx == 1 {
+        (val_logits.clone(), val_x)
+    } else {
+        store_logits(&art.model, &mut source, Split::Test, batch, device, &pick)?
+    };
+    let h = manifest.lookahead_steps;
+    let slices = if idx == 2 && !manifest.degradation_slices.is_empty() {
+        manifest.degradation_slices.clone()
+    } else {
+        manifest.ranges[idx]
+            .slices(c.preprocessing.train_test_split.degradation_slices.max(1) as usize)
+    };
+    Ok(EvalSet {
+        split: name.into(),
+        labels: labels_of(&ends),
+        logits,
+        realised_pct: ends.iter().map(|&e| samples.price_changes[e]).collect(),
+        previous_pct: ends
+            .iter()
+            .map(|&e| {
+                e.checked_sub(h)
+                    .map_or(f64::NAN, |p| samples.price_changes[p])
+            })
+            .collect(),
+        slices,
+        validation: Some((val_logits, labels_of(&samples.ends[1]))),
+        train_counts: manifest.class_counts[0].clone(),
+        saliency_x,
+        ends,
+    })
+}
+
+/// New data: windows ending in `[start, end)` computed from the configured source with the
+/// model's own recipe and scaler (the store is not needed).
+fn range_set(
+    loaded: &LoadedConfig,
+    art: &ModelArtifact,
+    dir: &Path,
+    (start, end): (&str, &str),
+    device: &Device,
+) -> crate::Result<EvalSet> {
+    let c = &loaded.config;
+    let (a, b) = parse_range(start, end)?;
+    let trained = art.config(dir)?;
+    let m = &art.manifest;
+    let mut input = ModelInput::open(c, art, &trained)?;
+    let (w, cadence) = (m.window_steps, m.cadence_ms);
+    let before = (w + input.history_steps() + 1) as i64 * cadence;
+    let after = (input.future_steps() + 1) as i64 * cadence;
+    let no_samples = || EvaluateError::NoSamples("requested time range");
+    let rows = input.rows(a - before, b + after)?.ok_or_else(no_samples)?;
+    let ends: Vec<usize> = rows
+        .window_ends(w, a, b - 1)
+        .into_iter()
+        .filter(|&k| rows.labels[k] != u32::MAX)
+        .collect();
+    if ends.is_empty() {
+        return Err(no_samples().into());
+    }
+    let shape = m.layout.sample_shape(w);
+    let pick = saliency_pick(ends.len(), c.evaluation.explainability.n_samples as usize);
+    let batch = c.evaluation.batch_size.max(1) as usize;
+    let (mut logits, mut saliency_x) = (Vec::new(), Vec::new());
+    for (ci, chunk) in ends.chunks(batch).enumerate() {
+        let mut x = Vec::with_capacity(chunk.len() * shape.len());
+        for (j, &k) in chunk.iter().enumerate() {
+            m.layout.push_window(&rows.scaled, k, w, &mut x);
+            if pick(ci * batch + j) {
+                saliency_x.extend_from_slice(&x[j * shape.len()..]);
+            }
+        }
+        logits.extend(forward(&art.model, x, shape, device));
+    }
+    let h = (m.horizon_seconds as i64 * 1000 / cadence.max(1)) as usize;
+    let span = SplitRange {
+        start: ends[0],
+        end: ends[ends.len() - 1] + 1,
+    };
+    Ok(EvalSet {
+        split: format!("{start} .. {end}"),
+        labels: ends.iter().map(|&k| rows.labels[k]).collect(),
+        logits,
+        realised_pct: ends.iter().map(|&k| rows.price_changes[k]).collect(),
+        previous_pct: ends
+            .iter()
+            .map(|&k| k.checked_sub(h).map_or(f64::NAN, |p| rows.price_changes[p]))
+            .collect(),
+        slices: span.slices(c.preprocessing.train_test_split.degradation_slices.max(1) as usize),
+        validation: None,
+        train_counts: m.train_class_counts.clone(),
+        saliency_x,
+        ends,
+    })
 }
 
 /// Least-squares slope of `y` against 0, 1, 2, ...
@@ -130,7 +316,8 @@ fn slope(y: &[f64]) -> f64 {
     num / den
 }
 
-/// Evaluates the model on this configuration's store inside `run`.
+/// Evaluates the model inside `run`: on a split of this configuration's store, or on the
+/// time range of `req.range` read from the configured source.
 pub fn evaluate(
     loaded: &LoadedConfig,
     req: &EvaluateRequest,
@@ -142,89 +329,45 @@ pub fn evaluate(
     let (model_run, model_dir) = locate_model(loaded, &req.model)?;
     let device = select_device(c.model.backend, &c.model.device)?;
     let mut art = ModelArtifact::load(&model_dir, &device.device)?;
-    let store = store_dir(c)?;
-    let manifest =
-        read_manifest(&store).ok_or_else(|| TrainError::NoStore { dir: store.clone() })?;
-    if manifest.key != art.manifest.store_key {
-        return Err(EvaluateError::StoreMismatch {
-            model_run: model_run.clone(),
-            model_store: art.manifest.store_key.clone(),
-            store: manifest.key.clone(),
-        }
-        .into());
-    }
-    let samples = load_samples(&store, &manifest)?;
-    let mut source = StoreSource::open(
-        &store,
-        manifest.clone(),
-        c.training.shuffle_buffer as usize,
-        c.training.prefetch_batches as usize,
-    )?;
+    let set = match &req.range {
+        Some((a, b)) => range_set(loaded, &art, &model_dir, (a, b), &device.device)?,
+        None => store_set(loaded, &art, &model_run, req.split, &device.device)?,
+    };
     let k = art.manifest.class_names.len();
-    let batch = e.batch_size.max(1) as usize;
-    let (split_name, split_idx) = match req.split {
-        Split::Validation => ("validation", 1),
-        _ => ("test", 2),
-    };
-    let ends = &samples.ends[split_idx];
-    if ends.is_empty() {
-        return Err(EvaluateError::NoSamples(split_name).into());
-    }
-    let val_logits = logits(
-        &art.model,
-        &mut source,
-        Split::Validation,
-        batch,
-        &device.device,
-    )?;
-    let logits = if split_idx == 1 {
-        val_logits.clone()
-    } else {
-        logits(&art.model, &mut source, Split::Test, batch, &device.device)?
-    };
-    let labels = labels_of(&samples, ends);
-    let val_labels = labels_of(&samples, &samples.ends[1]);
+    let (ends, labels, n) = (&set.ends, &set.labels, set.labels.len());
     let cal_cfg = &e.calibration_analysis;
-    let temperature = if cal_cfg.temperature_scaling && !val_labels.is_empty() {
-        calibration::fit_temperature(&val_logits, &val_labels, k)
-    } else {
-        1.0
+    // The temperature is fit on the store's validation split; new data uses the stored one.
+    let fitted = match &set.validation {
+        Some((vl, vy)) if cal_cfg.temperature_scaling && !vy.is_empty() => {
+            Some(calibration::fit_temperature(vl, vy, k))
+        }
+        _ => None,
     };
-    let raw = calibration::softmax(&logits, k, 1.0);
-    let cal = calibration::softmax(&logits, k, temperature);
-    let scores = metrics::score(&raw, &labels, k);
-    let calibrated_scores = metrics::score(&cal, &labels, k);
+    let temperature = fitted.unwrap_or(art.manifest.temperature);
+    let raw = calibration::softmax(&set.logits, k, 1.0);
+    let cal = calibration::softmax(&set.logits, k, temperature);
+    let scores = metrics::score(&raw, labels, k);
+    let calibrated_scores = metrics::score(&cal, labels, k);
     let n_bins = cal_cfg.n_bins.max(1) as usize;
     let (cal_raw, cal_fit) = (
-        calibration::calibration(&raw, &labels, k, n_bins),
-        calibration::calibration(&cal, &labels, k, n_bins),
+        calibration::calibration(&raw, labels, k, n_bins),
+        calibration::calibration(&cal, labels, k, n_bins),
     );
 
     // Baselines on the same samples. Persistence: the class of the move over the horizon
     // that ended at the window's end, known at that time.
-    let n = labels.len();
-    let train_counts = &manifest.class_counts[0];
-    let h = manifest.lookahead_steps;
-    let previous: Vec<f64> = ends
-        .iter()
-        .map(|&e| {
-            e.checked_sub(h)
-                .map_or(f64::NAN, |p| samples.price_changes[p])
-        })
-        .collect();
-    let boundaries = &art.manifest.boundaries;
     let baseline_scores = [
-        ("majority class", baselines::majority(train_counts, n)),
+        ("majority class", baselines::majority(&set.train_counts, n)),
         (
             "train-prior random",
-            baselines::prior_random(train_counts, n, c.training.seed),
+            baselines::prior_random(&set.train_counts, n, c.training.seed),
         ),
         (
             "last observed move",
-            baselines::persistence(&previous, boundaries),
+            baselines::persistence(&set.previous_pct, &art.manifest.boundaries),
         ),
     ]
-    .map(|(name, predicted)| (name, metrics::score_predictions(&predicted, &labels, k)));
+    .map(|(name, predicted)| (name, metrics::score_predictions(&predicted, labels, k)));
     let baselines: Vec<BaselineResult> = baseline_scores
         .iter()
         .map(|(name, s)| BaselineResult {
@@ -235,14 +378,8 @@ pub fn evaluate(
         })
         .collect();
 
-    // Degradation: consecutive slices of the split.
-    let range = manifest.ranges[split_idx];
-    let slices: Vec<SplitRange> = if split_idx == 2 && !manifest.degradation_slices.is_empty() {
-        manifest.degradation_slices.clone()
-    } else {
-        range.slices(c.preprocessing.train_test_split.degradation_slices.max(1) as usize)
-    };
-    let degradation_accuracy: Vec<f64> = slices
+    let degradation_accuracy: Vec<f64> = set
+        .slices
         .iter()
         .map(|s| {
             let idx: Vec<usize> = (0..n)
@@ -259,11 +396,12 @@ pub fn evaluate(
     let degradation_slope = slope(&degradation_accuracy);
 
     // Backtest: one decision per horizon (non-overlapping holding periods).
+    let h = (art.manifest.horizon_seconds as i64 * 1000 / art.manifest.cadence_ms.max(1)) as usize;
     let backtest = e.backtesting.enabled.then(|| {
         let mut picked = Vec::new();
         let mut next = 0usize;
         for (i, &end) in ends.iter().enumerate() {
-            if end >= next && samples.price_changes[end].is_finite() {
+            if end >= next && set.realised_pct[i].is_finite() {
                 picked.push(i);
                 next = end + h.max(1);
             }
@@ -281,7 +419,7 @@ pub fn evaluate(
             .collect();
         let realised: Vec<f64> = picked
             .iter()
-            .map(|&i| samples.price_changes[ends[i]] / 100.0)
+            .map(|&i| set.realised_pct[i] / 100.0)
             .collect();
         let input = BacktestInput {
             expected: &expected,
@@ -297,42 +435,22 @@ pub fn evaluate(
         ]
     });
 
-    // Saliency on evenly spaced samples of the split.
-    let saliency = if e.explainability.enabled {
+    let saliency = if e.explainability.enabled && !set.saliency_x.is_empty() {
         let ad = device.device.clone().autodiff();
         let grad_model = ModelArtifact::load(&model_dir, &ad)?.model;
         let mut sal = Saliency::new(&grad_model);
-        let want = (e.explainability.n_samples as usize).min(n).max(1);
-        let stride = (n / want).max(1);
-        let split = if split_idx == 1 {
-            Split::Validation
-        } else {
-            Split::Test
-        };
-        let per = source.sample_shape().len();
-        let mut i = 0usize;
-        for b in source.batches(split, 1, 0, batch)? {
-            let b = b?;
-            let mut x = Vec::new();
-            for j in 0..b.len() {
-                if (i + j).is_multiple_of(stride) && sal.samples + x.len() / per < want {
-                    x.extend_from_slice(&b.x[j * per..(j + 1) * per]);
-                }
-            }
-            i += b.len();
-            sal.add(&grad_model, &x, &ad);
-            if sal.samples >= want {
-                break;
-            }
+        let per = sal.values.len();
+        for chunk in set.saliency_x.chunks(per * 64) {
+            sal.add(&grad_model, chunk, &ad);
         }
         Some(sal)
     } else {
         None
     };
 
-    // Save the temperature with the model, locally and on the training run.
-    if cal_cfg.temperature_scaling {
-        art.manifest.temperature = temperature;
+    // Save a fitted temperature with the model, locally and on the training run.
+    if let Some(t) = fitted {
+        art.manifest.temperature = t;
         let path = model_dir.join(crate::model::artifact::MANIFEST_FILE);
         let json = serde_json::to_vec_pretty(&art.manifest).expect("manifest serialises");
         write_atomic(&path, &json)?;
@@ -345,9 +463,10 @@ pub fn evaluate(
     let summary = EvaluateSummary {
         run_id: run.run_id().to_owned(),
         model_run_id: model_run.clone(),
-        split: split_name.into(),
+        split: set.split.clone(),
         samples: n,
         temperature,
+        temperature_fitted: fitted.is_some(),
         scores,
         calibrated_scores,
         ece: [cal_raw.ece, cal_fit.ece],
@@ -617,14 +736,19 @@ pub fn summary_markdown(
         )
     };
     let _ = writeln!(md, "## Verdict\n\n{verdict}\n");
+    let how = if s.temperature_fitted {
+        "fit on the validation split"
+    } else {
+        "stored with the model"
+    };
     let calibrated = if s.ece[1] <= 0.05 {
         format!(
-            "After temperature scaling (T = {:.3}) the probabilities are **well calibrated** (ECE {:.4} <= 0.05).",
+            "After temperature scaling (T = {:.3}, {how}) the probabilities are **well calibrated** (ECE {:.4} <= 0.05).",
             s.temperature, s.ece[1]
         )
     } else {
         format!(
-            "Even after temperature scaling (T = {:.3}) the probabilities are **not well calibrated** (ECE {:.4} > 0.05): treat them as scores.",
+            "Even after temperature scaling (T = {:.3}, {how}) the probabilities are **not well calibrated** (ECE {:.4} > 0.05): treat them as scores.",
             s.temperature, s.ece[1]
         )
     };

@@ -66,6 +66,8 @@ pub struct ModelManifest {
     /// Mean relative price change (%) of each class's training samples: the expected move
     /// is the probability-weighted mean of these.
     pub class_mean_change_pct: Vec<f64>,
+    /// Training samples per class (the baselines' prior on new data).
+    pub train_class_counts: Vec<u64>,
     /// Softmax temperature (1.0 until `evaluate` calibrates it).
     pub temperature: f64,
     /// The preprocessed store the model was trained on.

@@ -173,6 +173,7 @@ pub fn run(loaded: &LoadedConfig, from: Step, until: Step) -> Result<RunSummary>
                 out.evaluate = Some(p.evaluate(&EvaluateRequest {
                     model,
                     split: Split::Test,
+                    range: None,
                 })?);
             }
             let t = parent.tracker();

@@ -165,6 +165,201 @@ pub struct PredictOutput {
     pub predictions: Vec<Prediction>,
 }
 
+/// Rows computed from the configured source with a model's own recipe and scaler.
+#[derive(Debug)]
+pub struct SourceRows {
+    /// The grid the rows lie on.
+    pub grid: Grid,
+    /// Scaled rows, `[steps x columns]` row-major.
+    pub scaled: Vec<f32>,
+    /// Whether each row is complete (finite).
+    pub ok: Vec<bool>,
+    /// Class per step (`u32::MAX` where the label is undefined).
+    pub labels: Vec<u32>,
+    /// Relative price change in percent over the horizon (NaN where undefined).
+    pub price_changes: Vec<f64>,
+}
+
+impl SourceRows {
+    /// Steps in `[from, to]` (ms) that end a window of `window` complete rows.
+    pub fn window_ends(&self, window: usize, from: i64, to: i64) -> Vec<usize> {
+        let mut run = 0usize;
+        let mut ends = Vec::new();
+        for (k, good) in self.ok.iter().enumerate() {
+            run = if *good { run + 1 } else { 0 };
+            let t = self.grid.time_ms(k);
+            if run >= window && t >= from && t <= to {
+                ends.push(k);
+            }
+        }
+        ends
+    }
+}
+
+/// Reads the configured source and computes rows exactly as preprocessing did for `art`.
+pub struct ModelInput<'a> {
+    art: &'a ModelArtifact,
+    spec: PrepareSpec,
+    symbols: Vec<Symbol>,
+    depth: usize,
+    source: Box<dyn sources::Source>,
+}
+
+impl<'a> ModelInput<'a> {
+    /// The current configuration's source, the model's recipe (its training configuration).
+    pub fn open(config: &Config, art: &'a ModelArtifact, trained: &Config) -> crate::Result<Self> {
+        let symbols = art
+            .manifest
+            .assets
+            .iter()
+            .map(|s| Symbol::new(s).map_err(DataError::Input))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            art,
+            spec: PrepareSpec::from_config(trained),
+            symbols,
+            depth: trained.data.order_book.depth_levels as usize,
+            source: sources::open(&config.data)?,
+        })
+    }
+
+    /// Steps of history a window needs in front of it (feature look-back and gap filling).
+    pub fn history_steps(&self) -> usize {
+        self.spec.history_steps()
+    }
+
+    /// Steps behind a step its label needs.
+    pub fn future_steps(&self) -> usize {
+        self.spec.future_steps()
+    }
+
+    /// The source, for messages.
+    pub fn describe(&self) -> String {
+        self.source.describe()
+    }
+
+    fn books(&mut self, a: i64, b: i64) -> Result<Vec<OrderBook>, DataError> {
+        let mut asm = Assembler::new(self.symbols.clone(), self.depth);
+        self.source
+            .read_span(a, b, &mut asm, &ProgressBar::hidden())?;
+        let (mut books, _) = asm.finish();
+        Ok(self
+            .symbols
+            .iter()
+            .map(|s| {
+                books
+                    .remove(s)
+                    .unwrap_or_else(|| OrderBook::empty(self.depth))
+            })
+            .collect())
+    }
+
+    /// Time of the newest target snapshot in `[floor, end)`, scanning back in growing
+    /// chunks (a live database is asked for minutes, not years).
+    pub fn last_snapshot(&mut self, floor: i64, end: i64, chunk: i64) -> crate::Result<i64> {
+        let (mut hi, mut len) = (end, chunk.max(1));
+        while hi > floor {
+            let lo = (hi - len).max(floor);
+            if let Some(&t) = self.books(lo, hi)?[0].snapshot_timestamps.last() {
+                return Ok(t);
+            }
+            hi = lo;
+            len *= 4;
+        }
+        Err(PredictError::NoData {
+            source_desc: self.describe(),
+            symbol: self.art.manifest.assets[0].clone(),
+            start: rfc3339(floor),
+            end: rfc3339(end),
+        }
+        .into())
+    }
+
+    /// Rows of the grid covering the target's snapshots in `[a, b)`; `None` when the span
+    /// holds too few steps to compute anything.
+    pub fn rows(&mut self, a: i64, b: i64) -> crate::Result<Option<SourceRows>> {
+        let m = &self.art.manifest;
+        let books = self.books(a, b)?;
+        let target = &books[0];
+        let (Some(&first), Some(&last)) = (
+            target.snapshot_timestamps.first(),
+            target.snapshot_timestamps.last(),
+        ) else {
+            return Err(PredictError::NoData {
+                source_desc: self.describe(),
+                symbol: m.assets[0].clone(),
+                start: rfc3339(a),
+                end: rfc3339(b),
+            }
+            .into());
+        };
+        let grid = Grid::covering(first, last, m.cadence_ms);
+        // `prepare` also computes labels, which need more steps than their look-ahead.
+        if grid.steps <= self.spec.labels.lookahead() {
+            return Ok(None);
+        }
+        let inputs: Vec<AssetInput<'_>> = m
+            .assets
+            .iter()
+            .zip(&books)
+            .map(|(s, b)| AssetInput {
+                symbol: s,
+                ts_ms: &b.snapshot_timestamps,
+                levels: Levels {
+                    depth: b.bid_price.cols,
+                    bid_px: &b.bid_price.data,
+                    bid_qty: &b.bid_qty.data,
+                    ask_px: &b.ask_price.data,
+                    ask_qty: &b.ask_qty.data,
+                },
+            })
+            .collect();
+        let p = prepare(&self.spec, &inputs, grid)
+            .map_err(crate::preprocess::stage::StageError::from)?;
+        if p.columns != m.columns {
+            return Err(DataError::Input(format!(
+                "the rows computed now have columns {:?}, the model was trained on {:?}",
+                p.columns, m.columns
+            ))
+            .into());
+        }
+        let n = p.columns.len();
+        let mut scaled: Vec<f32> = Vec::with_capacity(p.rows.len());
+        let mut ok = Vec::with_capacity(grid.steps);
+        let mut r = vec![0.0; n];
+        for row in p.rows.chunks_exact(n) {
+            r.copy_from_slice(row);
+            m.scaler.transform_row(&mut r);
+            ok.push(r.iter().all(|x| x.is_finite()));
+            scaled.extend(r.iter().map(|x| *x as f32));
+        }
+        Ok(Some(SourceRows {
+            grid,
+            scaled,
+            ok,
+            labels: p.labels,
+            price_changes: p.price_changes,
+        }))
+    }
+}
+
+/// `--start`/`--end` as `[a, b)` in ms.
+pub fn parse_range(start: &str, end: &str) -> Result<(i64, i64), PredictError> {
+    let parse = |s: &str| DateBound::parse(s).map_err(PredictError::Range);
+    let (a, b) = (
+        parse(start)?.start().timestamp_millis(),
+        parse(end)?.end_exclusive().timestamp_millis(),
+    );
+    if a >= b {
+        return Err(PredictError::Range(format!(
+            "--start must be before --end (got {} .. {})",
+            rfc3339(a),
+            rfc3339(b)
+        )));
+    }
+    Ok((a, b))
+}
+
 /// Predicts for the latest window (or every window ending in `range`).
 pub fn predict(
     loaded: &LoadedConfig,
@@ -178,45 +373,14 @@ pub fn predict(
     let artifact = ModelArtifact::load(&dir, &device.device)?;
     let trained = artifact.config(&dir)?;
     let m = &artifact.manifest;
-    let spec = PrepareSpec::from_config(&trained);
+    let mut input = ModelInput::open(config, &artifact, &trained)?;
     let cadence = m.cadence_ms;
-    let history = spec.history_steps();
-    // `prepare` also computes labels, which need more steps than their look-ahead.
-    let span_steps = (m.window_steps + history).max(spec.labels.lookahead() + 1) + 1;
-    let symbols: Vec<Symbol> = m
-        .assets
-        .iter()
-        .map(|s| Symbol::new(s).map_err(DataError::Input))
-        .collect::<Result<_, _>>()?;
-    let depth = trained.data.order_book.depth_levels as usize;
-    let mut source = sources::open(&config.data)?;
-    let read = |source: &mut dyn sources::Source, a: i64, b: i64| {
-        let mut asm = Assembler::new(symbols.clone(), depth);
-        source.read_span(a, b, &mut asm, &ProgressBar::hidden())?;
-        let (mut books, _) = asm.finish();
-        Ok::<_, DataError>(
-            symbols
-                .iter()
-                .map(|s| books.remove(s).unwrap_or_else(|| OrderBook::empty(depth)))
-                .collect::<Vec<_>>(),
-        )
-    };
+    let w = m.window_steps;
+    let history = input.history_steps();
+    let span_steps = (w + history + 1) as i64;
     let (from, to) = match range {
         Some((a, b)) => {
-            let parse = |s: &str| DateBound::parse(s).map_err(PredictError::Range);
-            let (a, b) = (parse(a)?, parse(b)?);
-            let (a, b) = (
-                a.start().timestamp_millis(),
-                b.end_exclusive().timestamp_millis(),
-            );
-            if a >= b {
-                return Err(PredictError::Range(format!(
-                    "--start must be before --end (got {} .. {})",
-                    rfc3339(a),
-                    rfc3339(b)
-                ))
-                .into());
-            }
+            let (a, b) = parse_range(a, b)?;
             (a, b - 1)
         }
         None => {
@@ -227,91 +391,30 @@ pub fn predict(
                 .end_exclusive()
                 .timestamp_millis()
                 .min(chrono::Utc::now().timestamp_millis());
-            let last = last_snapshot(
-                source.as_mut(),
-                &read,
-                config.data.time_range.start_date.start().timestamp_millis(),
-                end,
-                span_steps as i64 * cadence,
-            )?;
+            let floor = config.data.time_range.start_date.start().timestamp_millis();
+            let last = input.last_snapshot(floor, end, span_steps * cadence)?;
             (last, last)
         }
     };
-    let read_from = from - span_steps as i64 * cadence;
-    let books = read(source.as_mut(), read_from, to + 1)?;
-    let target = &books[0];
-    let (Some(&first), Some(&last)) = (
-        target.snapshot_timestamps.first(),
-        target.snapshot_timestamps.last(),
-    ) else {
-        return Err(PredictError::NoData {
-            source_desc: source.describe(),
-            symbol: m.assets[0].clone(),
-            start: rfc3339(read_from),
-            end: rfc3339(to),
-        }
-        .into());
-    };
-    let grid = Grid::covering(first, last, cadence);
-    let inputs: Vec<AssetInput<'_>> = m
-        .assets
-        .iter()
-        .zip(&books)
-        .map(|(s, b)| AssetInput {
-            symbol: s,
-            ts_ms: &b.snapshot_timestamps,
-            levels: Levels {
-                depth: b.bid_price.cols,
-                bid_px: &b.bid_price.data,
-                bid_qty: &b.bid_qty.data,
-                ask_px: &b.ask_price.data,
-                ask_qty: &b.ask_qty.data,
-            },
-        })
-        .collect();
+    let source_desc = input.describe();
     let not_enough = || PredictError::NotEnoughHistory {
-        source_desc: source.describe(),
+        source_desc: source_desc.clone(),
         range: if from == to {
             rfc3339(from)
         } else {
             format!("{} .. {}", rfc3339(from), rfc3339(to))
         },
-        window: m.window_steps,
+        window: w,
         history,
-        needed: m.window_steps + history,
+        needed: w + history,
         cadence_s: cadence as f64 / 1000.0,
     };
-    if grid.steps <= spec.labels.lookahead() {
+    // The label look-ahead also needs steps: read at least that many in front.
+    let lookback = span_steps.max(input.future_steps() as i64 + 1) * cadence;
+    let Some(rows) = input.rows(from - lookback, to + 1)? else {
         return Err(not_enough().into());
-    }
-    let p = prepare(&spec, &inputs, grid).map_err(crate::preprocess::stage::StageError::from)?;
-    let n = p.columns.len();
-    if p.columns != m.columns {
-        return Err(DataError::Input(format!(
-            "the rows computed now have columns {:?}, the model was trained on {:?}",
-            p.columns, m.columns
-        ))
-        .into());
-    }
-    let mut scaled: Vec<f32> = Vec::with_capacity(p.rows.len());
-    let mut ok = Vec::with_capacity(grid.steps);
-    for row in p.rows.chunks_exact(n) {
-        let mut r = row.to_vec();
-        m.scaler.transform_row(&mut r);
-        ok.push(r.iter().all(|x| x.is_finite()));
-        scaled.extend(r.iter().map(|x| *x as f32));
-    }
-    // Window ends in [from, to] whose whole window is usable.
-    let w = m.window_steps;
-    let mut run = 0usize;
-    let mut ends = Vec::new();
-    for (k, good) in ok.iter().enumerate() {
-        run = if *good { run + 1 } else { 0 };
-        let t = grid.time_ms(k);
-        if run >= w && t >= from && t <= to {
-            ends.push(k);
-        }
-    }
+    };
+    let ends = rows.window_ends(w, from, to);
     if ends.is_empty() {
         return Err(not_enough().into());
     }
@@ -321,7 +424,7 @@ pub fn predict(
     for chunk in ends.chunks(256) {
         let mut x = Vec::with_capacity(chunk.len() * m.layout.sample_shape(w).len());
         for &k in chunk {
-            m.layout.push_window(&scaled, k, w, &mut x);
+            m.layout.push_window(&rows.scaled, k, w, &mut x);
         }
         let probs = predict_proba(&artifact.model, &x, temperature as f32)
             .map_err(crate::train::TrainError::from)?;
@@ -333,7 +436,7 @@ pub fn predict(
                 .max_by(|a, b| a.1.total_cmp(b.1))
                 .map_or(0, |(i, _)| i);
             predictions.push(Prediction {
-                timestamp: rfc3339(grid.time_ms(k)),
+                timestamp: rfc3339(rows.grid.time_ms(k)),
                 expected_move_pct: probabilities
                     .iter()
                     .zip(&m.class_mean_change_pct)
@@ -354,38 +457,8 @@ pub fn predict(
     })
 }
 
-/// Time of the newest target snapshot before `end`, scanning back in growing chunks (a live
-/// database is asked for minutes, not years) until `floor`.
-fn last_snapshot<R>(
-    source: &mut dyn sources::Source,
-    read: &R,
-    floor: i64,
-    end: i64,
-    chunk: i64,
-) -> crate::Result<i64>
-where
-    R: Fn(&mut dyn sources::Source, i64, i64) -> Result<Vec<OrderBook>, DataError>,
-{
-    let (mut hi, mut len) = (end, chunk.max(1));
-    while hi > floor {
-        let lo = (hi - len).max(floor);
-        let books = read(source, lo, hi)?;
-        if let Some(&t) = books[0].snapshot_timestamps.last() {
-            return Ok(t);
-        }
-        hi = lo;
-        len *= 4;
-    }
-    Err(PredictError::NoData {
-        source_desc: source.describe(),
-        symbol: "the target".into(),
-        start: rfc3339(floor),
-        end: rfc3339(end),
-    }
-    .into())
-}
-
-fn rfc3339(ms: i64) -> String {
+/// Milliseconds since the epoch as RFC 3339 UTC (ms precision).
+pub fn rfc3339(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_else(|| ms.to_string())

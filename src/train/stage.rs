@@ -208,6 +208,7 @@ pub fn train(
         boundaries: c.targets.price_classes.boundaries.clone(),
         boundary_type: c.targets.price_classes.definition_type,
         class_mean_change_pct: source.class_mean_change_pct().to_vec(),
+        train_class_counts: m.class_counts[0].clone(),
         temperature: 1.0,
         store_key: store_key.clone(),
         config_hash: loaded.config_hash(),
