@@ -7,6 +7,8 @@ use crate::config::LoadedConfig;
 use crate::data::fetch;
 use crate::diagnostics::stage::DiagnoseOutput;
 use crate::evaluate::stage::{EvaluateRequest, EvaluateSummary};
+use crate::pipeline::finetune::{self, FinetuneSummary};
+use crate::pipeline::lock::WorkdirLock;
 use crate::pipeline::{self, Pipeline, RunSummary};
 use crate::predict::{self, ModelRef, PredictOutput};
 use crate::preprocess::stage::PreprocessSummary;
@@ -27,6 +29,21 @@ pub struct Outcome {
 /// Runs `cli.command` with an already loaded and validated configuration.
 pub fn execute(cli: &Cli, loaded: &LoadedConfig) -> Result<Outcome> {
     let p = Pipeline::new(loaded);
+    // Stages that write to the work directory take its lock (predict and the read-only
+    // commands do not; record writes to the database or its own files).
+    let _lock = match &cli.command {
+        Command::Fetch(_)
+        | Command::Preprocess(_)
+        | Command::Diagnose
+        | Command::Train(_)
+        | Command::Finetune(_)
+        | Command::Evaluate(_)
+        | Command::Run(_) => Some(WorkdirLock::acquire(
+            &loaded.config.workdir,
+            cli.command.name(),
+        )?),
+        _ => None,
+    };
     match &cli.command {
         Command::ValidateConfig => Ok(validate_config(loaded)),
         Command::Tracking(TrackingCommand::Sync) => tracking_sync(loaded),
@@ -36,6 +53,7 @@ pub fn execute(cli: &Cli, loaded: &LoadedConfig) -> Result<Outcome> {
         Command::Train(args) => Ok(train_outcome(&p.train(TrainRequest {
             resume: args.resume,
             progress: true,
+            ..TrainRequest::default()
         })?)),
         Command::Evaluate(args) => {
             let req = EvaluateRequest {
@@ -45,6 +63,8 @@ pub fn execute(cli: &Cli, loaded: &LoadedConfig) -> Result<Outcome> {
                     EvalSplit::Val => Split::Validation,
                 },
                 range: args.start.clone().zip(args.end.clone()),
+                store: None,
+                save_temperature: true,
             };
             Ok(evaluate_outcome(&p.evaluate(&req)?))
         }
@@ -53,6 +73,14 @@ pub fn execute(cli: &Cli, loaded: &LoadedConfig) -> Result<Outcome> {
             let range = args.start.as_deref().zip(args.end.as_deref());
             let out = predict::predict(loaded, &which, range)?;
             Ok(predict_outcome(&out))
+        }
+        Command::Finetune(args) => {
+            let s = finetune::finetune(
+                loaded,
+                args.base_run_id.as_deref(),
+                args.base_model_alias.as_deref(),
+            )?;
+            Ok(finetune_outcome(&s))
         }
         Command::Run(args) => {
             let s = pipeline::run(
@@ -273,6 +301,39 @@ fn run_outcome(s: &RunSummary) -> Outcome {
     }
     Outcome {
         text: parts.join("\n"),
+        json: serde_json::to_value(s).expect("summary serialises"),
+    }
+}
+
+fn finetune_outcome(s: &FinetuneSummary) -> Outcome {
+    let text = if s.already_done {
+        format!(
+            "fine-tune {} of base run {} had already finished: model run {}, {} ({} {} vs {}); nothing redone",
+            s.run_id, s.base_run_id, s.new_run_id, s.decision, s.metric, s.new_score, s.base_score
+        )
+    } else {
+        format!(
+            "fine-tune {}: base run {} -> model run {}{}\n{} on the new test split: base {:.4}, fine-tuned {:.4} -> {}{}",
+            s.run_id,
+            s.base_run_id,
+            s.new_run_id,
+            s.new_version
+                .as_ref()
+                .map(|v| format!(" (version {v})"))
+                .unwrap_or_default(),
+            s.metric,
+            s.base_score,
+            s.new_score,
+            s.decision,
+            if s.alias_set {
+                ""
+            } else {
+                " (no registry: alias not set)"
+            },
+        )
+    };
+    Outcome {
+        text,
         json: serde_json::to_value(s).expect("summary serialises"),
     }
 }

@@ -59,6 +59,12 @@ pub enum Error {
     /// Building, training or loading a model failed.
     #[error(transparent)]
     Train(#[from] crate::train::TrainError),
+    /// A fine-tune cannot start.
+    #[error(transparent)]
+    Finetune(#[from] crate::pipeline::finetune::FinetuneError),
+    /// The work directory is in use by another process.
+    #[error(transparent)]
+    Lock(#[from] crate::pipeline::lock::LockError),
     /// Evaluation could not run.
     #[error(transparent)]
     Evaluate(#[from] crate::evaluate::EvaluateError),
@@ -90,6 +96,9 @@ impl Error {
             Error::Train(e) => e.exit_code(),
             Error::Predict(e) => e.exit_code(),
             Error::Evaluate(e) => e.exit_code(),
+            Error::Lock(crate::pipeline::lock::LockError::Busy { .. }) => ExitCode::Locked,
+            Error::Lock(_) => ExitCode::Data,
+            Error::Finetune(_) => ExitCode::Usage,
         }
     }
 }

@@ -10,11 +10,12 @@ pub mod stage;
 /// Why `evaluate` cannot run; each says what to change.
 #[derive(Debug, thiserror::Error)]
 pub enum EvaluateError {
-    /// The model was trained on another preprocessed store than this configuration's.
+    /// The store's rows do not mean what the model learned (other columns, window or scaler).
     #[error(
-        "model run {model_run} was trained on preprocessed store {model_store}, but this \
-         configuration's store is {store}: evaluate with the configuration it was trained with \
-         (its training_config.yaml artifact)"
+        "model run {model_run} was trained on preprocessed store {model_store}, whose columns, \
+         window or scaler differ from this configuration's store {store}: evaluate with the \
+         configuration it was trained with (its training_config.yaml artifact), or use \
+         --start/--end to compute the rows with the model's own recipe"
     )]
     StoreMismatch {
         /// The model's training run.

@@ -35,6 +35,11 @@ pub struct EvaluateRequest {
     pub split: Split,
     /// New data instead of a split: `--start`, `--end`.
     pub range: Option<(String, String)>,
+    /// The preprocessed store (default: this configuration's).
+    pub store: Option<PathBuf>,
+    /// Write a fitted temperature into the model (off when scoring a base model for
+    /// comparison: its calibration stays its own).
+    pub save_temperature: bool,
 }
 
 /// One baseline's scores.
@@ -162,14 +167,23 @@ fn store_set(
     loaded: &LoadedConfig,
     art: &ModelArtifact,
     model_run: &str,
-    split: Split,
+    req: &EvaluateRequest,
     device: &Device,
 ) -> crate::Result<EvalSet> {
     let c = &loaded.config;
-    let store = store_dir(c)?;
+    let split = req.split;
+    let store = match &req.store {
+        Some(d) => d.clone(),
+        None => store_dir(c)?,
+    };
     let manifest =
         read_manifest(&store).ok_or_else(|| TrainError::NoStore { dir: store.clone() })?;
-    if manifest.key != art.manifest.store_key {
+    // Rows mean what the model learned only with its columns, window and scaler.
+    let m = &art.manifest;
+    if manifest.columns != m.columns
+        || manifest.window_steps != m.window_steps
+        || manifest.scaler != m.scaler
+    {
         return Err(EvaluateError::StoreMismatch {
             model_run: model_run.to_owned(),
             model_store: art.manifest.store_key.clone(),
@@ -331,7 +345,7 @@ pub fn evaluate(
     let mut art = ModelArtifact::load(&model_dir, &device.device)?;
     let set = match &req.range {
         Some((a, b)) => range_set(loaded, &art, &model_dir, (a, b), &device.device)?,
-        None => store_set(loaded, &art, &model_run, req.split, &device.device)?,
+        None => store_set(loaded, &art, &model_run, req, &device.device)?,
     };
     let k = art.manifest.class_names.len();
     let (ends, labels, n) = (&set.ends, &set.labels, set.labels.len());
@@ -449,7 +463,7 @@ pub fn evaluate(
     };
 
     // Save a fitted temperature with the model, locally and on the training run.
-    if let Some(t) = fitted {
+    if let Some(t) = fitted.filter(|_| req.save_temperature) {
         art.manifest.temperature = t;
         let path = model_dir.join(crate::model::artifact::MANIFEST_FILE);
         let json = serde_json::to_vec_pretty(&art.manifest).expect("manifest serialises");

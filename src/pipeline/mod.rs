@@ -1,6 +1,9 @@
 //! The pipeline: each stage inside its own MLflow run (lineage tags, redacted configuration),
 //! and `run`, the stages in order under one parent run.
 
+pub mod finetune;
+pub mod lock;
+
 use serde::Serialize;
 
 use crate::cli::Stage as Step;
@@ -91,7 +94,7 @@ impl<'a> Pipeline<'a> {
             Stage::ModelTraining,
             MODEL_NAME,
             &[Stage::Preprocessing, Stage::DataDiagnostics],
-            |run| train(self.loaded, req, run),
+            |run| train(self.loaded, &req, run),
         )
     }
 
@@ -161,8 +164,8 @@ pub fn run(loaded: &LoadedConfig, from: Step, until: Step) -> Result<RunSummary>
             }
             if want(Step::Train) {
                 out.train = Some(p.train(TrainRequest {
-                    resume: false,
                     progress: true,
+                    ..TrainRequest::default()
                 })?);
             }
             if want(Step::Evaluate) {
@@ -174,6 +177,8 @@ pub fn run(loaded: &LoadedConfig, from: Step, until: Step) -> Result<RunSummary>
                     model,
                     split: Split::Test,
                     range: None,
+                    store: None,
+                    save_temperature: true,
                 })?);
             }
             let t = parent.tracker();
@@ -288,7 +293,7 @@ fn log_fetch(run: &StageRun<'_>, s: &FetchSummary) -> Result<()> {
     Ok(())
 }
 
-fn log_preprocess(run: &StageRun<'_>, s: &PreprocessSummary) -> Result<()> {
+pub(crate) fn log_preprocess(run: &StageRun<'_>, s: &PreprocessSummary) -> Result<()> {
     let t = run.tracker();
     let key = s
         .store_dir

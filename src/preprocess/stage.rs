@@ -120,6 +120,17 @@ pub enum StageError {
     /// The data cache or the store's files.
     #[error(transparent)]
     Data(#[from] DataError),
+    /// A base model's scaler does not fit the rows computed now.
+    #[error(
+        "the base model's scaler has {expected} columns but the rows computed now have {got}: \
+         the feature configuration differs from the base run's"
+    )]
+    FixedScaler {
+        /// Columns of the scaler.
+        expected: usize,
+        /// Columns computed.
+        got: usize,
+    },
 }
 
 impl StageError {
@@ -132,14 +143,15 @@ impl StageError {
                 | PreprocessError::NoOverlap { .. }
                 | PreprocessError::NoData(_),
             ) => crate::ExitCode::Data,
-            StageError::Preprocess(_) => crate::ExitCode::Usage,
+            StageError::Preprocess(_) | StageError::FixedScaler { .. } => crate::ExitCode::Usage,
         }
     }
 }
 
-/// The store's key: hash of everything that decides its content.
-pub fn store_key(config: &Config, data_key: &str) -> String {
+/// The store's key: hash of everything that decides its content (a fixed scaler included).
+pub fn store_key(config: &Config, data_key: &str, fixed: Option<&Scaler>) -> String {
     let relevant = serde_json::json!({
+        "fixed_scaler": fixed,
         "format": STORE_FORMAT_VERSION,
         "data": data_key,
         "targets": config.targets,
@@ -215,20 +227,35 @@ fn between(book: &OrderBook, lo: i64, hi: i64) -> OrderBook {
 
 /// The store directory for `config`: `<workdir>/preprocessed/<key>`.
 pub fn store_dir(config: &Config) -> Result<PathBuf, StageError> {
+    store_dir_with(config, None)
+}
+
+/// The store directory for `config` with rows scaled by `fixed` instead of a scaler fit here.
+pub fn store_dir_with(config: &Config, fixed: Option<&Scaler>) -> Result<PathBuf, StageError> {
     let data_dir = fetch::cache_dir(config)?;
     let reader = CacheReader::open(&data_dir)?;
     Ok(config
         .workdir
         .join("preprocessed")
-        .join(store_key(config, &reader.manifest().key)))
+        .join(store_key(config, &reader.manifest().key, fixed)))
 }
 
 /// Runs the stage for `config`, reusing a complete store with the same key unless `force`.
 pub fn preprocess(config: &Config, force: bool) -> Result<PreprocessSummary, StageError> {
+    preprocess_with(config, force, None)
+}
+
+/// Like [`preprocess`], but scaling with `fixed` (a base model's scaler, for fine-tuning: the
+/// new rows must mean what the base model learned) instead of fitting one on the training rows.
+pub fn preprocess_with(
+    config: &Config,
+    force: bool,
+    fixed: Option<&Scaler>,
+) -> Result<PreprocessSummary, StageError> {
     let _span = tracing::info_span!("preprocess").entered();
     let data_dir = fetch::cache_dir(config)?;
     let reader = CacheReader::open(&data_dir)?;
-    let key = store_key(config, &reader.manifest().key);
+    let key = store_key(config, &reader.manifest().key, fixed);
     let dir = config.workdir.join("preprocessed").join(&key);
     if !force && let Some(m) = read_manifest(&dir) {
         let samples = load_samples(&dir, &m)?;
@@ -322,7 +349,7 @@ pub fn preprocess(config: &Config, force: bool) -> Result<PreprocessSummary, Sta
         config.preprocessing.normalization.per_asset,
     );
     let mut fit = ScalerFit::new(config.preprocessing.normalization.method, groups);
-    for shard in &pass1.shards {
+    for shard in pass1.shards.iter().filter(|_| fixed.is_none()) {
         let train = SplitRange {
             start: shard.first_step,
             end: shard.first_step + shard.steps,
@@ -338,7 +365,16 @@ pub fn preprocess(config: &Config, force: bool) -> Result<PreprocessSummary, Sta
         let n = pass1.columns.len();
         fit.update(&rows[(a - shard.first_step) * n..(b - shard.first_step) * n]);
     }
-    let scaler = fit.finish();
+    let scaler = match fixed {
+        Some(s) if s.center.len() == pass1.columns.len() => s.clone(),
+        Some(s) => {
+            return Err(StageError::FixedScaler {
+                expected: s.center.len(),
+                got: pass1.columns.len(),
+            });
+        }
+        None => fit.finish(),
+    };
 
     let class_names = crate::diagnostics::class_names(&spec.labels.boundaries);
     let class_counts = ends.each_ref().map(|e| {

@@ -24,12 +24,20 @@ use crate::tracking::{Metric, Param, StageRun, TrackingSettings};
 pub const MODEL_NAME: &str = "cnn_lstm";
 
 /// What the caller decides besides the configuration.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Default)]
 pub struct TrainRequest {
     /// Continue from the checkpoint of an interrupted run with the same configuration.
     pub resume: bool,
     /// Draw a progress bar on a terminal.
     pub progress: bool,
+    /// The preprocessed store (default: this configuration's).
+    pub store: Option<PathBuf>,
+    /// Continue a checkpoint of this same configuration when there is one (else start fresh).
+    pub resume_existing: bool,
+    /// Start from this model artifact's weights instead of a fresh initialisation.
+    pub init: Option<PathBuf>,
+    /// Extra tags on the training run (lineage of fine-tunes).
+    pub tags: Vec<(String, String)>,
 }
 
 /// What `train` produced.
@@ -64,12 +72,13 @@ pub struct TrainSummary {
 }
 
 /// The checkpoint directory for this configuration and store.
-fn training_dir(loaded: &LoadedConfig, store_key: &str) -> PathBuf {
+fn training_dir(loaded: &LoadedConfig, store_key: &str, init: Option<&Path>) -> PathBuf {
     let c = &loaded.config;
     let mut training = serde_json::to_value(&c.training).expect("config serialises");
     training["epochs"] = serde_json::Value::Null;
     let relevant = serde_json::json!({
         "store": store_key,
+        "init": init,
         "model": c.model,
         "training": training,
     });
@@ -123,12 +132,15 @@ impl TrainObserver for MlflowObserver<'_, '_> {
 /// Trains the configured model on this configuration's preprocessed store inside `run`.
 pub fn train(
     loaded: &LoadedConfig,
-    req: TrainRequest,
+    req: &TrainRequest,
     run: &StageRun<'_>,
 ) -> crate::Result<TrainSummary> {
     let _span = tracing::info_span!("train").entered();
     let c = &loaded.config;
-    let dir = store_dir(c)?;
+    let dir = match &req.store {
+        Some(d) => d.clone(),
+        None => store_dir(c)?,
+    };
     let manifest = read_manifest(&dir).ok_or_else(|| TrainError::NoStore { dir: dir.clone() })?;
     let store_key = manifest.key.clone();
     let t = &c.training;
@@ -152,7 +164,7 @@ pub fn train(
                 .collect(),
         );
     }
-    let work = training_dir(loaded, &store_key);
+    let work = training_dir(loaded, &store_key, req.init.as_deref());
     let checkpoint = work.join("checkpoint.bin");
     opts.checkpoint_path = Some(checkpoint.clone());
     opts.progress = req.progress;
@@ -164,7 +176,8 @@ pub fn train(
         validation = source.len(Split::Validation),
         "training {MODEL_NAME}"
     );
-    let trainer = if req.resume {
+    let resume = req.resume || (req.resume_existing && checkpoint.is_file());
+    let trainer = if resume {
         if !checkpoint.is_file() {
             return Err(TrainError::Option(format!(
                 "--resume: no checkpoint at {} for this configuration; train without --resume",
@@ -174,9 +187,24 @@ pub fn train(
         }
         Trainer::resume(spec.clone(), opts.clone(), device.device.clone())?
     } else {
-        Trainer::new(spec.clone(), opts.clone(), device.device.clone())?
+        let t = Trainer::new(spec.clone(), opts.clone(), device.device.clone())?;
+        match &req.init {
+            Some(base) => {
+                let art = ModelArtifact::load(base, &device.device)?;
+                if art.manifest.spec != spec {
+                    return Err(TrainError::Option(format!(
+                        "the base model in {} has another architecture or input shape than \
+                         this configuration builds",
+                        base.display()
+                    ))
+                    .into());
+                }
+                t.with_weights(&art.model)?
+            }
+            None => t,
+        }
     };
-    let resumed_after_epoch = req.resume.then(|| trainer.epochs_done());
+    let resumed_after_epoch = resume.then(|| trainer.epochs_done());
 
     log_setup(run, &source, &spec, &summary, &opts, &device.description)?;
     let mut observer = MlflowObserver { run, error: None };
@@ -230,6 +258,7 @@ pub fn train(
         run.log_plot(p)?;
     }
     let tracker = run.tracker();
+    tracker.set_tags(run.run_id(), &req.tags)?;
     tracker.set_tags(
         run.run_id(),
         &[

@@ -202,6 +202,14 @@ impl Trainer {
         Ok(trainer)
     }
 
+    /// Starts from `model`'s weights (fine-tuning) instead of the fresh initialisation.
+    pub fn with_weights(mut self, model: &CnnLstm) -> Result<Self, TrainError> {
+        let bytes = model_to_bytes(model)?;
+        let ad = self.device.clone().autodiff();
+        self.model = Some(model_from_bytes(&self.spec, &bytes, &ad)?);
+        Ok(self)
+    }
+
     /// Epochs completed so far.
     pub fn epochs_done(&self) -> u32 {
         self.state.epoch

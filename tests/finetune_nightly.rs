@@ -1,0 +1,185 @@
+//! The nightly scenario against a real MLflow server: day 1 `run` (base), days 2 and 3
+//! `finetune`; versions, aliases and lineage read back through MLflow's REST API; a repeated
+//! night changes nothing; a forbidden override is rejected; two concurrent fine-tunes (one gets
+//! exit 6).
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use binance_ml::tracking::Tracker;
+use serde_json::Value;
+
+fn config(work: &Path, uri: &str, tag: &str, day: &str, extra: &str) -> String {
+    format!(
+        r#"
+workdir: {work:?}
+data:
+  source_type: synthetic
+  synthetic: {{seed: 7}}
+  asset_pairs: {{target_asset: BTCUSDT, correlated_assets: [ETHUSDT]}}
+  time_range: {{start_date: "{day}", end_date: "{day}", cadence_seconds: 10}}
+  order_book: {{depth_levels: 5}}
+  validation: {{max_gap_seconds: 60, fail_on_invalid: false}}
+targets:
+  prediction_horizon_seconds: 60
+  price_classes: {{boundaries: [-0.03, 0.03]}}
+preprocessing:
+  window_steps: 16
+  feature_engineering: {{momentum_windows: [6], depth_imbalance_levels: 5}}
+  train_test_split: {{train_ratio: 0.7, validation_ratio: 0.15, test_ratio: 0.15}}
+model:
+  cnn: {{num_layers: 1, filters: [4], kernel_sizes: [[3, 3]], pool_sizes: [[2, 1]], dropout_rates: [0.1]}}
+  lstm: {{units: 8}}
+  dense: {{layers: [8], dropout_rates: [0.1]}}
+  output: {{num_classes: 3}}
+training:
+  epochs: 1
+  batch_size: 64
+{extra}
+evaluation: {{explainability: {{n_samples: 16}}}}
+diagnostics: {{min_class_samples: 1}}
+mlflow:
+  tracking_uri: {uri:?}
+  experiments: {{data_collection: "{tag}-data", preprocessing: "{tag}-pre", diagnostics: "{tag}-diag", training: "{tag}-train", evaluation: "{tag}-eval"}}
+  model_registry: {{model_name_pattern: "{tag}_{{asset}}"}}
+"#
+    )
+}
+
+fn fine_tuning(base: &str, min_improvement: f64) -> String {
+    format!(
+        "  fine_tuning:\n    enabled: true\n    {base}\n    epochs: 1\n    promotion: {{metric: macro_f1, min_improvement: {min_improvement}}}"
+    )
+}
+
+fn ok(dir: &Path, yaml: &str, args: &[&str]) -> Value {
+    let (code, out, err) = common::run_cli(dir, yaml, args);
+    assert_eq!(code, 0, "{args:?} failed:\n{err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+#[test]
+fn three_nights_of_finetunes_promote_version_lineage_and_stay_idempotent() {
+    let Some(uri) = common::env_or_skip(
+        "BINANCE_ML_TEST_MLFLOW_URI",
+        "three_nights_of_finetunes_promote_version_lineage_and_stay_idempotent",
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    let tag = common::unique("nightly");
+    let name = format!("{tag}_BTCUSDT");
+    let tracker = Tracker::open(&common::settings(&uri, dir.path())).unwrap();
+
+    // Day 1: the base.
+    let day1 = config(&work, &uri, &tag, "2024-08-01", "");
+    let base = ok(dir.path(), &day1, &["run", "--json"]);
+    let base_run = base["train"]["run_id"].as_str().unwrap().to_owned();
+    assert_eq!(base["train"]["registered"][1], "1");
+
+    // Day 2: fine-tune the base run, always promoted (min_improvement -1).
+    let day2 = config(
+        &work,
+        &uri,
+        &tag,
+        "2024-08-02",
+        &fine_tuning(&format!("base_model_run_id: {base_run}"), -1.0),
+    );
+    let d2 = ok(dir.path(), &day2, &["finetune", "--json"]);
+    assert_eq!(d2["base_run_id"], base_run.as_str());
+    assert_eq!(d2["decision"], "champion");
+    assert_eq!(d2["new_version"], "2");
+    let champion = tracker.version_by_alias(&name, "champion").unwrap();
+    assert_eq!(champion.version, "2");
+    assert_eq!(champion.run_id, d2["new_run_id"].as_str().unwrap());
+
+    // Day 3: fine-tune the champion, never promoted (min_improvement 1): challenger.
+    let day3 = config(
+        &work,
+        &uri,
+        &tag,
+        "2024-08-03",
+        &fine_tuning("base_model_alias: champion", 1.0),
+    );
+    let d3 = ok(dir.path(), &day3, &["finetune", "--json"]);
+    assert_eq!(d3["base_run_id"], d2["new_run_id"]);
+    assert_eq!(d3["decision"], "challenger");
+    assert_eq!(d3["new_version"], "3");
+    assert_eq!(
+        tracker.version_by_alias(&name, "champion").unwrap().version,
+        "2"
+    );
+    assert_eq!(
+        tracker
+            .version_by_alias(&name, "challenger")
+            .unwrap()
+            .version,
+        "3"
+    );
+    // Lineage on the runs, read back from the server.
+    let parent = tracker.get_run(d3["run_id"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        parent.data.tag("binance_ml.base_run"),
+        d2["new_run_id"].as_str()
+    );
+    assert_eq!(parent.data.tag("binance_ml.base_model_version"), Some("2"));
+    let trained = tracker.get_run(d3["new_run_id"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        trained.data.tag("mlflow.parentRunId"),
+        d3["run_id"].as_str()
+    );
+    assert_eq!(trained.data.tag("binance_ml.promotion"), Some("challenger"));
+
+    // The same night again: nothing redone, no version 4.
+    let again = ok(dir.path(), &day3, &["finetune", "--json"]);
+    assert_eq!(again["already_done"], true);
+    assert_eq!(again["new_run_id"], d3["new_run_id"]);
+    assert!(tracker.model_version(&name, "4").is_err());
+
+    // A forbidden override: the horizon changes the labels.
+    let forbidden = day3.replace(
+        "prediction_horizon_seconds: 60",
+        "prediction_horizon_seconds: 120",
+    );
+    let (code, _, err) = common::run_cli(dir.path(), &forbidden, &["finetune"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("targets.prediction_horizon_seconds: base 60, now 120"),
+        "{err}"
+    );
+
+    // Two fine-tunes of a new night at once: one runs, the other exits 6 naming the holder.
+    let day4 = config(
+        &work,
+        &uri,
+        &tag,
+        "2024-08-04",
+        &fine_tuning("base_model_alias: champion", 1.0),
+    );
+    let cfg = dir.path().join("day4.yaml");
+    std::fs::write(&cfg, &day4).unwrap();
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_binance-ml"))
+            .args(["finetune", "--no-color", "--config"])
+            .arg(&cfg)
+            .env_remove("BINANCE_ML_CONFIG")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let outs = [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()];
+    let mut codes: Vec<i32> = outs.iter().map(|o| o.status.code().unwrap()).collect();
+    codes.sort_unstable();
+    assert_eq!(codes, vec![0, 6], "{outs:?}");
+    let loser = outs.iter().find(|o| o.status.code() == Some(6)).unwrap();
+    let err = String::from_utf8_lossy(&loser.stderr);
+    assert!(
+        err.contains("in use by `binance-ml finetune` (pid"),
+        "{err}"
+    );
+}
