@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::Command;
 
@@ -182,4 +183,56 @@ fn three_nights_of_finetunes_promote_version_lineage_and_stay_idempotent() {
         err.contains("in use by `binance-ml finetune` (pid"),
         "{err}"
     );
+    assert!(tracker.model_version(&name, "4").is_ok());
+
+    // kill -9 in the middle of training, then the same night again: it resumes the
+    // checkpoint, marks the killed runs FAILED, and registers exactly one version.
+    let day5 = config(
+        &work,
+        &uri,
+        &tag,
+        "2024-08-05",
+        &fine_tuning("base_model_alias: champion", 1.0).replace("epochs: 1", "epochs: 30"),
+    );
+    let cfg = dir.path().join("day5.yaml");
+    std::fs::write(&cfg, &day5).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_binance-ml"))
+        .args(["finetune", "--no-color", "--config"])
+        .arg(&cfg)
+        .env_remove("BINANCE_ML_CONFIG")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut killed_parent = None;
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if killed_parent.is_none() && line.contains("MLflow run started run_id=") {
+            killed_parent = line
+                .split("run_id=")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .map(str::to_owned);
+        }
+        if line.contains("epoch done epoch=2 ") {
+            child.kill().unwrap();
+            break;
+        }
+    }
+    child.wait().unwrap();
+    let (code, out, err) = common::run_cli(dir.path(), &day5, &["finetune", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    // The checkpoint of epoch 1 or 2 (the kill may beat the epoch-2 checkpoint write).
+    assert!(err.contains("resuming after epoch"), "{err}");
+    assert_eq!(
+        err.matches("marking a run of an interrupted fine-tune FAILED")
+            .count(),
+        2,
+        "{err}"
+    );
+    let d5: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(d5["new_version"], "5");
+    assert!(tracker.model_version(&name, "6").is_err());
+    let killed = tracker.get_run(&killed_parent.unwrap()).unwrap();
+    assert_eq!(killed.info.status.as_str(), "FAILED");
 }

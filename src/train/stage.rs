@@ -205,7 +205,12 @@ pub fn train(
         }
     };
     let resumed_after_epoch = resume.then(|| trainer.epochs_done());
+    if let Some(e) = resumed_after_epoch {
+        tracing::info!(checkpoint = %checkpoint.display(), "resuming after epoch {e}");
+    }
 
+    // Lineage first: a run killed mid-training is still findable by its tags.
+    run.tracker().set_tags(run.run_id(), &req.tags)?;
     log_setup(run, &source, &spec, &summary, &opts, &device.description)?;
     let mut observer = MlflowObserver { run, error: None };
     for m in trainer.history() {
@@ -258,7 +263,6 @@ pub fn train(
         run.log_plot(p)?;
     }
     let tracker = run.tracker();
-    tracker.set_tags(run.run_id(), &req.tags)?;
     tracker.set_tags(
         run.run_id(),
         &[
