@@ -586,7 +586,7 @@ fn secrets_in_error_paths_are_redacted() {
 #[test]
 fn stages_not_built_yet_fail_loudly() {
     let dir = tempfile::tempdir().unwrap();
-    for stage in ["record", "finetune"] {
+    for stage in ["record"] {
         let run = run_in(dir.path(), &[stage], &[]);
         assert_eq!(run.code, 2, "{stage}: {}", run.stderr);
         assert!(
@@ -595,6 +595,14 @@ fn stages_not_built_yet_fail_loudly() {
         );
         assert!(run.stdout.is_empty(), "{stage} printed a result");
     }
+    // finetune without a base model says how to name one.
+    let run = run_in(dir.path(), &["finetune"], &[]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("--base-run-id or --base-model-alias"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]

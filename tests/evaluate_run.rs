@@ -283,3 +283,37 @@ fn saliency_ranks_first_the_one_feature_that_carries_the_signal() {
         "the last step matters most: {steps:?}"
     );
 }
+
+#[test]
+fn a_second_model_family_trains_evaluates_and_predicts_through_the_same_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    let yaml = tiny(&work).replace("model:\n", "model:\n  architecture: MLP_LastStep\n");
+    let r = ok(dir.path(), &yaml, &["run", "--json"]);
+    // Dense over the last step of 2 assets x features: no conv, no LSTM parameters.
+    let features = r["preprocess"]["columns"].as_u64().unwrap();
+    let params = r["train"]["parameters"].as_u64().unwrap();
+    assert!(params < 2 * features * 8 + 200, "{params} parameters");
+    assert!(r["evaluate"]["scores"]["accuracy"].as_f64().unwrap() > 0.0);
+    let p = ok(dir.path(), &yaml, &["predict", "--json"]);
+    assert_eq!(p["run_id"], r["train"]["run_id"]);
+    let model: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(r["train"]["model_dir"].as_str().unwrap()).join("model.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(model["spec"]["architecture"], "MLP_LastStep");
+
+    // An unknown family is a configuration error naming the known ones.
+    let bad = yaml.replace("MLP_LastStep", "Transformer");
+    let (code, _, err) = common::run_cli(dir.path(), &bad, &["validate-config"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("model.architecture")
+            && err.contains("CNN_LSTM_MultiClass")
+            && err.contains("MLP_LastStep"),
+        "{err}"
+    );
+}

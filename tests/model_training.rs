@@ -2,7 +2,7 @@
 //! learning, reproducibility, resume equivalence, memory budget, inference.
 
 use binance_ml::config::{Activation, InputStrategy, ModelConfig, Pooling, TrainingConfig};
-use binance_ml::model::{CnnLstm, ModelSpec, ModelSummary, Rng, SampleShape, predict_proba};
+use binance_ml::model::{ModelSpec, ModelSummary, Network, Rng, SampleShape, predict_proba};
 use binance_ml::train::{
     EarlyStopping, InMemorySource, TrainError, TrainOptions, Trainer, weighted_cross_entropy,
 };
@@ -36,7 +36,7 @@ fn random_x(n: usize, seed: u64) -> Vec<f32> {
 fn logits_dims(cfg: &ModelConfig, s: SampleShape, batch: usize) -> [usize; 2] {
     let spec = ModelSpec::from_config(cfg, s).unwrap();
     let device = Device::flex();
-    let model = CnnLstm::new(&spec, &mut Rng::new(1, "init"), &device);
+    let model = Network::new(&spec, &mut Rng::new(1, "init"), &device);
     let x = Tensor::from_data(
         TensorData::new(
             random_x(batch * s.len(), 2),
@@ -127,7 +127,7 @@ fn summary_of_the_reference_model_counts_params_and_flops() {
         "{text}"
     );
     // The built model has exactly the counted parameters.
-    let model = CnnLstm::new(&spec, &mut Rng::new(0, "init"), &Device::flex());
+    let model = Network::new(&spec, &mut Rng::new(0, "init"), &Device::flex());
     assert_eq!(model.num_params() as u64, s.total_params());
 }
 
@@ -163,7 +163,7 @@ fn gradients_reach_every_parameter() {
         let s = shape(2, 12, 8);
         let spec = ModelSpec::from_config(&cfg, s).unwrap();
         let device = Device::flex().autodiff();
-        let model = CnnLstm::new(&spec, &mut Rng::new(5, "init"), &device);
+        let model = Network::new(&spec, &mut Rng::new(5, "init"), &device);
         let b = 6;
         let x = Tensor::from_data(
             TensorData::new(random_x(b * s.len(), 9), [b, 2, 12, 8]),
@@ -279,7 +279,7 @@ impl ModuleVisitor for Values {
     }
 }
 
-fn values(m: &CnnLstm) -> Vec<Vec<f32>> {
+fn values(m: &Network) -> Vec<Vec<f32>> {
     let mut v = Values(vec![]);
     m.visit(&mut v);
     v.0
@@ -434,7 +434,7 @@ fn probabilities_sum_to_one_and_temperature_flattens_them() {
     let cfg = small_config(InputStrategy::StackedChannels);
     let s = shape(1, 10, 6);
     let spec = ModelSpec::from_config(&cfg, s).unwrap();
-    let model = CnnLstm::new(&spec, &mut Rng::new(1, "init"), &Device::flex());
+    let model = Network::new(&spec, &mut Rng::new(1, "init"), &Device::flex());
     let x = random_x(4 * s.len(), 1);
     let p1 = predict_proba(&model, &x, 1.0).unwrap();
     assert_eq!(p1.len(), 12);

@@ -17,8 +17,8 @@ pub const DERIVED_FEATURES: &[&str] = &["price_momentum", "volume_momentum"];
 pub const LOCAL_TEMPORAL_FEATURES: &[&str] = &["hour_of_day", "day_of_week", "minute_of_hour"];
 /// Non-cyclical temporal features.
 pub const GLOBAL_TEMPORAL_FEATURES: &[&str] = &["days_since_start", "market_session"];
-/// Model families in the registry.
-pub const ARCHITECTURES: &[&str] = &["CNN_LSTM_MultiClass"];
+/// `model.architecture` names: the registry in `crate::model::Architecture`.
+pub const ARCHITECTURES: &[&str] = &["CNN_LSTM_MultiClass", "MLP_LastStep"];
 /// Per-epoch metrics the trainer reports (monitor, HPO metric).
 pub const EPOCH_METRICS: &[&str] = &[
     "loss",

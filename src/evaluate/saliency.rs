@@ -3,7 +3,7 @@
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use crate::model::CnnLstm;
+use crate::model::Network;
 use crate::model::infer::to_vec;
 
 /// Mean |gradient x input| per input position, `[assets, T, features]` row-major.
@@ -23,7 +23,7 @@ pub struct Saliency {
 
 impl Saliency {
     /// Empty accumulator for `model`'s input shape.
-    pub fn new(model: &CnnLstm) -> Self {
+    pub fn new(model: &Network) -> Self {
         let s = model.spec().input;
         Self {
             assets: s.assets,
@@ -36,7 +36,7 @@ impl Saliency {
 
     /// Adds a batch `x` (`n` samples `[assets, T, features]`); `model` must live on an
     /// autodiff device.
-    pub fn add(&mut self, model: &CnnLstm, x: &[f32], device: &Device) {
+    pub fn add(&mut self, model: &Network, x: &[f32], device: &Device) {
         let per = self.values.len();
         let n = x.len() / per;
         if n == 0 {

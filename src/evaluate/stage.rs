@@ -18,7 +18,7 @@ use super::metrics::{self, Scores};
 use super::{EvaluateError, baselines, saliency::Saliency};
 use crate::config::LoadedConfig;
 use crate::data::cache::write_atomic;
-use crate::model::{CnnLstm, ModelArtifact, SampleShape, infer::to_vec};
+use crate::model::{ModelArtifact, Network, SampleShape, infer::to_vec};
 use crate::plot::{self, Chart, Line};
 use crate::predict::{ModelInput, ModelRef, locate_model, parse_range};
 use crate::preprocess::split::SplitRange;
@@ -98,7 +98,7 @@ fn out_err(path: &Path, e: impl ToString) -> TrainError {
 }
 
 /// Forward passes in inference mode: logits `samples x classes` of the `[n, a, T, F]` batch.
-fn forward(model: &CnnLstm, x: Vec<f32>, shape: SampleShape, device: &Device) -> Vec<f64> {
+fn forward(model: &Network, x: Vec<f32>, shape: SampleShape, device: &Device) -> Vec<f64> {
     let n = x.len() / shape.len();
     let x = Tensor::from_data(
         TensorData::new(x, [n, shape.assets, shape.time_steps, shape.features]),
@@ -119,7 +119,7 @@ fn saliency_pick(n: usize, want: usize) -> impl Fn(usize) -> bool {
 
 /// Logits of every sample of `split` in order, and the windows of the samples `pick` keeps.
 fn store_logits(
-    model: &CnnLstm,
+    model: &Network,
     source: &mut dyn BatchSource,
     split: Split,
     batch_size: usize,

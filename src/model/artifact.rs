@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
-use super::{CnnLstm, ModelSpec};
+use super::{ModelSpec, Network};
 use crate::config::{ClassDefinition, Config};
 use crate::data::cache::sha256_hex;
 use crate::preprocess::scaler::Scaler;
@@ -88,7 +88,7 @@ pub struct ModelArtifact {
     /// The manifest.
     pub manifest: ModelManifest,
     /// The network, inference mode.
-    pub model: CnnLstm,
+    pub model: Network,
     /// The training configuration snapshot (redacted).
     pub config_yaml: String,
 }
@@ -105,7 +105,7 @@ impl ModelArtifact {
     pub fn save(
         dir: &Path,
         manifest: &ModelManifest,
-        model: &CnnLstm,
+        model: &Network,
         config_yaml: &str,
     ) -> Result<(), TrainError> {
         let weights = model_to_bytes(model)?;

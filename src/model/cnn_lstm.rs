@@ -31,7 +31,7 @@ pub struct Dense {
 }
 
 impl Dense {
-    fn new(d_in: usize, d_out: usize, rng: &mut Rng, device: &Device) -> Self {
+    pub(crate) fn new(d_in: usize, d_out: usize, rng: &mut Rng, device: &Device) -> Self {
         let k = 1.0 / (d_in as f32).sqrt();
         Self {
             weight: uniform_param([d_in, d_out], k, rng, device),
@@ -39,7 +39,7 @@ impl Dense {
         }
     }
 
-    fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+    pub(crate) fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         x.matmul(self.weight.val()) + self.bias.val().unsqueeze_dim::<2>(0)
     }
 }
@@ -67,7 +67,7 @@ pub struct CnnLstm {
 }
 
 /// Apply the configured activation.
-fn activate<const D: usize>(x: Tensor<D>, act: Activation) -> Tensor<D> {
+pub(crate) fn activate<const D: usize>(x: Tensor<D>, act: Activation) -> Tensor<D> {
     match act {
         Activation::Relu => relu(x),
         Activation::Gelu => gelu(x),
@@ -97,7 +97,7 @@ pub(crate) fn dropout_mask(shape: &[usize], p: f64, rng: &mut Rng, device: &Devi
 }
 
 /// Inverted dropout; identity when `rng` is `None` (inference) or `p` is zero.
-fn dropout<const D: usize>(x: Tensor<D>, p: f64, rng: Option<&mut Rng>) -> Tensor<D> {
+pub(crate) fn dropout<const D: usize>(x: Tensor<D>, p: f64, rng: Option<&mut Rng>) -> Tensor<D> {
     match rng {
         Some(rng) if p > 0.0 => {
             let dims = x.dims();

@@ -4,9 +4,9 @@ use burn::module::Module;
 use burn::tensor::activation::softmax;
 use burn::tensor::{Tensor, TensorData};
 
-use super::{CnnLstm, ModelError};
+use super::{ModelError, Network};
 
-fn input_tensor(model: &CnnLstm, x: &[f32]) -> Result<(Tensor<4>, usize), ModelError> {
+fn input_tensor(model: &Network, x: &[f32]) -> Result<(Tensor<4>, usize), ModelError> {
     let shape = model.spec().input;
     let per = shape.len();
     if per == 0 || !x.len().is_multiple_of(per) || x.is_empty() {
@@ -18,7 +18,7 @@ fn input_tensor(model: &CnnLstm, x: &[f32]) -> Result<(Tensor<4>, usize), ModelE
         });
     }
     let b = x.len() / per;
-    let device = model.head.bias.device();
+    let device = model.device();
     let data = TensorData::new(
         x.to_vec(),
         [b, shape.assets, shape.time_steps, shape.features],
@@ -28,7 +28,7 @@ fn input_tensor(model: &CnnLstm, x: &[f32]) -> Result<(Tensor<4>, usize), ModelE
 
 /// Logits `[batch * num_classes]` (row-major) for `x` = `batch` samples `[assets, T, F]`
 /// row-major. Runs in inference mode (no dropout, no autodiff graph).
-pub fn predict_logits(model: &CnnLstm, x: &[f32]) -> Result<Vec<f32>, ModelError> {
+pub fn predict_logits(model: &Network, x: &[f32]) -> Result<Vec<f32>, ModelError> {
     let model = model.valid();
     let (input, _) = input_tensor(&model, x)?;
     Ok(to_vec(model.forward(input, None)))
@@ -36,7 +36,7 @@ pub fn predict_logits(model: &CnnLstm, x: &[f32]) -> Result<Vec<f32>, ModelError
 
 /// Class probabilities `[batch * num_classes]`: softmax of logits / `temperature` (the
 /// calibration slot; 1.0 = uncalibrated).
-pub fn predict_proba(model: &CnnLstm, x: &[f32], temperature: f32) -> Result<Vec<f32>, ModelError> {
+pub fn predict_proba(model: &Network, x: &[f32], temperature: f32) -> Result<Vec<f32>, ModelError> {
     let model = model.valid();
     let (input, _) = input_tensor(&model, x)?;
     let logits = model.forward(input, None).div_scalar(temperature);

@@ -7,6 +7,8 @@ pub mod artifact;
 pub mod cnn_lstm;
 pub mod infer;
 pub mod lstm;
+pub mod mlp;
+pub mod network;
 pub mod rng;
 pub mod spec;
 pub mod summary;
@@ -14,8 +16,10 @@ pub mod summary;
 pub use artifact::{ModelArtifact, ModelManifest};
 pub use cnn_lstm::CnnLstm;
 pub use infer::{predict_logits, predict_proba};
+pub use mlp::Mlp;
+pub use network::Network;
 pub use rng::Rng;
-pub use spec::{ConvSpec, DenseSpec, ModelSpec, SampleShape};
+pub use spec::{Architecture, ConvSpec, DenseSpec, ModelSpec, SampleShape};
 pub use summary::{LayerSummary, ModelSummary};
 
 /// Why a model could not be built from its configuration.
@@ -64,6 +68,9 @@ pub enum ModelError {
         /// Features entering the block.
         in_features: usize,
     },
+    /// `model.architecture` names no known family.
+    #[error("model.architecture {0:?} is not a known model family")]
+    Architecture(String),
     /// Fewer than two classes.
     #[error("model.output.num_classes must be at least 2, got {0}")]
     Classes(usize),

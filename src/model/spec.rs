@@ -60,9 +60,40 @@ pub struct DenseSpec {
     pub dropout: f64,
 }
 
+/// The model families, by their `model.architecture` name: the registry. Adding a family is
+/// one module (`src/model/<family>.rs`), one variant here and its arm in
+/// [`crate::model::Network::new`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Architecture {
+    /// Conv blocks over (time x feature) maps, an LSTM over time, dense layers.
+    #[default]
+    #[serde(rename = "CNN_LSTM_MultiClass")]
+    CnnLstm,
+    /// Dense layers over the last time step's features of every asset: a small, fast
+    /// baseline family that uses no history.
+    #[serde(rename = "MLP_LastStep")]
+    MlpLastStep,
+}
+
+impl Architecture {
+    /// Every family: `(model.architecture name, variant)`.
+    pub const ALL: [(&'static str, Architecture); 2] = [
+        ("CNN_LSTM_MultiClass", Architecture::CnnLstm),
+        ("MLP_LastStep", Architecture::MlpLastStep),
+    ];
+
+    /// The family named `name`, if any.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, a)| *a)
+    }
+}
+
 /// Everything needed to build (and rebuild, for loading weights) the network.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelSpec {
+    /// The model family.
+    #[serde(default)]
+    pub architecture: Architecture,
     /// One sample's shape.
     pub input: SampleShape,
     /// Stacked channels or one branch per asset.
@@ -104,6 +135,26 @@ fn check_len(field: &'static str, got: usize, want: usize) -> Result<(), ModelEr
 impl ModelSpec {
     /// Resolve `model` config for inputs of `input` shape, checking every list and size.
     pub fn from_config(cfg: &ModelConfig, input: SampleShape) -> Result<Self, ModelError> {
+        let architecture = Architecture::from_name(&cfg.architecture)
+            .ok_or_else(|| ModelError::Architecture(cfg.architecture.clone()))?;
+        if architecture == Architecture::MlpLastStep {
+            // Only the dense head applies; conv and LSTM keys are ignored.
+            let mut dense_only = cfg.clone();
+            dense_only.architecture = "CNN_LSTM_MultiClass".into();
+            dense_only.cnn.num_layers = 0;
+            dense_only.cnn.filters.clear();
+            dense_only.cnn.kernel_sizes.clear();
+            dense_only.cnn.pool_sizes.clear();
+            dense_only.cnn.dropout_rates.clear();
+            let base = Self::from_config(&dense_only, input)?;
+            return Ok(Self {
+                architecture,
+                lstm_units: 0,
+                lstm_dropout: 0.0,
+                recurrent_dropout: 0.0,
+                ..base
+            });
+        }
         let cnn = &cfg.cnn;
         let n = cnn.num_layers as usize;
         check_len("cnn.filters", cnn.filters.len(), n)?;
@@ -180,6 +231,7 @@ impl ModelSpec {
             return Err(ModelError::Classes(num_classes));
         }
         Ok(Self {
+            architecture,
             input,
             strategy: cfg.input_representation.strategy,
             conv,

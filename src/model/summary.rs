@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use super::spec::ModelSpec;
+use super::spec::{Architecture, ModelSpec};
 use crate::config::InputStrategy;
 
 /// One row of the summary.
@@ -60,17 +60,21 @@ impl ModelSummary {
                 (t, f, c_in) = (pt, pf, c.filters);
             }
         }
-        let (steps, width) = spec.sequence();
-        let h = spec.lstm_units as u64;
-        let (d, tt) = (width as u64, steps as u64);
-        layers.push(LayerSummary {
-            name: "lstm".into(),
-            output_shape: vec![spec.lstm_units],
-            params: 4 * h * (d + h + 1),
-            // Input and recurrent matmuls; the gate element-wise work is left out (< 1%).
-            flops: 2 * tt * 4 * h * (d + h),
-        });
-        let mut d_in = h;
+        let mut d_in = if spec.architecture == Architecture::MlpLastStep {
+            (spec.input.assets * spec.input.features) as u64
+        } else {
+            let (steps, width) = spec.sequence();
+            let h = spec.lstm_units as u64;
+            let (d, tt) = (width as u64, steps as u64);
+            layers.push(LayerSummary {
+                name: "lstm".into(),
+                output_shape: vec![spec.lstm_units],
+                params: 4 * h * (d + h + 1),
+                // Input and recurrent matmuls; the gate element-wise work is left out (< 1%).
+                flops: 2 * tt * 4 * h * (d + h),
+            });
+            h
+        };
         for (i, dl) in spec.dense.iter().enumerate() {
             let u = dl.units as u64;
             layers.push(LayerSummary {

@@ -58,94 +58,231 @@ pub fn mid_prices(levels: Levels<'_>) -> Vec<f64> {
         .collect()
 }
 
+/// Feature names resolved once, so rows are written without string matches.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Spread,
+    VolumeImbalance,
+    DepthImbalance,
+    MicroPrice,
+    PriceMomentum,
+    VolumeMomentum,
+}
+
+/// A [`FeatureSpec`] compiled for writing rows: one step's features straight into its slice
+/// of the output row.
+#[derive(Debug, Clone)]
+pub struct FeaturePlan {
+    kinds: Vec<Kind>,
+    windows: Vec<usize>,
+    used: usize,
+    level_features: bool,
+    columns: usize,
+}
+
+impl FeaturePlan {
+    /// Resolves the names of `spec` (validated by the config, so every name is known).
+    pub fn new(spec: &FeatureSpec) -> Self {
+        let kinds = spec
+            .names
+            .iter()
+            .map(|name| match name.as_str() {
+                "bid_ask_spread" => Kind::Spread,
+                "volume_imbalance" => Kind::VolumeImbalance,
+                "depth_imbalance" => Kind::DepthImbalance,
+                "weighted_mid_price" => Kind::MicroPrice,
+                "price_momentum" => Kind::PriceMomentum,
+                "volume_momentum" => Kind::VolumeMomentum,
+                other => unreachable!("feature {other} passed config validation"),
+            })
+            .collect();
+        Self {
+            kinds,
+            windows: spec.momentum_windows.clone(),
+            used: spec.depth_levels_used,
+            level_features: spec.level_features,
+            columns: spec.columns().len(),
+        }
+    }
+
+    /// Values per step.
+    pub fn columns(&self) -> usize {
+        self.columns
+    }
+
+    /// The series momentum looks back on, of book row `row`: mid price and the quantity
+    /// summed over the used levels of both sides.
+    pub fn mid_and_depth(&self, levels: Levels<'_>, row: usize) -> (f64, f64) {
+        let d = levels.depth;
+        let top = row * d;
+        let used = self.used.min(d);
+        let mid = (levels.bid_px[top] + levels.ask_px[top]) / 2.0;
+        let bid: f64 = levels.bid_qty[top..top + used].iter().sum();
+        let ask: f64 = levels.ask_qty[top..top + used].iter().sum();
+        (mid, bid + ask)
+    }
+
+    /// Writes the features of step `k`, which takes book row `row`, into `out`
+    /// (`columns()` values). `mid` and `depth` are the step series of [`Self::mid_and_depth`]
+    /// (NaN at missing steps) for steps `..=k`; momentum reads them `w` steps back only.
+    pub fn write(
+        &self,
+        levels: Levels<'_>,
+        row: usize,
+        k: usize,
+        mid: &[f64],
+        depth: &[f64],
+        out: &mut [f64],
+    ) {
+        let d = levels.depth;
+        let top = row * d;
+        let (b1, a1) = (levels.bid_px[top], levels.ask_px[top]);
+        let (bq1, aq1) = (levels.bid_qty[top], levels.ask_qty[top]);
+        let m = mid[k];
+        let used = self.used.min(d);
+        // log change over `w` steps; NaN when the look-back leaves the data or hits a
+        // missing step.
+        let log_change = |series: &[f64], w: usize, scale: f64| {
+            if k < w {
+                f64::NAN
+            } else {
+                (series[k] / series[k - w]).ln() * scale
+            }
+        };
+        let mut o = 0;
+        for kind in &self.kinds {
+            match kind {
+                Kind::Spread => {
+                    out[o] = bps(a1 - b1, m);
+                    o += 1;
+                }
+                Kind::VolumeImbalance => {
+                    out[o] = (bq1 - aq1) / (bq1 + aq1);
+                    o += 1;
+                }
+                Kind::DepthImbalance => {
+                    let bd: f64 = levels.bid_qty[top..top + used].iter().sum();
+                    let ad: f64 = levels.ask_qty[top..top + used].iter().sum();
+                    out[o] = (bd - ad) / (bd + ad);
+                    o += 1;
+                }
+                Kind::MicroPrice => {
+                    // Micro-price: the mid tilted towards the side with less quantity.
+                    let micro = (b1 * aq1 + a1 * bq1) / (bq1 + aq1);
+                    out[o] = bps(micro - m, m);
+                    o += 1;
+                }
+                Kind::PriceMomentum => {
+                    for &w in &self.windows {
+                        out[o] = log_change(mid, w, 1e4);
+                        o += 1;
+                    }
+                }
+                Kind::VolumeMomentum => {
+                    for &w in &self.windows {
+                        out[o] = log_change(depth, w, 1.0);
+                        o += 1;
+                    }
+                }
+            }
+        }
+        if self.level_features {
+            for (px, qty) in [
+                (levels.bid_px, levels.bid_qty),
+                (levels.ask_px, levels.ask_qty),
+            ] {
+                let (off, rest) = out[o..o + 2 * d].split_at_mut(d);
+                for (y, p) in off.iter_mut().zip(&px[top..top + d]) {
+                    *y = bps(p - m, m);
+                }
+                ln_1p_into(&qty[top..top + d], rest);
+                o += 2 * d;
+            }
+        }
+    }
+}
+
 fn bps(x: f64, reference: f64) -> f64 {
     x / reference * 1e4
 }
 
 /// Features for every row of `levels`: a row-major `[rows x columns().len()]` matrix.
 pub fn compute(spec: &FeatureSpec, levels: Levels<'_>) -> Vec<f64> {
-    let d = levels.depth;
+    let plan = FeaturePlan::new(spec);
     let rows = levels.rows();
-    let mid = mid_prices(levels);
-    let used = spec.depth_levels_used.min(d);
-    let depth_sum = |i: usize, qty: &[f64]| qty[i * d..i * d + used].iter().sum::<f64>();
-    let total_depth: Vec<f64> = (0..rows)
-        .map(|i| depth_sum(i, levels.bid_qty) + depth_sum(i, levels.ask_qty))
-        .collect();
-    // log change over `w` steps; NaN when the look-back leaves the data or hits a missing row.
-    let log_change = |series: &[f64], i: usize, w: usize, scale: f64| {
-        if i < w {
-            f64::NAN
-        } else {
-            (series[i] / series[i - w]).ln() * scale
-        }
-    };
-
-    // Resolve names once, not per row.
-    #[derive(Clone, Copy)]
-    enum Kind {
-        Spread,
-        VolumeImbalance,
-        DepthImbalance,
-        MicroPrice,
-        PriceMomentum,
-        VolumeMomentum,
-    }
-    let plan: Vec<Kind> = spec
-        .names
-        .iter()
-        .map(|name| match name.as_str() {
-            "bid_ask_spread" => Kind::Spread,
-            "volume_imbalance" => Kind::VolumeImbalance,
-            "depth_imbalance" => Kind::DepthImbalance,
-            "weighted_mid_price" => Kind::MicroPrice,
-            "price_momentum" => Kind::PriceMomentum,
-            "volume_momentum" => Kind::VolumeMomentum,
-            other => unreachable!("feature {other} passed config validation"),
-        })
-        .collect();
-    let ncols = spec.columns().len();
-    let mut out = Vec::with_capacity(rows * ncols);
-    for i in 0..rows {
-        let (b1, a1) = (levels.bid_px[i * d], levels.ask_px[i * d]);
-        let (bq1, aq1) = (levels.bid_qty[i * d], levels.ask_qty[i * d]);
-        let m = mid[i];
-        for kind in &plan {
-            match kind {
-                Kind::Spread => out.push(bps(a1 - b1, m)),
-                Kind::VolumeImbalance => out.push((bq1 - aq1) / (bq1 + aq1)),
-                Kind::DepthImbalance => {
-                    let (bd, ad) = (depth_sum(i, levels.bid_qty), depth_sum(i, levels.ask_qty));
-                    out.push((bd - ad) / (bd + ad));
-                }
-                Kind::MicroPrice => {
-                    // Micro-price: the mid tilted towards the side with less quantity.
-                    let micro = (b1 * aq1 + a1 * bq1) / (bq1 + aq1);
-                    out.push(bps(micro - m, m));
-                }
-                Kind::PriceMomentum => out.extend(
-                    spec.momentum_windows
-                        .iter()
-                        .map(|&w| log_change(&mid, i, w, 1e4)),
-                ),
-                Kind::VolumeMomentum => out.extend(
-                    spec.momentum_windows
-                        .iter()
-                        .map(|&w| log_change(&total_depth, i, w, 1.0)),
-                ),
-            }
-        }
-        if spec.level_features {
-            for (px, qty) in [
-                (levels.bid_px, levels.bid_qty),
-                (levels.ask_px, levels.ask_qty),
-            ] {
-                out.extend(px[i * d..(i + 1) * d].iter().map(|p| bps(p - m, m)));
-                out.extend(qty[i * d..(i + 1) * d].iter().map(|q| q.ln_1p()));
-            }
-        }
+    let (mid, depth): (Vec<f64>, Vec<f64>) =
+        (0..rows).map(|i| plan.mid_and_depth(levels, i)).unzip();
+    let n = plan.columns();
+    let mut out = vec![0.0; rows * n];
+    for (i, row) in out.chunks_exact_mut(n.max(1)).enumerate().take(rows) {
+        plan.write(levels, i, i, &mid, &depth, row);
     }
     out
+}
+
+/// `ln(1 + x)` of every `x` into `out`, equal to `f64::ln_1p` within 1 ulp (the fdlibm
+/// algorithm). Written branch-free so the loop vectorises: the level quantities make this the
+/// most frequent function in preprocessing, and the libm call dominated it.
+pub fn ln_1p_into(x: &[f64], out: &mut [f64]) {
+    for (y, &v) in out.iter_mut().zip(x) {
+        *y = ln_1p_fast(v);
+    }
+    // Rare inputs outside the fast path's domain (NaN, inf, <= -1, 1 + x subnormal).
+    for (y, &v) in out.iter_mut().zip(x) {
+        let u = 1.0 + v;
+        if !(f64::MIN_POSITIVE..f64::INFINITY).contains(&u) {
+            *y = v.ln_1p();
+        }
+    }
+}
+
+/// fdlibm `log1p` (s_log1p.c) for `1 + x` normal and finite, with its branches turned into
+/// selects.
+#[inline(always)]
+fn ln_1p_fast(x: f64) -> f64 {
+    // fdlibm's constants, by their bits.
+    const LN2_HI: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000);
+    const LN2_LO: f64 = f64::from_bits(0x3dea_39ef_3579_3c76);
+    const LP: [f64; 7] = [
+        f64::from_bits(0x3fe5_5555_5555_5593),
+        f64::from_bits(0x3fd9_9999_9997_fa04),
+        f64::from_bits(0x3fd2_4924_9422_9359),
+        f64::from_bits(0x3fcc_71c5_1d8e_78af),
+        f64::from_bits(0x3fc7_4664_96cb_03de),
+        f64::from_bits(0x3fc3_9a09_d078_c69f),
+        f64::from_bits(0x3fc2_f112_df3e_5244),
+    ];
+    const MANTISSA: u64 = (1 << 52) - 1;
+    // Mantissa bits of sqrt(2): above them u is halved so that f = u - 1 is small.
+    const SQRT2_MANTISSA: u64 = 0x6a09e << 32;
+    // 2^52 as bits: OR-ing a small integer into its mantissa and subtracting 2^52 converts
+    // it to f64 without an integer-to-float instruction.
+    const TWO52: u64 = 0x4330_0000_0000_0000;
+    let u = 1.0 + x;
+    let bits = u.to_bits();
+    let raw_k = f64::from_bits(TWO52 | (bits >> 52)) - (4_503_599_627_370_496.0 + 1023.0);
+    // The rounding error of 1 + x, relative to u (0 once x dwarfs 1).
+    let c = if raw_k > 0.0 {
+        1.0 - (u - x)
+    } else {
+        x - (u - 1.0)
+    };
+    let c = if raw_k < 54.0 { c / u } else { 0.0 };
+    let m = bits & MANTISSA;
+    let (k, f) = if m < SQRT2_MANTISSA {
+        (raw_k, f64::from_bits(m | 0x3ff0_0000_0000_0000) - 1.0)
+    } else {
+        (raw_k + 1.0, f64::from_bits(m | 0x3fe0_0000_0000_0000) - 1.0)
+    };
+    // Near 0, x itself is f (no rounding of 1 + x to correct).
+    let small = x > -0.292_893_218_813_452_4 && x < 0.414_213_562_373_095_1;
+    let (k, f, c) = if small { (0.0, x, 0.0) } else { (k, f, c) };
+    let hfsq = 0.5 * f * f;
+    let s = f / (2.0 + f);
+    let z = s * s;
+    let r = z
+        * (LP[0] + z * (LP[1] + z * (LP[2] + z * (LP[3] + z * (LP[4] + z * (LP[5] + z * LP[6]))))));
+    k * LN2_HI - ((hfsq - (s * (hfsq + r) + (k * LN2_LO + c))) - f)
 }
 
 #[cfg(test)]

@@ -30,34 +30,6 @@ impl Levels<'_> {
     }
 }
 
-/// The same arrays, owned, on the grid.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct GridBook {
-    /// Levels per side.
-    pub depth: usize,
-    /// Bid prices `[steps x depth]`.
-    pub bid_px: Vec<f64>,
-    /// Bid quantities.
-    pub bid_qty: Vec<f64>,
-    /// Ask prices.
-    pub ask_px: Vec<f64>,
-    /// Ask quantities.
-    pub ask_qty: Vec<f64>,
-}
-
-impl GridBook {
-    /// A borrowed view.
-    pub fn levels(&self) -> Levels<'_> {
-        Levels {
-            depth: self.depth,
-            bid_px: &self.bid_px,
-            bid_qty: &self.bid_qty,
-            ask_px: &self.ask_px,
-            ask_qty: &self.ask_qty,
-        }
-    }
-}
-
 /// What a grid step holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StepState {
@@ -69,11 +41,15 @@ pub enum StepState {
     Missing,
 }
 
+/// `AlignedAsset::source` of a step without a book row.
+pub const NO_ROW: u32 = u32::MAX;
+
 /// One asset on the grid.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AlignedAsset {
-    /// Book per step (NaN rows where missing).
-    pub book: GridBook,
+    /// Book row (index into the asset's snapshots) each step takes, `NO_ROW` where missing.
+    /// Indices rather than copied levels: features read the snapshots in place.
+    pub source: Vec<u32>,
     /// State per step.
     pub state: Vec<StepState>,
 }
@@ -142,27 +118,14 @@ impl Grid {
     }
 }
 
-/// Aligns one asset's snapshots (`ts_ms` strictly increasing, `levels` rows aligned with it).
-pub fn align(
-    ts_ms: &[i64],
-    levels: Levels<'_>,
-    grid: Grid,
-    handling: GapHandling,
-    max_gap_ms: i64,
-) -> AlignedAsset {
-    let d = levels.depth;
+/// Aligns one asset's snapshots (`ts_ms` strictly increasing) onto `grid`.
+pub fn align(ts_ms: &[i64], grid: Grid, handling: GapHandling, max_gap_ms: i64) -> AlignedAsset {
     let n = grid.steps;
-    let mut book = GridBook {
-        depth: d,
-        bid_px: vec![f64::NAN; n * d],
-        bid_qty: vec![f64::NAN; n * d],
-        ask_px: vec![f64::NAN; n * d],
-        ask_qty: vec![f64::NAN; n * d],
-    };
+    let mut source = vec![NO_ROW; n];
     let mut state = vec![StepState::Missing; n];
     let mut src = 0;
     let mut last_real: Option<(usize, i64)> = None; // (source row, its ts)
-    for (k, step_state) in state.iter_mut().enumerate() {
+    for (k, (step_state, step_source)) in state.iter_mut().zip(&mut source).enumerate() {
         let t = grid.time_ms(k);
         // Every snapshot with ts <= t; the last one in (t - cadence, t] is this step's.
         let mut taken = None;
@@ -185,25 +148,15 @@ pub fn align(
             _ => None,
         };
         if let Some(r) = row {
-            let (from, to) = (r * d..(r + 1) * d, k * d..(k + 1) * d);
-            book.bid_px[to.clone()].copy_from_slice(&levels.bid_px[from.clone()]);
-            book.bid_qty[to.clone()].copy_from_slice(&levels.bid_qty[from.clone()]);
-            book.ask_px[to.clone()].copy_from_slice(&levels.ask_px[from.clone()]);
-            book.ask_qty[to].copy_from_slice(&levels.ask_qty[from]);
+            *step_source = r as u32;
         }
     }
-    AlignedAsset { book, state }
+    AlignedAsset { source, state }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn one_level(prices: &[f64]) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
-        let bid: Vec<f64> = prices.to_vec();
-        let ask: Vec<f64> = prices.iter().map(|p| p + 1.0).collect();
-        (bid, vec![1.0; prices.len()], ask, vec![2.0; prices.len()])
-    }
 
     #[test]
     fn grid_starts_on_a_cadence_boundary() {
@@ -218,16 +171,8 @@ mod tests {
         // Snapshots at 0, 1000, 1500 (supersedes 1000... no: 1500 belongs to step 2), then a
         // 2 s gap (steps 3, 4), then 5000, then a 4 s gap (steps 6..=8), then 9000.
         let ts = [0, 1_000, 1_500, 2_000, 5_000, 9_000];
-        let (b, bq, a, aq) = one_level(&[10., 11., 12., 13., 14., 15.]);
-        let levels = Levels {
-            depth: 1,
-            bid_px: &b,
-            bid_qty: &bq,
-            ask_px: &a,
-            ask_qty: &aq,
-        };
         let grid = Grid::covering(0, 9_000, 1_000);
-        let al = align(&ts, levels, grid, GapHandling::ForwardFill, 2_000);
+        let al = align(&ts, grid, GapHandling::ForwardFill, 2_000);
         use StepState::*;
         assert_eq!(
             al.state,
@@ -235,10 +180,10 @@ mod tests {
                 Real, Real, Real, Filled, Filled, Real, Filled, Filled, Missing, Real
             ]
         );
-        // Step 2 (t=2000) takes the snapshot at 2000, not the superseded one at 1500.
-        assert_eq!(al.book.bid_px[2], 13.0);
-        assert_eq!(al.book.bid_px[3], 13.0);
-        assert!(al.book.bid_px[8].is_nan());
+        // Step 2 (t=2000) takes the snapshot at 2000 (row 3), not the superseded one at 1500.
+        assert_eq!(al.source[2], 3);
+        assert_eq!(al.source[3], 3);
+        assert_eq!(al.source[8], NO_ROW);
         assert_eq!(
             al.counts(),
             GapCounts {
@@ -248,7 +193,7 @@ mod tests {
             }
         );
 
-        let al = align(&ts, levels, grid, GapHandling::Skip, 2_000);
+        let al = align(&ts, grid, GapHandling::Skip, 2_000);
         assert_eq!(al.counts().filled, 0);
         assert_eq!(al.state[3], Missing);
     }

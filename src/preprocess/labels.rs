@@ -79,15 +79,38 @@ pub fn trailing_volatility(prices: &[f64], window: usize) -> Vec<f64> {
             }
         })
         .collect();
+    // bad_before[i] = non-finite returns in r[..i]: a window's check is one subtraction.
+    let mut bad_before = vec![0usize; n + 1];
+    for (i, x) in r.iter().enumerate() {
+        bad_before[i + 1] = bad_before[i] + usize::from(!x.is_finite());
+    }
     for (t, o) in out.iter_mut().enumerate().skip(window) {
-        let w = &r[t + 1 - window..=t];
-        if w.iter().all(|x| x.is_finite()) {
-            let mean = w.iter().sum::<f64>() / window as f64;
-            let var = w.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (window - 1) as f64;
-            *o = var.sqrt();
+        if bad_before[t + 1] != bad_before[t + 1 - window] {
+            continue;
         }
+        let w = &r[t + 1 - window..=t];
+        let mean = lane_sum(w, |x| x) / window as f64;
+        let var = lane_sum(w, |x| (x - mean) * (x - mean)) / (window - 1) as f64;
+        *o = var.sqrt();
     }
     out
+}
+
+/// Sum of `f(x)` in eight interleaved partial sums: the loop vectorises (a strict
+/// left-to-right sum is latency bound), and the order depends only on the values, so a
+/// window's result does not depend on where the series starts.
+fn lane_sum(xs: &[f64], f: impl Fn(f64) -> f64) -> f64 {
+    let mut lanes = [0.0; 8];
+    let mut chunks = xs.chunks_exact(8);
+    for c in &mut chunks {
+        for (l, x) in lanes.iter_mut().zip(c) {
+            *l += f(*x);
+        }
+    }
+    let tail: f64 = chunks.remainder().iter().map(|x| f(*x)).sum();
+    ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]))
+        + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))
+        + tail
 }
 
 /// Per step: the relative price change in percent over the horizon (kept for the backtest)

@@ -52,6 +52,10 @@ pub fn groups(
 /// thinned to an evenly spaced subsample (exact below the cap, approximate above).
 pub const ROBUST_SAMPLE_CAP: usize = 1 << 16;
 
+/// Rows the standard scaler summarises at a time (two passes over a block that stays in
+/// cache), before merging the block into the running moments.
+const BLOCK_ROWS: usize = 64;
+
 /// Streaming accumulator of one parameter group.
 #[derive(Debug, Clone)]
 enum Acc {
@@ -59,7 +63,7 @@ enum Acc {
         lo: f64,
         hi: f64,
     },
-    Welford {
+    Moments {
         n: f64,
         mean: f64,
         m2: f64,
@@ -78,13 +82,7 @@ impl Acc {
                 *lo = lo.min(x);
                 *hi = hi.max(x);
             }
-            // Welford: one pass, numerically stable.
-            Acc::Welford { n, mean, m2 } => {
-                *n += 1.0;
-                let d = x - *mean;
-                *mean += d / *n;
-                *m2 += d * (x - *mean);
-            }
+            Acc::Moments { .. } => unreachable!("moments are merged per block"),
             Acc::Sample { kept, stride, seen } => {
                 if *seen % *stride == 0 {
                     if kept.len() == ROBUST_SAMPLE_CAP {
@@ -110,7 +108,7 @@ impl Acc {
         let (center, scale) = match self {
             Acc::MinMax { lo, hi } if lo.is_finite() => (lo, hi - lo),
             Acc::MinMax { .. } => (0.0, 1.0),
-            Acc::Welford { n, mean, m2 } => (
+            Acc::Moments { n, mean, m2 } => (
                 mean,
                 if n > 1.0 {
                     (m2 / (n - 1.0)).sqrt()
@@ -136,12 +134,80 @@ impl Acc {
     }
 }
 
-/// Fits a [`Scaler`] from rows streamed in any number of chunks, in bounded memory.
+/// Fits a [`Scaler`] from rows streamed in any number of chunks, in bounded memory. The
+/// result does not depend on how the rows are chunked.
 #[derive(Debug, Clone)]
 pub struct ScalerFit {
     method: NormalizationMethod,
     groups: Vec<usize>,
     accs: Vec<Acc>,
+    /// Standard: rows of the block not complete yet, so blocks never depend on chunking.
+    pending: Vec<f64>,
+}
+
+/// Count, mean and sum of squared deviations per column of one block of rows (finite values
+/// only), by two passes: stable, and columnar so the loops vectorise. Each column is shifted
+/// by its first finite value, so a constant column gets exactly its value and zero spread.
+#[derive(Debug, Clone, Default)]
+struct BlockMoments {
+    shift: Vec<f64>,
+    n: Vec<f64>,
+    sum: Vec<f64>,
+    m2: Vec<f64>,
+}
+
+/// `v` where `x` is finite, else 0: bit masks rather than a branch, so loops vectorise.
+fn where_finite(x: f64, v: f64) -> f64 {
+    let keep = 0u64.wrapping_sub(u64::from(x.is_finite()));
+    f64::from_bits(v.to_bits() & keep)
+}
+
+impl BlockMoments {
+    fn compute(&mut self, block: &[f64], ncols: usize) {
+        for v in [&mut self.n, &mut self.sum, &mut self.m2] {
+            v.clear();
+            v.resize(ncols, 0.0);
+        }
+        self.shift.clear();
+        self.shift.resize(ncols, f64::NAN);
+        let shift = &mut self.shift[..ncols];
+        // Usually the first row is complete and this loop runs once.
+        for row in block.chunks_exact(ncols) {
+            for (k, &x) in shift.iter_mut().zip(&row[..ncols]) {
+                if !k.is_finite() {
+                    *k = x;
+                }
+            }
+            if shift.iter().all(|k| k.is_finite()) {
+                break;
+            }
+        }
+        let (n, sum) = (&mut self.n[..ncols], &mut self.sum[..ncols]);
+        for row in block.chunks_exact(ncols) {
+            let row = &row[..ncols];
+            for c in 0..ncols {
+                let x = row[c];
+                n[c] += where_finite(x, 1.0);
+                sum[c] += where_finite(x, x - shift[c]);
+            }
+        }
+        // From here on `sum` holds the block mean.
+        for c in 0..ncols {
+            sum[c] = if n[c] > 0.0 {
+                shift[c] + sum[c] / n[c]
+            } else {
+                0.0
+            };
+        }
+        let m2 = &mut self.m2[..ncols];
+        for row in block.chunks_exact(ncols) {
+            let row = &row[..ncols];
+            for c in 0..ncols {
+                let d = where_finite(row[c], row[c] - sum[c]);
+                m2[c] += d * d;
+            }
+        }
+    }
 }
 
 impl ScalerFit {
@@ -153,7 +219,7 @@ impl ScalerFit {
                 lo: f64::INFINITY,
                 hi: f64::NEG_INFINITY,
             },
-            NormalizationMethod::Standard => Acc::Welford {
+            NormalizationMethod::Standard => Acc::Moments {
                 n: 0.0,
                 mean: 0.0,
                 m2: 0.0,
@@ -168,22 +234,70 @@ impl ScalerFit {
             method,
             groups,
             accs: vec![acc; n],
+            pending: Vec::new(),
         }
     }
 
     /// Adds row-major rows of `groups.len()` columns; NaN values are ignored.
-    pub fn update(&mut self, rows: &[f64]) {
-        for row in rows.chunks_exact(self.groups.len()) {
-            for (x, g) in row.iter().zip(&self.groups) {
-                if x.is_finite() {
-                    self.accs[*g].push(*x);
+    pub fn update(&mut self, mut rows: &[f64]) {
+        let ncols = self.groups.len();
+        if ncols == 0 {
+            return;
+        }
+        if self.method != NormalizationMethod::Standard {
+            for row in rows.chunks_exact(ncols) {
+                for (x, g) in row.iter().zip(&self.groups) {
+                    if x.is_finite() {
+                        self.accs[*g].push(*x);
+                    }
                 }
+            }
+            return;
+        }
+        let block = BLOCK_ROWS * ncols;
+        let mut moments = BlockMoments::default();
+        if !self.pending.is_empty() {
+            let take = (block - self.pending.len()).min(rows.len());
+            self.pending.extend_from_slice(&rows[..take]);
+            rows = &rows[take..];
+            if self.pending.len() < block {
+                return;
+            }
+            let pending = std::mem::take(&mut self.pending);
+            self.merge_block(&pending, &mut moments);
+        }
+        let mut blocks = rows.chunks_exact(block);
+        for b in &mut blocks {
+            self.merge_block(b, &mut moments);
+        }
+        self.pending.extend_from_slice(blocks.remainder());
+    }
+
+    /// Merges the moments of one block into the groups (Chan et al.'s pairwise update).
+    fn merge_block(&mut self, block: &[f64], moments: &mut BlockMoments) {
+        moments.compute(block, self.groups.len());
+        for (c, g) in self.groups.iter().enumerate() {
+            let nb = moments.n[c];
+            if nb == 0.0 {
+                continue;
+            }
+            let (mb, m2b) = (moments.sum[c], moments.m2[c]);
+            if let Acc::Moments { n, mean, m2 } = &mut self.accs[*g] {
+                let total = *n + nb;
+                let d = mb - *mean;
+                *mean += d * (nb / total);
+                *m2 += m2b + d * d * (*n * nb / total);
+                *n = total;
             }
         }
     }
 
     /// The fitted scaler.
-    pub fn finish(self) -> Scaler {
+    pub fn finish(mut self) -> Scaler {
+        if !self.pending.is_empty() {
+            let pending = std::mem::take(&mut self.pending);
+            self.merge_block(&pending, &mut BlockMoments::default());
+        }
         let params: Vec<(f64, f64)> = self.accs.into_iter().map(Acc::finish).collect();
         Scaler {
             method: self.method,
@@ -204,8 +318,20 @@ impl Scaler {
     ) -> Self {
         let n = groups.len();
         let mut fit = ScalerFit::new(method, groups.to_vec());
+        // Consecutive rows go in as one slice: fewer, larger updates.
+        let mut run: Option<std::ops::Range<usize>> = None;
         for r in rows {
-            fit.update(&data[r * n..(r + 1) * n]);
+            run = match run {
+                Some(span) if span.end == r => Some(span.start..r + 1),
+                Some(span) => {
+                    fit.update(&data[span.start * n..span.end * n]);
+                    Some(r..r + 1)
+                }
+                None => Some(r..r + 1),
+            };
+        }
+        if let Some(span) = run {
+            fit.update(&data[span.start * n..span.end * n]);
         }
         fit.finish()
     }
@@ -215,6 +341,26 @@ impl Scaler {
         for ((x, c), s) in row.iter_mut().zip(&self.center).zip(&self.scale) {
             *x = (*x - c) / s;
         }
+    }
+
+    /// Scales row-major rows in place, equal to [`Self::transform_row`] on each row, in
+    /// parallel over contiguous row ranges (the pass is bound by memory bandwidth).
+    pub fn transform_rows(&self, rows: &mut [f64]) {
+        let ncols = self.center.len();
+        if ncols == 0 {
+            return;
+        }
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let per_thread = (rows.len() / ncols).div_ceil(threads).max(1) * ncols;
+        std::thread::scope(|s| {
+            for part in rows.chunks_mut(per_thread) {
+                s.spawn(move || {
+                    for row in part.chunks_exact_mut(ncols) {
+                        self.transform_row(row);
+                    }
+                });
+            }
+        });
     }
 }
 

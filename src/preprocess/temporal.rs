@@ -28,31 +28,91 @@ fn session(hour: u32) -> usize {
     }
 }
 
-/// The temporal features of instant `t_ms`, appended to `out` in `columns` order.
-pub fn compute(local: &[String], global: &[String], start_ms: i64, t_ms: i64, out: &mut Vec<f64>) {
-    const DAY: i64 = 86_400_000;
-    let ms_of_day = t_ms.rem_euclid(DAY);
-    // 1970-01-01 was a Thursday; Monday = 0.
-    let weekday = (t_ms.div_euclid(DAY) + 3).rem_euclid(7);
-    let tau = std::f64::consts::TAU;
-    for name in local {
-        let phase = match name.as_str() {
-            "hour_of_day" => ms_of_day as f64 / DAY as f64,
-            "day_of_week" => (weekday as f64 + ms_of_day as f64 / DAY as f64) / 7.0,
-            "minute_of_hour" => (t_ms.rem_euclid(3_600_000)) as f64 / 3_600_000.0,
-            other => unreachable!("temporal feature {other} passed config validation"),
-        };
-        out.push((tau * phase).sin());
-        out.push((tau * phase).cos());
+/// The configured temporal features, resolved once so rows are written without string
+/// matches.
+#[derive(Debug, Clone)]
+pub struct TemporalPlan {
+    local: Vec<Cycle>,
+    global: Vec<Global>,
+    columns: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Cycle {
+    HourOfDay,
+    DayOfWeek,
+    MinuteOfHour,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Global {
+    DaysSinceStart,
+    MarketSession,
+}
+
+impl TemporalPlan {
+    /// Resolves the names (validated by the config, so every name is known).
+    pub fn new(local: &[String], global: &[String]) -> Self {
+        Self {
+            local: local
+                .iter()
+                .map(|name| match name.as_str() {
+                    "hour_of_day" => Cycle::HourOfDay,
+                    "day_of_week" => Cycle::DayOfWeek,
+                    "minute_of_hour" => Cycle::MinuteOfHour,
+                    other => unreachable!("temporal feature {other} passed config validation"),
+                })
+                .collect(),
+            global: global
+                .iter()
+                .map(|name| match name.as_str() {
+                    "days_since_start" => Global::DaysSinceStart,
+                    "market_session" => Global::MarketSession,
+                    other => unreachable!("temporal feature {other} passed config validation"),
+                })
+                .collect(),
+            columns: columns(local, global).len(),
+        }
     }
-    for name in global {
-        match name.as_str() {
-            "days_since_start" => out.push((t_ms - start_ms) as f64 / DAY as f64),
-            "market_session" => {
-                let s = session((ms_of_day / 3_600_000) as u32);
-                out.extend((0..SESSIONS.len()).map(|i| if i == s { 1.0 } else { 0.0 }));
+
+    /// Values per step.
+    pub fn columns(&self) -> usize {
+        self.columns
+    }
+
+    /// The features of instant `t_ms` into `out` (`columns()` values, in `columns` order).
+    pub fn write(&self, start_ms: i64, t_ms: i64, out: &mut [f64]) {
+        const DAY: i64 = 86_400_000;
+        let ms_of_day = t_ms.rem_euclid(DAY);
+        // 1970-01-01 was a Thursday; Monday = 0.
+        let weekday = (t_ms.div_euclid(DAY) + 3).rem_euclid(7);
+        let tau = std::f64::consts::TAU;
+        let mut o = 0;
+        for cycle in &self.local {
+            let phase = match cycle {
+                Cycle::HourOfDay => ms_of_day as f64 / DAY as f64,
+                Cycle::DayOfWeek => (weekday as f64 + ms_of_day as f64 / DAY as f64) / 7.0,
+                Cycle::MinuteOfHour => (t_ms.rem_euclid(3_600_000)) as f64 / 3_600_000.0,
+            };
+            let (sin, cos) = (tau * phase).sin_cos();
+            out[o] = sin;
+            out[o + 1] = cos;
+            o += 2;
+        }
+        for g in &self.global {
+            match g {
+                Global::DaysSinceStart => {
+                    out[o] = (t_ms - start_ms) as f64 / DAY as f64;
+                    o += 1;
+                }
+                Global::MarketSession => {
+                    let s = session((ms_of_day / 3_600_000) as u32);
+                    for (i, y) in out[o..o + SESSIONS.len()].iter_mut().enumerate() {
+                        *y = if i == s { 1.0 } else { 0.0 };
+                    }
+                    o += SESSIONS.len();
+                }
             }
-            other => unreachable!("temporal feature {other} passed config validation"),
         }
     }
 }
@@ -75,8 +135,9 @@ mod tests {
             .unwrap()
             .timestamp_millis();
         let start = t - 2 * 86_400_000;
-        let mut out = Vec::new();
-        compute(&local, &global, start, t, &mut out);
+        let plan = TemporalPlan::new(&local, &global);
+        let mut out = vec![0.0; plan.columns()];
+        plan.write(start, t, &mut out);
         let hour_phase = (18.25 / 24.0) * std::f64::consts::TAU;
         assert!(
             (out[0] - hour_phase.sin()).abs() < 1e-12 && (out[1] - hour_phase.cos()).abs() < 1e-12

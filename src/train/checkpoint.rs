@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::TrainError;
 use super::callbacks::{EarlyStopping, ReduceLrOnPlateau};
 use super::metrics::EpochMetrics;
-use crate::model::{CnnLstm, ModelSpec, Rng};
+use crate::model::{ModelSpec, Network, Rng};
 
 const MAGIC: &[u8; 8] = b"BMLCKPT1";
 
@@ -67,7 +67,7 @@ fn ck_err(path: &Path, reason: impl ToString) -> TrainError {
 }
 
 /// Model weights as burnpack bytes (also the model artifact's weights file).
-pub fn model_to_bytes(model: &CnnLstm) -> Result<Vec<u8>, TrainError> {
+pub fn model_to_bytes(model: &Network) -> Result<Vec<u8>, TrainError> {
     let bytes = model
         .clone()
         .into_record()
@@ -81,8 +81,8 @@ pub fn model_from_bytes(
     spec: &ModelSpec,
     bytes: &[u8],
     device: &Device,
-) -> Result<CnnLstm, TrainError> {
-    let blank = CnnLstm::new(spec, &mut Rng::new(0, "blank"), device);
+) -> Result<Network, TrainError> {
+    let blank = Network::new(spec, &mut Rng::new(0, "blank"), device);
     let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes.to_vec()))
         .map_err(|e| ck_err(Path::new("<weights>"), e))?;
     blank

@@ -18,7 +18,7 @@ use super::memory::check_memory_budget;
 use super::metrics::{ClassificationMetrics, EpochMetrics};
 use super::source::{Batch, BatchSource, Split};
 use crate::config::{ModelConfig, TrainingConfig};
-use crate::model::{CnnLstm, ModelSpec, Rng};
+use crate::model::{ModelSpec, Network, Rng};
 
 /// Everything the loop needs besides the model architecture and the data.
 #[derive(Debug, Clone)]
@@ -87,7 +87,7 @@ impl TrainObserver for () {}
 #[derive(Debug)]
 pub struct TrainOutcome {
     /// Final weights (the best epoch's when `restore_best_weights` applied), inference mode.
-    pub model: CnnLstm,
+    pub model: Network,
     /// Metrics of every epoch.
     pub history: Vec<EpochMetrics>,
     /// Epoch (1-based) whose weights `model` holds.
@@ -113,10 +113,10 @@ pub struct Trainer {
     spec: ModelSpec,
     opts: TrainOptions,
     device: Device,
-    model: Option<CnnLstm>,
+    model: Option<Network>,
     optim: ModuleOptimizer,
     state: TrainState,
-    best: Option<CnnLstm>,
+    best: Option<Network>,
 }
 
 fn adam() -> ModuleOptimizer {
@@ -138,7 +138,7 @@ impl Trainer {
                 spec.num_classes
             )));
         }
-        let model = CnnLstm::new(
+        let model = Network::new(
             &spec,
             &mut Rng::new(opts.seed, "init"),
             &device.clone().autodiff(),
@@ -203,7 +203,7 @@ impl Trainer {
     }
 
     /// Starts from `model`'s weights (fine-tuning) instead of the fresh initialisation.
-    pub fn with_weights(mut self, model: &CnnLstm) -> Result<Self, TrainError> {
+    pub fn with_weights(mut self, model: &Network) -> Result<Self, TrainError> {
         let bytes = model_to_bytes(model)?;
         let ad = self.device.clone().autodiff();
         self.model = Some(model_from_bytes(&self.spec, &bytes, &ad)?);
@@ -221,7 +221,7 @@ impl Trainer {
     }
 
     /// The current weights (training mode).
-    pub fn model(&self) -> &CnnLstm {
+    pub fn model(&self) -> &Network {
         self.model.as_ref().expect("model is present between steps")
     }
 
@@ -452,7 +452,7 @@ impl Trainer {
     }
 
     fn checkpoint(&self) -> Checkpoint {
-        let enc = |m: &CnnLstm| model_to_bytes(m).expect("in-memory weights serialise");
+        let enc = |m: &Network| model_to_bytes(m).expect("in-memory weights serialise");
         Checkpoint {
             state: self.state.clone(),
             model: enc(self.model()),
