@@ -324,15 +324,13 @@ impl<'a> ModelInput<'a> {
             .into());
         }
         let n = p.columns.len();
-        let mut scaled: Vec<f32> = Vec::with_capacity(p.rows.len());
-        let mut ok = Vec::with_capacity(grid.steps);
-        let mut r = vec![0.0; n];
-        for row in p.rows.chunks_exact(n) {
-            r.copy_from_slice(row);
-            m.scaler.transform_row(&mut r);
-            ok.push(r.iter().all(|x| x.is_finite()));
-            scaled.extend(r.iter().map(|x| *x as f32));
-        }
+        let mut rows = p.rows;
+        m.scaler.transform_rows(&mut rows);
+        let ok = rows
+            .chunks_exact(n)
+            .map(|r| r.iter().all(|x| x.is_finite()))
+            .collect();
+        let scaled = rows.iter().map(|x| *x as f32).collect();
         Ok(Some(SourceRows {
             grid,
             scaled,

@@ -407,9 +407,7 @@ pub fn preprocess_with(
     for (i, tmp) in pass1.shards.iter().enumerate() {
         let n = pass1.columns.len();
         let mut rows = read_rows(&dir.join(&tmp.file), n)?;
-        for row in rows.chunks_exact_mut(n) {
-            scaler.transform_row(row);
-        }
+        scaler.transform_rows(&mut rows);
         let file = format!("rows-{i:04}.npz");
         let sha256 = write_rows(&dir.join(&file), &rows, n)?;
         let _ = std::fs::remove_file(dir.join(&tmp.file));
@@ -529,6 +527,7 @@ fn pass_one(
     };
     let (history, future) = (spec.history_steps() as i64, spec.future_steps() as i64);
     let mut prev: Option<Vec<OrderBook>> = None;
+    let mut spare: Vec<f64> = Vec::new();
     let mut current: Option<Vec<OrderBook>> = None;
     let books = |i: usize| -> Result<Vec<OrderBook>, StageError> {
         let mut shard = reader.shard(i)?;
@@ -597,7 +596,8 @@ fn pass_one(
                 levels: levels(b),
             })
             .collect();
-        let p = super::prepare(spec, &inputs, sub)?;
+        // The previous shard's row buffer is reused: no fresh pages to zero per shard.
+        let p = super::prepare_reusing(spec, &inputs, sub, std::mem::take(&mut spare))?;
         let ncols = p.columns.len();
         let (from, to) = (k0 - start, k1 - start);
         for k in k0..k1 {
@@ -632,6 +632,7 @@ fn pass_one(
             out.features_per_asset = p.features_per_asset;
             out.asset_columns = p.asset_columns;
         }
+        spare = p.rows;
         prev = Some(cur);
         current = next;
     }
