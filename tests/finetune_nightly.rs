@@ -236,3 +236,71 @@ fn three_nights_of_finetunes_promote_version_lineage_and_stay_idempotent() {
     let killed = tracker.get_run(&killed_parent.unwrap()).unwrap();
     assert_eq!(killed.info.status.as_str(), "FAILED");
 }
+
+#[test]
+fn a_night_with_mlflow_down_is_journaled_and_lands_after_sync() {
+    let test = "a_night_with_mlflow_down_is_journaled_and_lands_after_sync";
+    let Some(python) = common::python(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server_dir = dir.path().join("server");
+    let port = common::free_port();
+    let mut server = common::Server::start(&python, &server_dir, port, false);
+    let uri = server.uri.clone();
+    let work = dir.path().join("work");
+    let tag = common::unique("down");
+    let name = format!("{tag}_BTCUSDT");
+
+    let day1 = config(&work, &uri, &tag, "2024-08-01", "");
+    let base = ok(dir.path(), &day1, &["run", "--json"]);
+    let base_run = base["train"]["run_id"].as_str().unwrap().to_owned();
+
+    // The server dies; the night runs anyway (base by run id, present in the work directory).
+    server.kill();
+    let day2 = config(
+        &work,
+        &uri,
+        &tag,
+        "2024-08-02",
+        &fine_tuning(&format!("base_model_run_id: {base_run}"), -1.0),
+    );
+    // Fail over to the spool at once instead of retrying a dead server.
+    let down = day2.replace(
+        "mlflow:\n",
+        "mlflow:\n  client: {max_retries: 0, timeout_seconds: 2}\n",
+    );
+    let d2 = ok(dir.path(), &down, &["finetune", "--json"]);
+    assert_eq!(d2["decision"], "champion");
+    let pending = d2["new_version"].as_str().unwrap().to_owned();
+    assert!(pending.starts_with("local-"), "{pending}");
+
+    // Back up: one sync replays the night; a second has nothing left to do.
+    let server = common::Server::start(&python, &server_dir, port, false);
+    let s = ok(dir.path(), &day2, &["tracking", "sync", "--json"]);
+    assert!(s["ops_replayed"].as_u64().unwrap() > 0, "{s}");
+    let again = ok(dir.path(), &day2, &["tracking", "sync", "--json"]);
+    assert_eq!(again["ops_replayed"], 0, "{again}");
+    let tracker = Tracker::open(&common::settings(&server.uri, dir.path())).unwrap();
+    let champion = tracker.version_by_alias(&name, "champion").unwrap();
+    assert_eq!(champion.version, "2");
+    // Offline, the job reported its journal's client ids; the server runs carry them.
+    let trained = tracker.get_run(&champion.run_id).unwrap();
+    assert_eq!(
+        trained.data.tag("binance_ml.client_id"),
+        d2["new_run_id"].as_str()
+    );
+    let parent = tracker
+        .get_run(trained.data.tag("mlflow.parentRunId").unwrap())
+        .unwrap();
+    assert_eq!(
+        parent.data.tag("binance_ml.client_id"),
+        d2["run_id"].as_str()
+    );
+    assert_eq!(parent.info.status.as_str(), "FINISHED");
+    assert_eq!(
+        parent.data.tag("binance_ml.base_run"),
+        Some(base_run.as_str())
+    );
+    assert_eq!(parent.data.tag("binance_ml.promotion"), Some("champion"));
+}

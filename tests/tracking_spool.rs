@@ -222,7 +222,8 @@ fn offline_stage_runs_sync_with_lineage_resolved() {
 
     let report = sync(&settings.effective_spool_dir(), &settings).unwrap();
     assert_eq!(report.runs_created, 2);
-    assert_eq!(report.files, 4); // two configs, weights.bin, MLmodel
+    // two configs, weights.bin as a run artifact and in the logged model, MLmodel
+    assert_eq!(report.files, 5);
 
     let training = latest_successful_run(&online, &settings, Stage::ModelTraining, "h2")
         .unwrap()

@@ -352,8 +352,26 @@ pub fn finetune(
     )
 }
 
-/// Runs of this fine-tune (by key) in the training experiment with `status`.
+/// Runs of this fine-tune (by key) in the training experiment with `status`. With the server
+/// unreachable (the job then journals to the spool) there is nothing to compare with: none.
 fn previous(
+    tracker: &Tracker,
+    settings: &TrackingSettings,
+    key: &str,
+    status: RunStatus,
+) -> crate::Result<Vec<crate::tracking::Run>> {
+    match lookup(tracker, settings, key, status) {
+        Err(crate::Error::Tracking(e)) if e.is_unreachable() => {
+            tracing::warn!(
+                "MLflow unreachable: cannot check for an earlier run of this fine-tune ({e})"
+            );
+            Ok(Vec::new())
+        }
+        other => other,
+    }
+}
+
+fn lookup(
     tracker: &Tracker,
     settings: &TrackingSettings,
     key: &str,

@@ -664,50 +664,90 @@ pub fn sync_to(rest: &RestStore, spool_dir: &Path) -> Result<SyncReport> {
         })
         .collect();
     journals.sort();
-    for journal in journals {
-        report.journals += 1;
-        if writer_alive(&journal) {
-            tracing::warn!(journal = %journal.display(), "journal still open by a running process; left for a later sync");
-            report.journals_busy += 1;
-            continue;
-        }
-        let entries = read_journal(&journal)?;
-        let done_path = PathBuf::from(format!("{}.done", journal.display()));
-        let done = read_done(&done_path)?;
-        let mut done_file = open_append(&done_path)?;
-        for entry in &entries {
-            if done.contains(&entry.seq) {
-                report.ops_already_done += 1;
+    // Journals replay oldest first; one that needs an id another journal creates (a model
+    // version registered by a later stage of the same job) waits and is retried after the
+    // others, until a pass makes no progress.
+    let mut pending = journals;
+    let mut revisit = std::collections::HashSet::new();
+    loop {
+        let mut waiting = Vec::new();
+        let mut progressed = false;
+        for journal in pending {
+            report.journals += 1;
+            if writer_alive(&journal) {
+                tracing::warn!(journal = %journal.display(), "journal still open by a running process; left for a later sync");
+                report.journals_busy += 1;
                 continue;
             }
-            let mut replay = Replay {
-                rest,
-                spool_dir,
-                ids: &mut ids,
-                ids_file: &mut ids_file,
-                ids_path: &ids_path,
-                report: &mut report,
-            };
-            replay.apply(&entry.op)?;
-            append_synced(&mut done_file, &entry.seq.to_string(), &done_path)?;
-            report.ops_replayed += 1;
-        }
-        // Everything replayed: archive the journal, drop its blob copies.
-        let synced = spool_dir.join("synced");
-        fs::create_dir_all(&synced)
-            .map_err(|e| TrackingError::io(format!("creating {}", synced.display()), e))?;
-        for e in &entries {
-            if let Op::UploadArtifact { blob, .. } | Op::UploadModelFile { blob, .. } = &e.op {
-                let _ = fs::remove_file(spool_dir.join("blobs").join(blob));
+            let entries = read_journal(&journal)?;
+            let done_path = PathBuf::from(format!("{}.done", journal.display()));
+            let done = read_done(&done_path)?;
+            let mut done_file = open_append(&done_path)?;
+            let mut blocked = false;
+            for entry in &entries {
+                if done.contains(&entry.seq) {
+                    // Done by an earlier sync (not by this one's previous pass).
+                    if !revisit.contains(&journal) {
+                        report.ops_already_done += 1;
+                    }
+                    continue;
+                }
+                let mut replay = Replay {
+                    rest,
+                    spool_dir,
+                    ids: &mut ids,
+                    ids_file: &mut ids_file,
+                    ids_path: &ids_path,
+                    report: &mut report,
+                };
+                if replay.waits_for_another_journal(&entry.op) {
+                    blocked = true;
+                    break;
+                }
+                replay.apply(&entry.op)?;
+                append_synced(&mut done_file, &entry.seq.to_string(), &done_path)?;
+                report.ops_replayed += 1;
+                progressed = true;
             }
+            if blocked {
+                report.journals -= 1;
+                revisit.insert(journal.clone());
+                waiting.push(journal);
+                continue;
+            }
+            // Everything replayed: archive the journal, drop its blob copies.
+            let synced = spool_dir.join("synced");
+            fs::create_dir_all(&synced)
+                .map_err(|e| TrackingError::io(format!("creating {}", synced.display()), e))?;
+            for e in &entries {
+                if let Op::UploadArtifact { blob, .. } | Op::UploadModelFile { blob, .. } = &e.op {
+                    let _ = fs::remove_file(spool_dir.join("blobs").join(blob));
+                }
+            }
+            let _ = fs::remove_file(lock_path(&journal));
+            for p in [&journal, &done_path] {
+                let target = synced.join(p.file_name().unwrap_or_default());
+                fs::rename(p, &target)
+                    .map_err(|e| TrackingError::io(format!("archiving {}", p.display()), e))?;
+            }
+            report.journals_completed += 1;
+            progressed = true;
         }
-        let _ = fs::remove_file(lock_path(&journal));
-        for p in [&journal, &done_path] {
-            let target = synced.join(p.file_name().unwrap_or_default());
-            fs::rename(p, &target)
-                .map_err(|e| TrackingError::io(format!("archiving {}", p.display()), e))?;
+        if waiting.is_empty() {
+            break;
         }
-        report.journals_completed += 1;
+        if !progressed {
+            return Err(TrackingError::InvalidInput(format!(
+                "{} journal(s) wait for a model version no journal creates: {}",
+                waiting.len(),
+                waiting
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        pending = waiting;
     }
     Ok(report)
 }
@@ -794,6 +834,13 @@ impl Replay<'_> {
         tags.iter()
             .map(|t| Tag::new(t.key.clone(), self.id(&t.value)))
             .collect()
+    }
+
+    /// Whether `op` refers to a model version another journal creates and that is not
+    /// replayed yet (a process journals its stages through several trackers).
+    fn waits_for_another_journal(&self, op: &Op) -> bool {
+        matches!(op, Op::SetAlias { version, .. }
+            if version.starts_with("local-") && !self.ids.contains_key(version))
     }
 
     fn apply(&mut self, op: &Op) -> Result<()> {
