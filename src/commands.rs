@@ -2,8 +2,9 @@
 
 use serde_json::json;
 
+use crate::Result;
 use crate::cli::{Cli, Command, EvalSplit, ModelSelector, Stage as Step, TrackingCommand};
-use crate::config::LoadedConfig;
+use crate::config::{LoadedConfig, Symbol};
 use crate::data::fetch;
 use crate::diagnostics::stage::DiagnoseOutput;
 use crate::evaluate::stage::{EvaluateRequest, EvaluateSummary};
@@ -12,10 +13,10 @@ use crate::pipeline::lock::WorkdirLock;
 use crate::pipeline::{self, Pipeline, RunSummary};
 use crate::predict::{self, ModelRef, PredictOutput};
 use crate::preprocess::stage::PreprocessSummary;
+use crate::record::{self, RecordError, RecordRequest, RecordSummary};
 use crate::tracking::{self, TrackingSettings};
 use crate::train::Split;
 use crate::train::stage::{TrainRequest, TrainSummary};
-use crate::{Error, Result};
 
 /// What a command produced: a human summary and the same as JSON for `--json`.
 #[derive(Debug)]
@@ -90,7 +91,24 @@ pub fn execute(cli: &Cli, loaded: &LoadedConfig) -> Result<Outcome> {
             )?;
             Ok(run_outcome(&s))
         }
-        other => Err(Error::NotImplemented(other.name())),
+        Command::Record(args) => {
+            let duration = args
+                .duration
+                .as_deref()
+                .map(record::parse_duration)
+                .transpose()?;
+            let symbols = args
+                .symbols
+                .iter()
+                .map(|s| Symbol::new(s).map_err(|e| RecordError::Usage(format!("--symbols: {e}"))))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let req = RecordRequest {
+                duration,
+                symbols,
+                mode: args.mode.into(),
+            };
+            Ok(record_outcome(&record::record(&loaded.config, &req)?))
+        }
     }
 }
 
@@ -332,6 +350,39 @@ fn finetune_outcome(s: &FinetuneSummary) -> Outcome {
             },
         )
     };
+    Outcome {
+        text,
+        json: serde_json::to_value(s).expect("summary serialises"),
+    }
+}
+
+fn record_outcome(s: &RecordSummary) -> Outcome {
+    let mut text = format!(
+        "{}\n{} snapshot(s) written ({:?} mode, stopped by {}); {} tick(s) missing, {} gap(s), \
+         {} resync(s); peak weight {}, {} rate-limited, banned: [{}]",
+        s.output,
+        s.snapshots_written,
+        s.mode,
+        s.stopped_by,
+        s.ticks_missing,
+        s.gaps,
+        s.resyncs,
+        s.weight_used_peak,
+        s.rate_limited,
+        s.banned.join(", ")
+    );
+    for (sym, st) in &s.per_symbol {
+        text.push_str(&format!(
+            "\n{sym}: {} snapshots, {} missing, {} gaps, {} resyncs",
+            st.snapshots, st.missing, st.gaps, st.resyncs
+        ));
+    }
+    if s.spill_pending {
+        text.push_str(&format!(
+            "\nsnapshots remain in {} (written by the next run)",
+            s.spill_file.display()
+        ));
+    }
     Outcome {
         text,
         json: serde_json::to_value(s).expect("summary serialises"),

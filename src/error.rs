@@ -7,7 +7,7 @@ use std::fmt;
 pub enum ExitCode {
     /// Success.
     Ok = 0,
-    /// Usage or configuration error (also: stage not implemented yet).
+    /// Usage or configuration error.
     Usage = 2,
     /// Bad data or input file.
     Data = 3,
@@ -41,9 +41,6 @@ pub enum Error {
     /// Fetching, caching or reading data failed.
     #[error(transparent)]
     Data(#[from] crate::data::DataError),
-    /// A stage whose implementation has not landed yet.
-    #[error("the `{0}` stage is not implemented yet; no work was done")]
-    NotImplemented(&'static str),
     /// MLflow tracking (server, local store or spool) failed.
     #[error(transparent)]
     Tracking(#[from] crate::tracking::TrackingError),
@@ -59,6 +56,9 @@ pub enum Error {
     /// Building, training or loading a model failed.
     #[error(transparent)]
     Train(#[from] crate::train::TrainError),
+    /// Recording order books failed.
+    #[error(transparent)]
+    Record(#[from] crate::record::RecordError),
     /// A fine-tune cannot start.
     #[error(transparent)]
     Finetune(#[from] crate::pipeline::finetune::FinetuneError),
@@ -86,7 +86,7 @@ impl Error {
     /// The exit code this error maps to.
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            Error::Config(_) | Error::NotImplemented(_) => ExitCode::Usage,
+            Error::Config(_) => ExitCode::Usage,
             Error::Io { .. } => ExitCode::Data,
             Error::Tracking(e) => e.exit_code(),
             Error::Data(e) => e.exit_code(),
@@ -99,6 +99,7 @@ impl Error {
             Error::Lock(crate::pipeline::lock::LockError::Busy { .. }) => ExitCode::Locked,
             Error::Lock(_) => ExitCode::Data,
             Error::Finetune(_) => ExitCode::Usage,
+            Error::Record(e) => e.exit_code(),
         }
     }
 }

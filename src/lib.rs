@@ -15,6 +15,7 @@ pub mod pipeline;
 pub mod plot;
 pub mod predict;
 pub mod preprocess;
+pub mod record;
 pub mod tracking;
 pub mod train;
 

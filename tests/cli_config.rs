@@ -584,18 +584,8 @@ fn secrets_in_error_paths_are_redacted() {
 }
 
 #[test]
-fn stages_not_built_yet_fail_loudly() {
+fn finetune_without_a_base_model_says_how_to_name_one() {
     let dir = tempfile::tempdir().unwrap();
-    for stage in ["record"] {
-        let run = run_in(dir.path(), &[stage], &[]);
-        assert_eq!(run.code, 2, "{stage}: {}", run.stderr);
-        assert!(
-            run.stderr
-                .contains(&format!("the `{stage}` stage is not implemented yet"))
-        );
-        assert!(run.stdout.is_empty(), "{stage} printed a result");
-    }
-    // finetune without a base model says how to name one.
     let run = run_in(dir.path(), &["finetune"], &[]);
     assert_eq!(run.code, 2, "{}", run.stderr);
     assert!(

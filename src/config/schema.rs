@@ -48,6 +48,9 @@ pub struct Config {
     /// Environment variables checked at start-up.
     #[serde(default)]
     pub security: SecurityConfig,
+    /// How `record` collects order books from Binance.
+    #[serde(default)]
+    pub record: RecordConfig,
 }
 
 fn default_workdir() -> PathBuf {
@@ -371,6 +374,100 @@ impl Default for CacheConfig {
     fn default() -> Self {
         Self {
             shard_seconds: 86_400,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// record
+
+/// Which Binance market `record` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordMarket {
+    /// Spot: `GET /api/v3/depth`, `<symbol>@depth@100ms` (consecutive `U`).
+    Spot,
+    /// USD-M perpetual futures: `GET /fapi/v1/depth`, `<symbol>@depth@100ms` (`pu` chain).
+    UsdmFutures,
+}
+
+/// Where `record` writes the tall rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordOutput {
+    /// `database` when `data.source_type` is `database`, else `csv`.
+    Auto,
+    /// `data.connection.table_name` at `data.connection.database_uri`.
+    Database,
+    /// Rotating wide CSV files under `record.csv_dir`, the layout `fetch` reads.
+    Csv,
+}
+
+/// `record`: the recorder's endpoints, output and buffering. Defaults are Binance's real
+/// endpoints; tests point the URLs at local replay servers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordConfig {
+    /// spot | usdm_futures.
+    pub market: RecordMarket,
+    /// REST base URL; empty = `https://api.binance.com` (spot) or `https://fapi.binance.com`.
+    pub rest_url: String,
+    /// WebSocket base URL; empty = `wss://stream.binance.com:9443` (spot) or
+    /// `wss://fstream.binance.com`.
+    pub ws_url: String,
+    /// auto | database | csv.
+    pub output: RecordOutput,
+    /// Directory of the CSV files (`output: csv`).
+    pub csv_dir: PathBuf,
+    /// Gzip the CSV files (`.csv.gz`; `fetch` reads both).
+    pub csv_gzip: bool,
+    /// A new CSV file starts every this many seconds (UTC-aligned).
+    pub rotate_seconds: u64,
+    /// Width of the coarse `batch_id` time bucket in seconds (`batch_id = ts / width`).
+    pub batch_id_seconds: u64,
+    /// Create the table (with a primary key on ts, symbol, level) if it does not exist.
+    pub create_table: bool,
+    /// Snapshots buffered between the collectors and the writer.
+    pub queue_capacity: usize,
+    /// Rows per multi-row INSERT.
+    pub insert_batch_rows: usize,
+    /// Where snapshots go while the database is down; empty = `<workdir>/record/spill`.
+    pub spill_dir: PathBuf,
+    /// Seconds between reconnect attempts while the database is down.
+    pub db_retry_seconds: u64,
+    /// Timeout of one REST request or WebSocket read, in seconds.
+    pub request_timeout_seconds: u64,
+    /// Upper bound of the network-error backoff, in seconds.
+    pub max_backoff_seconds: u64,
+    /// Request weight budget per minute (Binance: 6000 per IP).
+    pub weight_limit_per_minute: u32,
+    /// Seconds between status log lines.
+    pub status_interval_seconds: u64,
+    /// Reconnect the WebSocket after this many seconds (Binance closes it at 24 h).
+    pub reconnect_after_seconds: u64,
+}
+
+impl Default for RecordConfig {
+    fn default() -> Self {
+        Self {
+            market: RecordMarket::Spot,
+            rest_url: String::new(),
+            ws_url: String::new(),
+            output: RecordOutput::Auto,
+            csv_dir: PathBuf::from("recordings"),
+            csv_gzip: false,
+            rotate_seconds: 3_600,
+            batch_id_seconds: 3_600,
+            create_table: true,
+            queue_capacity: 10_000,
+            insert_batch_rows: 5_000,
+            spill_dir: PathBuf::new(),
+            db_retry_seconds: 5,
+            request_timeout_seconds: 10,
+            max_backoff_seconds: 60,
+            weight_limit_per_minute: 6_000,
+            status_interval_seconds: 60,
+            reconnect_after_seconds: 23 * 3_600,
         }
     }
 }

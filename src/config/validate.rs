@@ -99,6 +99,7 @@ pub fn validate(c: &Config, env: &dyn Fn(&str) -> bool) -> Vec<Problem> {
     evaluation(&mut v, &c.evaluation);
     logging(&mut v, &c.logging);
     security(&mut v, &c.security, env);
+    record(&mut v, &c.record);
     v.problems
 }
 
@@ -765,6 +766,41 @@ fn security(v: &mut Validator, s: &SecurityConfig, env: &dyn Fn(&str) -> bool) {
         v.check(env(name), &format!("security.environment_variables[{i}]"), || {
             format!("environment variable {name} is required but not set (export it or put it in .env)")
         });
+    }
+}
+
+fn record(v: &mut Validator, r: &RecordConfig) {
+    for (url, key, schemes) in [
+        (&r.rest_url, "record.rest_url", ["http://", "https://"]),
+        (&r.ws_url, "record.ws_url", ["ws://", "wss://"]),
+    ] {
+        v.check(
+            url.is_empty() || schemes.iter().any(|s| url.starts_with(s)),
+            key,
+            || {
+                format!(
+                    "expected {} or {}, or empty for Binance's endpoint",
+                    schemes[0], schemes[1]
+                )
+            },
+        );
+    }
+    for (value, key) in [
+        (r.rotate_seconds, "record.rotate_seconds"),
+        (r.batch_id_seconds, "record.batch_id_seconds"),
+        (r.queue_capacity as u64, "record.queue_capacity"),
+        (r.insert_batch_rows as u64, "record.insert_batch_rows"),
+        (r.db_retry_seconds, "record.db_retry_seconds"),
+        (r.request_timeout_seconds, "record.request_timeout_seconds"),
+        (r.max_backoff_seconds, "record.max_backoff_seconds"),
+        (
+            u64::from(r.weight_limit_per_minute),
+            "record.weight_limit_per_minute",
+        ),
+        (r.status_interval_seconds, "record.status_interval_seconds"),
+        (r.reconnect_after_seconds, "record.reconnect_after_seconds"),
+    ] {
+        v.check(value > 0, key, || "must be > 0".into());
     }
 }
 
