@@ -14,36 +14,13 @@ use binance_ml::train::{InMemorySource, TrainOptions, Trainer};
 use burn::tensor::Device;
 use serde_json::Value;
 
-/// One synthetic day at 10 s and a tiny model (as in tests/train_predict.rs).
+/// One synthetic day at 10 s, a tiny model, backtest and few saliency samples.
 fn tiny(work: &Path) -> String {
-    format!(
-        r#"
-workdir: {work:?}
-data:
-  source_type: synthetic
-  synthetic: {{seed: 7}}
-  asset_pairs: {{target_asset: BTCUSDT, correlated_assets: [ETHUSDT]}}
-  time_range: {{start_date: "2024-08-01", end_date: "2024-08-01", cadence_seconds: 10}}
-  order_book: {{depth_levels: 5}}
-  validation: {{max_gap_seconds: 60, fail_on_invalid: false}}
-targets:
-  prediction_horizon_seconds: 60
-  price_classes: {{boundaries: [-0.03, 0.03]}}
-preprocessing:
-  window_steps: 16
-  feature_engineering: {{momentum_windows: [6], depth_imbalance_levels: 5}}
-  train_test_split: {{train_ratio: 0.7, validation_ratio: 0.15, test_ratio: 0.15, degradation_slices: 4}}
-model:
-  cnn: {{num_layers: 1, filters: [4], kernel_sizes: [[3, 3]], pool_sizes: [[2, 1]], dropout_rates: [0.1]}}
-  lstm: {{units: 8}}
-  dense: {{layers: [8], dropout_rates: [0.1]}}
-  output: {{num_classes: 3}}
-training: {{epochs: 1, batch_size: 64, shuffle_buffer: 500}}
-evaluation:
-  backtesting: {{enabled: true, transaction_cost: 0.0002}}
-  explainability: {{n_samples: 64}}
-diagnostics: {{min_class_samples: 1}}
-"#
+    common::tiny_config(
+        work,
+        "2024-08-01",
+        "  epochs: 1",
+        "evaluation:\n  backtesting: {enabled: true, transaction_cost: 0.0002}\n  explainability: {n_samples: 64}",
     )
 }
 

@@ -12,41 +12,16 @@ use std::process::Command;
 use binance_ml::tracking::Tracker;
 use serde_json::Value;
 
+/// The tiny synthetic setup on `day`, logging to `uri` under experiments named by `tag`.
 fn config(work: &Path, uri: &str, tag: &str, day: &str, extra: &str) -> String {
-    format!(
-        r#"
-workdir: {work:?}
-data:
-  source_type: synthetic
-  synthetic: {{seed: 7}}
-  asset_pairs: {{target_asset: BTCUSDT, correlated_assets: [ETHUSDT]}}
-  time_range: {{start_date: "{day}", end_date: "{day}", cadence_seconds: 10}}
-  order_book: {{depth_levels: 5}}
-  validation: {{max_gap_seconds: 60, fail_on_invalid: false}}
-targets:
-  prediction_horizon_seconds: 60
-  price_classes: {{boundaries: [-0.03, 0.03]}}
-preprocessing:
-  window_steps: 16
-  feature_engineering: {{momentum_windows: [6], depth_imbalance_levels: 5}}
-  train_test_split: {{train_ratio: 0.7, validation_ratio: 0.15, test_ratio: 0.15}}
-model:
-  cnn: {{num_layers: 1, filters: [4], kernel_sizes: [[3, 3]], pool_sizes: [[2, 1]], dropout_rates: [0.1]}}
-  lstm: {{units: 8}}
-  dense: {{layers: [8], dropout_rates: [0.1]}}
-  output: {{num_classes: 3}}
-training:
-  epochs: 1
-  batch_size: 64
-{extra}
-evaluation: {{explainability: {{n_samples: 16}}}}
-diagnostics: {{min_class_samples: 1}}
+    let tail = format!(
+        r#"evaluation: {{explainability: {{n_samples: 16}}}}
 mlflow:
   tracking_uri: {uri:?}
   experiments: {{data_collection: "{tag}-data", preprocessing: "{tag}-pre", diagnostics: "{tag}-diag", training: "{tag}-train", evaluation: "{tag}-eval"}}
-  model_registry: {{model_name_pattern: "{tag}_{{asset}}"}}
-"#
-    )
+  model_registry: {{model_name_pattern: "{tag}_{{asset}}"}}"#
+    );
+    common::tiny_config(work, day, &format!("  epochs: 1\n{extra}"), &tail)
 }
 
 fn fine_tuning(base: &str, min_improvement: f64) -> String {

@@ -15,35 +15,7 @@ use serde_json::Value;
 
 /// One synthetic day at 10 s, a tiny model: seconds per epoch.
 fn tiny(work: &Path, extra: &str) -> String {
-    format!(
-        r#"
-workdir: {work:?}
-data:
-  source_type: synthetic
-  synthetic: {{seed: 7}}
-  asset_pairs: {{target_asset: BTCUSDT, correlated_assets: [ETHUSDT]}}
-  time_range: {{start_date: "2024-08-01", end_date: "2024-08-01", cadence_seconds: 10}}
-  order_book: {{depth_levels: 5}}
-  validation: {{max_gap_seconds: 60, fail_on_invalid: false}}
-targets:
-  prediction_horizon_seconds: 60
-  price_classes: {{boundaries: [-0.03, 0.03]}}
-preprocessing:
-  window_steps: 16
-  feature_engineering: {{momentum_windows: [6], depth_imbalance_levels: 5}}
-  train_test_split: {{train_ratio: 0.7, validation_ratio: 0.15, test_ratio: 0.15}}
-model:
-  cnn: {{num_layers: 1, filters: [4], kernel_sizes: [[3, 3]], pool_sizes: [[2, 1]], dropout_rates: [0.1]}}
-  lstm: {{units: 8}}
-  dense: {{layers: [8], dropout_rates: [0.1]}}
-  output: {{num_classes: 3}}
-training:
-  batch_size: 64
-  shuffle_buffer: 500
-{extra}
-diagnostics: {{min_class_samples: 1}}
-"#
-    )
+    common::tiny_config(work, "2024-08-01", extra, "")
 }
 
 fn json(stdout: &str) -> Value {

@@ -31,7 +31,7 @@ pub struct Dense {
 }
 
 impl Dense {
-    pub(crate) fn new(d_in: usize, d_out: usize, rng: &mut Rng, device: &Device) -> Self {
+    fn new(d_in: usize, d_out: usize, rng: &mut Rng, device: &Device) -> Self {
         let k = 1.0 / (d_in as f32).sqrt();
         Self {
             weight: uniform_param([d_in, d_out], k, rng, device),
@@ -39,7 +39,7 @@ impl Dense {
         }
     }
 
-    pub(crate) fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+    fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         x.matmul(self.weight.val()) + self.bias.val().unsqueeze_dim::<2>(0)
     }
 }
@@ -67,7 +67,7 @@ pub struct CnnLstm {
 }
 
 /// Apply the configured activation.
-pub(crate) fn activate<const D: usize>(x: Tensor<D>, act: Activation) -> Tensor<D> {
+fn activate<const D: usize>(x: Tensor<D>, act: Activation) -> Tensor<D> {
     match act {
         Activation::Relu => relu(x),
         Activation::Gelu => gelu(x),
@@ -97,7 +97,7 @@ pub(crate) fn dropout_mask(shape: &[usize], p: f64, rng: &mut Rng, device: &Devi
 }
 
 /// Inverted dropout; identity when `rng` is `None` (inference) or `p` is zero.
-pub(crate) fn dropout<const D: usize>(x: Tensor<D>, p: f64, rng: Option<&mut Rng>) -> Tensor<D> {
+fn dropout<const D: usize>(x: Tensor<D>, p: f64, rng: Option<&mut Rng>) -> Tensor<D> {
     match rng {
         Some(rng) if p > 0.0 => {
             let dims = x.dims();
@@ -245,17 +245,7 @@ impl CnnLstm {
             .collect();
         let (_, width) = spec.sequence();
         let lstm = Lstm::new(width, spec.lstm_units, rng, device);
-        let mut d_in = spec.lstm_units;
-        let dense = spec
-            .dense
-            .iter()
-            .map(|d| {
-                let layer = Dense::new(d_in, d.units, rng, device);
-                d_in = d.units;
-                layer
-            })
-            .collect();
-        let head = Dense::new(d_in, spec.num_classes, rng, device);
+        let (dense, head) = head_layers(spec, spec.lstm_units, rng, device);
         Self {
             branches,
             lstm,
@@ -320,12 +310,42 @@ impl CnnLstm {
         };
         let mut h = self.lstm.forward(seq, recurrent_mask);
         h = dropout(h, self.spec.lstm_dropout, rng.as_deref_mut());
-        for (layer, d) in self.dense.iter().zip(&self.spec.dense) {
-            h = activate(layer.forward(h), self.spec.activation);
-            h = dropout(h, d.dropout, rng.as_deref_mut());
-        }
-        self.head.forward(h)
+        head_forward(&self.dense, &self.head, &self.spec, h, rng)
     }
+}
+
+/// The dense layers of `spec` on inputs of width `d_in`, and the logits layer after them.
+pub(crate) fn head_layers(
+    spec: &ModelSpec,
+    mut d_in: usize,
+    rng: &mut Rng,
+    device: &Device,
+) -> (Vec<Dense>, Dense) {
+    let dense = spec
+        .dense
+        .iter()
+        .map(|d| {
+            let layer = Dense::new(d_in, d.units, rng, device);
+            d_in = d.units;
+            layer
+        })
+        .collect();
+    (dense, Dense::new(d_in, spec.num_classes, rng, device))
+}
+
+/// Dense layers (activation, dropout in training) then logits.
+pub(crate) fn head_forward(
+    dense: &[Dense],
+    head: &Dense,
+    spec: &ModelSpec,
+    mut h: Tensor<2>,
+    mut rng: Option<&mut Rng>,
+) -> Tensor<2> {
+    for (layer, d) in dense.iter().zip(&spec.dense) {
+        h = activate(layer.forward(h), spec.activation);
+        h = dropout(h, d.dropout, rng.as_deref_mut());
+    }
+    head.forward(h)
 }
 
 #[cfg(test)]

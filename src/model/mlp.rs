@@ -4,7 +4,7 @@
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 
-use super::cnn_lstm::{Dense, activate, dropout};
+use super::cnn_lstm::{Dense, head_forward, head_layers};
 use super::rng::Rng;
 use super::spec::ModelSpec;
 
@@ -22,19 +22,10 @@ pub struct Mlp {
 impl Mlp {
     /// A freshly initialised model on `device`, weights drawn from `rng`.
     pub fn new(spec: &ModelSpec, rng: &mut Rng, device: &Device) -> Self {
-        let mut d_in = spec.input.assets * spec.input.features;
-        let dense = spec
-            .dense
-            .iter()
-            .map(|d| {
-                let layer = Dense::new(d_in, d.units, rng, device);
-                d_in = d.units;
-                layer
-            })
-            .collect();
+        let (dense, head) = head_layers(spec, spec.input.assets * spec.input.features, rng, device);
         Self {
             dense,
-            head: Dense::new(d_in, spec.num_classes, rng, device),
+            head,
             spec: spec.clone(),
         }
     }
@@ -46,13 +37,9 @@ impl Mlp {
 
     /// Logits `[batch, num_classes]` for `x` `[batch, assets, T, features]`; `rng` = `Some`
     /// is training mode (dropout).
-    pub fn forward(&self, x: Tensor<4>, mut rng: Option<&mut Rng>) -> Tensor<2> {
+    pub fn forward(&self, x: Tensor<4>, rng: Option<&mut Rng>) -> Tensor<2> {
         let [b, a, t, f] = x.dims();
-        let mut h = x.narrow(2, t - 1, 1).reshape([b, a * f]);
-        for (layer, d) in self.dense.iter().zip(&self.spec.dense) {
-            h = activate(layer.forward(h), self.spec.activation);
-            h = dropout(h, d.dropout, rng.as_deref_mut());
-        }
-        self.head.forward(h)
+        let h = x.narrow(2, t - 1, 1).reshape([b, a * f]);
+        head_forward(&self.dense, &self.head, &self.spec, h, rng)
     }
 }

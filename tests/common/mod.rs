@@ -335,3 +335,39 @@ pub fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
     }
     hits
 }
+
+/// One synthetic UTC `day` at 10 s for BTCUSDT + ETHUSDT and a tiny CNN+LSTM: seconds per
+/// stage. `training` lines go inside the `training:` block (indented two spaces), `tail` is
+/// appended as more top-level sections.
+pub fn tiny_config(work: &Path, day: &str, training: &str, tail: &str) -> String {
+    format!(
+        r#"
+workdir: {work:?}
+data:
+  source_type: synthetic
+  synthetic: {{seed: 7}}
+  asset_pairs: {{target_asset: BTCUSDT, correlated_assets: [ETHUSDT]}}
+  time_range: {{start_date: "{day}", end_date: "{day}", cadence_seconds: 10}}
+  order_book: {{depth_levels: 5}}
+  validation: {{max_gap_seconds: 60, fail_on_invalid: false}}
+targets:
+  prediction_horizon_seconds: 60
+  price_classes: {{boundaries: [-0.03, 0.03]}}
+preprocessing:
+  window_steps: 16
+  feature_engineering: {{momentum_windows: [6], depth_imbalance_levels: 5}}
+  train_test_split: {{train_ratio: 0.7, validation_ratio: 0.15, test_ratio: 0.15, degradation_slices: 4}}
+model:
+  cnn: {{num_layers: 1, filters: [4], kernel_sizes: [[3, 3]], pool_sizes: [[2, 1]], dropout_rates: [0.1]}}
+  lstm: {{units: 8}}
+  dense: {{layers: [8], dropout_rates: [0.1]}}
+  output: {{num_classes: 3}}
+training:
+  batch_size: 64
+  shuffle_buffer: 500
+{training}
+diagnostics: {{min_class_samples: 1}}
+{tail}
+"#
+    )
+}
