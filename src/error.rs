@@ -59,6 +59,9 @@ pub enum Error {
     /// Recording order books failed.
     #[error(transparent)]
     Record(#[from] crate::record::RecordError),
+    /// The hyperparameter search failed.
+    #[error(transparent)]
+    Hpo(#[from] crate::train::hpo::HpoError),
     /// A fine-tune cannot start.
     #[error(transparent)]
     Finetune(#[from] crate::pipeline::finetune::FinetuneError),
@@ -99,6 +102,7 @@ impl Error {
             Error::Lock(crate::pipeline::lock::LockError::Busy { .. }) => ExitCode::Locked,
             Error::Lock(_) => ExitCode::Data,
             Error::Finetune(_) => ExitCode::Usage,
+            Error::Hpo(e) => e.exit_code(),
             Error::Record(e) => e.exit_code(),
         }
     }

@@ -2,6 +2,7 @@
 //! and `run`, the stages in order under one parent run.
 
 pub mod finetune;
+pub mod hpo;
 pub mod lock;
 
 use serde::Serialize;
@@ -86,15 +87,32 @@ impl<'a> Pipeline<'a> {
         Ok(out)
     }
 
-    /// `train`: the configured model on the preprocessed store.
-    pub fn train(&self, req: TrainRequest) -> Result<TrainSummary> {
+    /// `train`: the configured model on the preprocessed store; with
+    /// `hyperparameter_optimization.enabled` (and not fine-tuning) a search first, whose best
+    /// parameters the final training uses.
+    pub fn train(&self, mut req: TrainRequest) -> Result<TrainSummary> {
+        let searched;
+        let loaded = if self.loaded.config.hyperparameter_optimization.enabled && req.init.is_none()
+        {
+            let (best, study) = hpo::search(self.loaded, self.parent)?;
+            req.tags
+                .push(("binance_ml.hpo_study_run".into(), study.run_id.clone()));
+            req.tags.push((
+                "binance_ml.hpo_best_trial".into(),
+                study.best_trial.to_string(),
+            ));
+            searched = best;
+            &searched
+        } else {
+            self.loaded
+        };
         tracked(
-            self.loaded,
+            loaded,
             self.parent,
             Stage::ModelTraining,
             MODEL_NAME,
             &[Stage::Preprocessing, Stage::DataDiagnostics],
-            |run| train(self.loaded, &req, run),
+            |run| train(loaded, &req, run),
         )
     }
 

@@ -38,16 +38,19 @@ pub enum Stage {
     DataDiagnostics,
     /// Model training.
     ModelTraining,
+    /// Hyperparameter search (a study run with one nested run per trial).
+    HyperparameterOptimization,
     /// Evaluation on held-out periods.
     ModelEvaluation,
 }
 
 impl Stage {
     /// Every stage, in pipeline order.
-    pub const ALL: [Stage; 5] = [
+    pub const ALL: [Stage; 6] = [
         Stage::DataCollection,
         Stage::Preprocessing,
         Stage::DataDiagnostics,
+        Stage::HyperparameterOptimization,
         Stage::ModelTraining,
         Stage::ModelEvaluation,
     ];
@@ -59,6 +62,7 @@ impl Stage {
             Stage::Preprocessing => "preprocessing",
             Stage::DataDiagnostics => "diagnostics",
             Stage::ModelTraining => "training",
+            Stage::HyperparameterOptimization => "hyperparameter_optimization",
             Stage::ModelEvaluation => "evaluation",
         }
     }
@@ -72,6 +76,7 @@ impl crate::config::StageExperiments {
             Stage::Preprocessing => &self.preprocessing,
             Stage::DataDiagnostics => &self.diagnostics,
             Stage::ModelTraining => &self.training,
+            Stage::HyperparameterOptimization => &self.hyperparameter_optimization,
             Stage::ModelEvaluation => &self.evaluation,
         }
     }
@@ -341,7 +346,7 @@ mod tests {
         let e = crate::config::StageExperiments::default();
         let names: std::collections::HashSet<&str> =
             Stage::ALL.iter().map(|s| e.name(*s)).collect();
-        assert_eq!(names.len(), 5);
+        assert_eq!(names.len(), 6);
         assert_eq!(e.name(Stage::ModelTraining), "binance-model-training");
     }
 }

@@ -3,6 +3,7 @@
 pub mod callbacks;
 pub mod checkpoint;
 pub mod device;
+pub mod hpo;
 pub mod loss;
 pub mod memory;
 pub mod metrics;

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use super::source::{Batch, BatchIter, BatchSource, Split, prefetch};
 use super::{TrainError, check_memory_budget};
 use crate::model::{ModelSpec, Rng, SampleShape};
+use crate::preprocess::split::SplitRange;
 use crate::preprocess::stage::{StoreManifest, load_samples, read_rows_f32};
 use crate::preprocess::window::RowLayout;
 
@@ -109,6 +110,46 @@ impl StoreSource {
             }),
             shuffle_buffer: shuffle_buffer.max(1),
             prefetch,
+        })
+    }
+
+    /// A source over the training samples whose window ends lie in `train` and in
+    /// `validation` (one rolling fold of the training split), with windows of `window` steps
+    /// (at most the store's: its samples are purged for its window). The test split is left out.
+    pub fn fold(
+        &self,
+        train: SplitRange,
+        validation: SplitRange,
+        window: usize,
+    ) -> Result<Self, TrainError> {
+        let s = &self.shared;
+        if window == 0 || window > s.window {
+            return Err(TrainError::Option(format!(
+                "a window of {window} steps: the preprocessed store holds windows of at most {} \
+                 (preprocessing.window_steps)",
+                s.window
+            )));
+        }
+        let pick = |r: SplitRange| -> Vec<Sample> {
+            s.train
+                .iter()
+                .filter(|x| x.end >= r.start && x.end < r.end)
+                .copied()
+                .collect()
+        };
+        Ok(Self {
+            shared: Arc::new(Shared {
+                dir: s.dir.clone(),
+                manifest: s.manifest.clone(),
+                layout: s.layout,
+                window,
+                train: pick(train),
+                validation: pick(validation),
+                test: Vec::new(),
+                class_mean_change_pct: s.class_mean_change_pct.clone(),
+            }),
+            shuffle_buffer: self.shuffle_buffer,
+            prefetch: self.prefetch,
         })
     }
 
