@@ -139,6 +139,8 @@ fn main() {
         eprintln!("train_speed: a benchmark; run it with `cargo bench --bench train_speed`");
         return;
     }
+    // As the binary does: large tensors stay in the heap.
+    binance_ml::allocator::tune();
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| a != "--bench")

@@ -2,6 +2,7 @@
 //!
 //! The binary (`src/main.rs`) is a thin shell over this library; tests and benches use it too.
 
+pub mod allocator;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -9,6 +9,7 @@ use binance_ml::logging::{self, LogSettings};
 use binance_ml::{Error, ExitCode};
 
 fn main() {
+    binance_ml::allocator::tune();
     let cli = Cli::parse();
     let g = &cli.global;
     let format = g.log_format.unwrap_or(LogFormat::Text);
