@@ -370,6 +370,13 @@ fn run_trial(
             Metric::new(format!("std_{}", h.metric), std, now, 0),
         ],
     )?;
+    tracing::info!(
+        trial = number,
+        params = ?params,
+        "{}: mean {mean:.4} (std {std:.4}) over {} fold(s)",
+        h.metric,
+        fold_values.len()
+    );
     study.complete(number, mean, fold_values)?;
     t.set_tags(run.run_id(), &[("binance_ml.trial_state", "complete")])?;
     Ok(())

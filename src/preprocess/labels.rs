@@ -10,7 +10,7 @@ use super::grid::StepState;
 pub struct LabelSpec {
     /// percentage | absolute | adaptive.
     pub definition: ClassDefinition,
-    /// Strictly increasing; class k holds values in [boundaries[k-1], boundaries[k]).
+    /// Strictly increasing; class k holds values in `[boundaries[k-1], boundaries[k])`.
     pub boundaries: Vec<f64>,
     /// Horizon in steps.
     pub horizon_steps: usize,
