@@ -2,7 +2,8 @@
 //! local-book procedure reproduces the shipped 1-second snapshots, rows written to a real
 //! PostgreSQL and to CSV files read back through `fetch` to the same books, and the whole
 //! recorder runs against a local HTTP + WebSocket server replaying the captures, including
-//! its failure cases (429 storm, 418, sequence gap, dropped connection).
+//! its failure cases (429 storm, 418, sequence gap, dropped connection, the database going away
+//! behind a TCP proxy and coming back).
 
 mod common;
 
@@ -640,4 +641,279 @@ fn rest_mode_stops_with_exit_4_when_every_symbol_is_banned() {
     assert_eq!(e.exit_code(), binance_ml::ExitCode::External, "{e}");
     assert!(e.to_string().contains("BTCUSDT, ETHUSDT"), "{e}");
     assert_eq!(rows, 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The database going away and coming back, through a TCP proxy in front of the real PostgreSQL.
+
+/// Forwards TCP connections to the database; `cut` drops every open connection and refuses
+/// new ones (accepted, then closed at once) until `restore`.
+struct Proxy {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    /// Whether cut, and the open sockets (both ends of every forwarded connection).
+    state: Arc<Mutex<(bool, Vec<TcpStream>)>>,
+    /// Local ports of the proxy's connections to the database (`pg_stat_activity.client_port`).
+    upstream_ports: Arc<Mutex<Vec<u16>>>,
+}
+
+impl Proxy {
+    fn start(upstream: std::net::SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let state = Arc::new(Mutex::new((false, Vec::new())));
+        let upstream_ports = Arc::new(Mutex::new(Vec::new()));
+        let (stop2, state2, ports2) = (stop.clone(), state.clone(), upstream_ports.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(client) = conn else { continue };
+                let mut s = state2.lock().unwrap();
+                if s.0 {
+                    let _ = client.shutdown(std::net::Shutdown::Both);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(upstream) else {
+                    continue;
+                };
+                ports2
+                    .lock()
+                    .unwrap()
+                    .push(server.local_addr().unwrap().port());
+                s.1.push(client.try_clone().unwrap());
+                s.1.push(server.try_clone().unwrap());
+                drop(s);
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = from.shutdown(std::net::Shutdown::Both);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Self {
+            port,
+            stop,
+            state,
+            upstream_ports,
+        }
+    }
+
+    fn cut(&self) {
+        let mut s = self.state.lock().unwrap();
+        s.0 = true;
+        for c in s.1.drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn restore(&self) {
+        self.state.lock().unwrap().0 = false;
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        self.cut();
+    }
+}
+
+/// `uri` with its host:port replaced by `127.0.0.1:port`, and the address it named.
+fn through_proxy(uri: &str, port: u16) -> (String, std::net::SocketAddr) {
+    use std::net::ToSocketAddrs;
+    let cfg: postgres::Config = uri.parse().unwrap();
+    let host = match &cfg.get_hosts()[0] {
+        postgres::config::Host::Tcp(h) => h.clone(),
+        other => panic!("the test database must be reached over TCP, not {other:?}"),
+    };
+    let db_port = cfg.get_ports().first().copied().unwrap_or(5432);
+    let addr = (host.as_str(), db_port)
+        .to_socket_addrs()
+        .unwrap()
+        .next()
+        .unwrap();
+    let scheme_end = uri.find("://").unwrap() + 3;
+    let rest = &uri[scheme_end..];
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let userinfo_end = rest[..authority_end].rfind('@').map_or(0, |i| i + 1);
+    let proxied = format!(
+        "{}{}127.0.0.1:{port}{}",
+        &uri[..scheme_end],
+        &rest[..userinfo_end],
+        &rest[authority_end..]
+    );
+    (proxied, addr)
+}
+
+/// Waits for `cond` up to `secs` seconds (a generous deadline, not a speed assertion).
+fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let end = std::time::Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < end,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_database_going_away_and_back_loses_and_duplicates_no_row() {
+    let (Some(shared), Some(uri)) = (common::shared_data(), common::database_uri()) else {
+        return;
+    };
+    let symbols = ["BTCUSDT", "ETHUSDT"];
+    let lines = capture(&shared, "spot", &symbols);
+    let truth = replay(&lines, RecordMarket::Spot, &symbols, 10);
+    let server = serve(lines, Fault::None);
+    let proxy = Proxy::start(through_proxy(&uri, 0).1);
+    let (proxied, _) = through_proxy(&uri, proxy.port);
+    let table = "t_record_outage";
+    drop_table(&uri, table);
+    let dir = tempfile::tempdir().unwrap();
+    let workdir = dir.path().join("work");
+    let extra = format!(
+        "record:\n  rest_url: http://127.0.0.1:{p}\n  ws_url: ws://127.0.0.1:{p}\n  output: database\n  \
+         db_retry_seconds: 1\n  request_timeout_seconds: 2\n  max_backoff_seconds: 1\n  \
+         status_interval_seconds: 1\n",
+        p = server.port
+    );
+    let config = common::config(&db_yaml(&workdir, &proxied, table, &extra));
+    let spill_file = workdir.join("record/spill/spill.jsonl");
+
+    // The outage, driven by what the recorder does: once rows arrive, cut the proxy until
+    // the recorder has spilled, then restore it; once the spill is drained, the server
+    // terminates the recorder's session in the middle of an INSERT (an error sent by
+    // PostgreSQL, not a dropped socket).
+    let events = std::thread::scope(|scope| {
+        let control = scope.spawn(|| {
+            let rows = || {
+                let mut c = postgres::Client::connect(&uri, postgres::NoTls).unwrap();
+                c.query_opt(&format!("SELECT count(*) FROM {table}"), &[])
+                    .ok()
+                    .flatten()
+                    .map_or(0, |r| r.get::<_, i64>(0))
+            };
+            wait_for(30, "the first rows", || rows() > 0);
+            proxy.cut();
+            wait_for(30, "the spill file", || {
+                spill_file.metadata().is_ok_and(|m| m.len() > 0)
+            });
+            std::thread::sleep(Duration::from_millis(1500)); // more samples spill
+            let spilled_rows = rows();
+            proxy.restore();
+            wait_for(30, "the spill file to be drained", || !spill_file.exists());
+            // Hold the table locked so the recorder's next INSERT waits, then terminate its
+            // backend: the error reaches the INSERT itself (SQLSTATE 57P01, admin_shutdown).
+            let mut c = postgres::Client::connect(&uri, postgres::NoTls).unwrap();
+            let mut locker = postgres::Client::connect(&uri, postgres::NoTls).unwrap();
+            let mut lock = locker.transaction().unwrap();
+            lock.batch_execute(&format!("LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))
+                .unwrap();
+            let ports: Vec<i32> = proxy
+                .upstream_ports
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|&p| i32::from(p))
+                .collect();
+            let waiting = "FROM pg_stat_activity WHERE client_addr = '127.0.0.1' \
+                           AND client_port = ANY($1) AND wait_event_type = 'Lock'";
+            wait_for(30, "the recorder's INSERT to wait on the lock", || {
+                let n: i64 = c
+                    .query_one(&format!("SELECT count(*) {waiting}"), &[&ports])
+                    .unwrap()
+                    .get(0);
+                n > 0
+            });
+            let terminated: i64 = c
+                .query_one(
+                    &format!("SELECT count(*) FROM (SELECT pg_terminate_backend(pid) {waiting}) t"),
+                    &[&ports],
+                )
+                .unwrap()
+                .get(0);
+            lock.rollback().unwrap();
+            (spilled_rows, terminated)
+        });
+        let req = RecordRequest {
+            duration: Some(Duration::from_secs(18)),
+            symbols: vec![],
+            mode: RecordMode::Websocket,
+        };
+        let summary = record::record(&config, &req).unwrap();
+        (summary, control.join().unwrap())
+    });
+    let (s, (rows_during_outage, terminated)) = events;
+    eprintln!("{s:?}");
+    assert_eq!(
+        terminated, 1,
+        "the recorder's session was open and terminated"
+    );
+    assert!(s.database_outages >= 2, "cut + terminated session: {s:?}");
+    assert!(s.snapshots_spilled > 0, "{s:?}");
+    assert!(!s.spill_pending && !spill_file.exists(), "{s:?}");
+    assert!(
+        rows_during_outage > 0,
+        "recording started before the outage"
+    );
+
+    // Every sampled snapshot x level is in the table exactly once.
+    let sampled: u64 = s.per_symbol.values().map(|x| x.snapshots).sum();
+    assert!(sampled >= 2 * 10, "{s:?}");
+    assert_eq!(s.snapshots_written, sampled, "{s:?}");
+    let mut c = postgres::Client::connect(&uri, postgres::NoTls).unwrap();
+    let total: i64 = c
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(total as u64, sampled * 10);
+    let mut books: BTreeMap<(String, i64), (Levels, Levels)> = BTreeMap::new();
+    for row in c
+        .query(
+            &format!(
+                "SELECT symbol, (extract(epoch FROM ts) * 1000)::bigint, level, bid_price, bid_qty, \
+                 ask_price, ask_qty FROM {table} ORDER BY symbol, ts, level"
+            ),
+            &[],
+        )
+        .unwrap()
+    {
+        let key = (row.get::<_, String>(0), row.get::<_, i64>(1));
+        let level: i32 = row.get(2);
+        let b = books.entry(key).or_default();
+        assert_eq!(b.0.len() as i32 + 1, level, "levels 1..10 once each");
+        b.0.push([row.get(3), row.get(4)]);
+        b.1.push([row.get(5), row.get(6)]);
+    }
+    for sym in symbols {
+        let ts: Vec<i64> = books.keys().filter(|k| k.0 == sym).map(|k| k.1).collect();
+        let st = &s.per_symbol[sym];
+        assert_eq!(ts.len() as u64, st.snapshots, "{sym}");
+        // No hole across the outage: once synced, every boundary has its snapshot.
+        assert!(
+            ts.windows(2).all(|w| w[1] - w[0] == 1000),
+            "{sym}: boundaries missing in {ts:?}"
+        );
+        assert_eq!((st.gaps, st.resyncs), (0, 1), "{sym}: {st:?}");
+    }
+    for ((sym, _), (bids, asks)) in &books {
+        assert_eq!((bids.len(), asks.len()), (10, 10));
+        assert!(
+            truth.history[sym]
+                .iter()
+                .any(|h| (&h.1, &h.2) == (bids, asks)),
+            "{sym}: a stored book the capture never had"
+        );
+    }
+    drop_table(&uri, table);
 }

@@ -52,6 +52,16 @@ fn float_literal(v: Option<f64>) -> String {
     }
 }
 
+/// Whether an error the server sent means the session (not the rows) is gone: connection
+/// exceptions (class 08), the server shutting down or restarting, or terminating this backend
+/// (`pg_terminate_backend`, class 57P), too many connections. The client may not have seen the
+/// socket close yet when the query's error arrives, so `is_closed()` alone misses these; treating
+/// them as fatal would stop an unattended recorder on a database restart.
+pub fn lost_connection(code: &postgres::error::SqlState) -> bool {
+    let c = code.code();
+    c.starts_with("08") || c.starts_with("57P") || c == "53300"
+}
+
 /// The tall table in PostgreSQL (or GreptimeDB over the wire protocol).
 pub struct PgSink {
     data: DataConfig,
@@ -174,7 +184,8 @@ impl Sink for PgSink {
         );
         for sql in statements {
             if let Err(e) = client.batch_execute(&sql) {
-                let lost = e.as_db_error().is_none() || client.is_closed();
+                let lost =
+                    client.is_closed() || e.as_db_error().is_none_or(|d| lost_connection(d.code()));
                 let message = format!(
                     "insert into {} at {}: {e}",
                     self.data.connection.table_name, self.target
@@ -188,7 +199,11 @@ impl Sink for PgSink {
                         "inserting into {} (data.connection.table_name; the table needs a unique key on ts, symbol, level)",
                         self.data.connection.table_name
                     ),
-                    message: e.to_string(),
+                    // `Display` of a server error is only "db error": give its text and code.
+                    message: e.as_db_error().map_or_else(
+                        || e.to_string(),
+                        |d| format!("{} (SQLSTATE {})", d.message(), d.code().code()),
+                    ),
                 })));
             }
         }
@@ -574,6 +589,29 @@ mod tests {
              ON CONFLICT (ts, symbol, level) DO NOTHING"
         );
         assert!(sql[1].contains("'BTCUSDT', 2, 61822.04, 9e-5, NULL, NULL)"));
+    }
+
+    #[test]
+    fn session_errors_are_outages_and_row_errors_are_fatal() {
+        use postgres::error::SqlState;
+        for down in [
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CRASH_SHUTDOWN,
+            SqlState::CANNOT_CONNECT_NOW,
+            SqlState::CONNECTION_FAILURE,
+            SqlState::CONNECTION_EXCEPTION,
+            SqlState::TOO_MANY_CONNECTIONS,
+        ] {
+            assert!(lost_connection(&down), "{down:?}");
+        }
+        for fatal in [
+            SqlState::UNDEFINED_TABLE,
+            SqlState::INSUFFICIENT_PRIVILEGE,
+            SqlState::INVALID_COLUMN_REFERENCE,
+            SqlState::DISK_FULL,
+        ] {
+            assert!(!lost_connection(&fatal), "{fatal:?}");
+        }
     }
 
     #[test]
