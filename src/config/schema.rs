@@ -1243,6 +1243,16 @@ pub enum Direction {
     Minimize,
 }
 
+impl Direction {
+    /// Whether `a` is strictly better than `b` in this direction.
+    pub fn better(self, a: f64, b: f64) -> bool {
+        match self {
+            Direction::Maximize => a > b,
+            Direction::Minimize => a < b,
+        }
+    }
+}
+
 /// Sampler of the search.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

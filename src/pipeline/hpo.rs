@@ -14,7 +14,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::tracked;
-use crate::config::{Config, Direction, LoadedConfig};
+use crate::config::{Config, LoadedConfig};
 use crate::model::ModelSpec;
 use crate::preprocess::stage::{read_manifest, store_dir};
 use crate::tracking::{Metric, Stage, StageRun};
@@ -114,13 +114,6 @@ pub fn apply(config: &mut Config, params: &Params) -> Result<usize, TrainError> 
         }
     }
     Ok(window)
-}
-
-fn better(direction: Direction, a: f64, b: f64) -> bool {
-    match direction {
-        Direction::Maximize => a > b,
-        Direction::Minimize => a < b,
-    }
 }
 
 /// Runs (or resumes) the study of this configuration and returns the configuration with the
@@ -337,7 +330,7 @@ fn run_trial(
                     i64::from(m.epoch),
                 )],
             )?;
-            if best.is_none_or(|b| better(h.direction, value, b)) && value.is_finite() {
+            if best.is_none_or(|b| h.direction.better(value, b)) && value.is_finite() {
                 best = Some(value);
             }
             if i == 0 {

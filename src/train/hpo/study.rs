@@ -243,14 +243,17 @@ impl Study {
         self.trials.get(number as usize)
     }
 
-    fn running(&mut self, number: u32) -> Result<&mut Trial, HpoError> {
-        let t = self
-            .trials
+    fn trial_mut(&mut self, number: u32) -> Result<&mut Trial, HpoError> {
+        self.trials
             .get_mut(number as usize)
             .ok_or_else(|| HpoError::Trial {
                 number,
                 reason: "the study has no such trial".into(),
-            })?;
+            })
+    }
+
+    fn running(&mut self, number: u32) -> Result<&mut Trial, HpoError> {
+        let t = self.trial_mut(number)?;
         if t.state != TrialState::Running {
             return Err(HpoError::Trial {
                 number,
@@ -269,14 +272,7 @@ impl Study {
 
     /// Records the tracking run of a trial, and saves.
     pub fn set_run_id(&mut self, number: u32, run_id: &str) -> Result<(), HpoError> {
-        let t = self
-            .trials
-            .get_mut(number as usize)
-            .ok_or_else(|| HpoError::Trial {
-                number,
-                reason: "the study has no such trial".into(),
-            })?;
-        t.run_id = Some(run_id.to_owned());
+        self.trial_mut(number)?.run_id = Some(run_id.to_owned());
         self.save()
     }
 
@@ -326,16 +322,12 @@ impl Study {
 
     /// The best complete trial (the earliest on ties).
     pub fn best(&self) -> Option<&Trial> {
-        let better = |a: f64, b: f64| match self.direction {
-            Direction::Maximize => a > b,
-            Direction::Minimize => a < b,
-        };
         self.trials
             .iter()
             .filter(|t| t.state == TrialState::Complete)
             .filter_map(|t| Some((t, t.value?)))
             .fold(None, |best: Option<(&Trial, f64)>, (t, v)| match best {
-                Some((_, bv)) if !better(v, bv) => best,
+                Some((_, bv)) if !self.direction.better(v, bv) => best,
                 _ => Some((t, v)),
             })
             .map(|(t, _)| t)
