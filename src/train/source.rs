@@ -83,6 +83,12 @@ pub trait BatchSource {
     ) -> Result<BatchIter<'_>, TrainError>;
 }
 
+/// The shuffling RNG of `epoch` (1-based): a function of `(seed, epoch)` alone, so a resumed
+/// run draws what an uninterrupted one would. `stream` separates the sources' uses.
+pub fn epoch_rng(seed: u64, epoch: u32, stream: &str) -> Rng {
+    Rng::new(seed ^ u64::from(epoch).rotate_left(32), stream)
+}
+
 /// Run a batch iterator on a background thread, keeping up to `depth` batches ready
 /// (`training.prefetch_batches`), so reading and slicing overlap the training step. Errors
 /// are passed through in order; the thread stops when the returned iterator is dropped.
@@ -166,7 +172,7 @@ impl BatchSource for InMemorySource {
         let (data, order) = match split {
             Split::Train => {
                 let mut order: Vec<usize> = (0..self.train.1.len()).collect();
-                Rng::new(seed ^ u64::from(epoch).rotate_left(32), "shuffle").shuffle(&mut order);
+                epoch_rng(seed, epoch, "shuffle").shuffle(&mut order);
                 (&self.train, order)
             }
             Split::Validation => (&self.validation, (0..self.validation.1.len()).collect()),

@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::source::{Batch, BatchIter, BatchSource, Split, prefetch};
+use super::source::{Batch, BatchIter, BatchSource, Split, epoch_rng, prefetch};
 use super::{TrainError, check_memory_budget};
 use crate::model::{ModelSpec, Rng, SampleShape};
 use crate::preprocess::split::SplitRange;
@@ -257,7 +257,7 @@ impl BatchSource for StoreSource {
             .step_by(self.shuffle_buffer)
             .map(|a| (a, (a + self.shuffle_buffer).min(samples.len())))
             .collect();
-        let mut rng = Rng::new(seed ^ u64::from(epoch).rotate_left(32), "store-shuffle");
+        let mut rng = epoch_rng(seed, epoch, "store-shuffle");
         if split == Split::Train {
             rng.shuffle(&mut blocks);
         }
