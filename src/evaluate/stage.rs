@@ -9,7 +9,6 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{Device, Tensor, TensorData};
 use serde::Serialize;
 
 use super::backtest::{self, BacktestInput, BacktestResult};
@@ -18,7 +17,7 @@ use super::metrics::{self, Scores};
 use super::{EvaluateError, baselines, saliency::Saliency};
 use crate::config::LoadedConfig;
 use crate::data::cache::write_atomic;
-use crate::model::{ModelArtifact, Network, SampleShape, infer::to_vec};
+use crate::model::{ModelArtifact, Network, infer};
 use crate::plot::{self, Chart, Line};
 use crate::predict::{ModelInput, ModelRef, locate_model, parse_range};
 use crate::preprocess::split::SplitRange;
@@ -97,17 +96,12 @@ fn out_err(path: &Path, e: impl ToString) -> TrainError {
     }
 }
 
-/// Forward passes in inference mode: logits `samples x classes` of the `[n, a, T, F]` batch.
-fn forward(model: &Network, x: Vec<f32>, shape: SampleShape, device: &Device) -> Vec<f64> {
-    let n = x.len() / shape.len();
-    let x = Tensor::from_data(
-        TensorData::new(x, [n, shape.assets, shape.time_steps, shape.features]),
-        device,
-    );
-    to_vec(model.forward(x, None))
+/// Logits `samples x classes` of a batch of windows, in inference mode.
+fn forward(model: &Network, x: Vec<f32>) -> Result<Vec<f64>, TrainError> {
+    Ok(infer::logits(model, x)?
         .into_iter()
         .map(f64::from)
-        .collect()
+        .collect())
 }
 
 /// Which samples saliency uses: `want` evenly spaced ones out of `n`.
@@ -123,11 +117,9 @@ fn store_logits(
     source: &mut dyn BatchSource,
     split: Split,
     batch_size: usize,
-    device: &Device,
     pick: &dyn Fn(usize) -> bool,
 ) -> Result<(Vec<f64>, Vec<f32>), TrainError> {
-    let shape = source.sample_shape();
-    let per = shape.len();
+    let per = source.sample_shape().len();
     let (mut out, mut kept) = (Vec::new(), Vec::new());
     let mut i = 0;
     for batch in source.batches(split, 1, 0, batch_size)? {
@@ -138,7 +130,7 @@ fn store_logits(
             }
         }
         i += batch.len();
-        out.extend(forward(model, batch.x, shape, device));
+        out.extend(forward(model, batch.x)?);
     }
     Ok((out, kept))
 }
@@ -168,7 +160,6 @@ fn store_set(
     art: &ModelArtifact,
     model_run: &str,
     req: &EvaluateRequest,
-    device: &Device,
 ) -> crate::Result<EvalSet> {
     let c = &loaded.config;
     let split = req.split;
@@ -216,13 +207,12 @@ fn store_set(
         &mut source,
         Split::Validation,
         batch,
-        device,
         if idx == 1 { &pick } else { &none },
     )?;
     let (logits, saliency_x) = if idx == 1 {
         (val_logits.clone(), val_x)
     } else {
-        store_logits(&art.model, &mut source, Split::Test, batch, device, &pick)?
+        store_logits(&art.model, &mut source, Split::Test, batch, &pick)?
     };
     let h = manifest.lookahead_steps;
     let slices = if idx == 2 && !manifest.degradation_slices.is_empty() {
@@ -258,7 +248,6 @@ fn range_set(
     art: &ModelArtifact,
     dir: &Path,
     (start, end): (&str, &str),
-    device: &Device,
 ) -> crate::Result<EvalSet> {
     let c = &loaded.config;
     let (a, b) = parse_range(start, end)?;
@@ -290,7 +279,7 @@ fn range_set(
                 saliency_x.extend_from_slice(&x[j * shape.len()..]);
             }
         }
-        logits.extend(forward(&art.model, x, shape, device));
+        logits.extend(forward(&art.model, x)?);
     }
     let h = (m.horizon_seconds as i64 * 1000 / cadence.max(1)) as usize;
     let span = SplitRange {
@@ -344,8 +333,8 @@ pub fn evaluate(
     let device = select_device(c.model.backend, &c.model.device)?;
     let mut art = ModelArtifact::load(&model_dir, &device.device)?;
     let set = match &req.range {
-        Some((a, b)) => range_set(loaded, &art, &model_dir, (a, b), &device.device)?,
-        None => store_set(loaded, &art, &model_run, req, &device.device)?,
+        Some((a, b)) => range_set(loaded, &art, &model_dir, (a, b))?,
+        None => store_set(loaded, &art, &model_run, req)?,
     };
     let k = art.manifest.class_names.len();
     let (ends, labels, n) = (&set.ends, &set.labels, set.labels.len());

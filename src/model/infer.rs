@@ -6,7 +6,7 @@ use burn::tensor::{Tensor, TensorData};
 
 use super::{ModelError, Network};
 
-fn input_tensor(model: &Network, x: &[f32]) -> Result<(Tensor<4>, usize), ModelError> {
+fn input_tensor(model: &Network, x: Vec<f32>) -> Result<(Tensor<4>, usize), ModelError> {
     let shape = model.spec().input;
     let per = shape.len();
     if per == 0 || !x.len().is_multiple_of(per) || x.is_empty() {
@@ -19,16 +19,18 @@ fn input_tensor(model: &Network, x: &[f32]) -> Result<(Tensor<4>, usize), ModelE
     }
     let b = x.len() / per;
     let device = model.device();
-    let data = TensorData::new(
-        x.to_vec(),
-        [b, shape.assets, shape.time_steps, shape.features],
-    );
+    let data = TensorData::new(x, [b, shape.assets, shape.time_steps, shape.features]);
     Ok((Tensor::from_data(data, &device), b))
 }
 
 /// Logits `[batch * num_classes]` (row-major) for `x` = `batch` samples `[assets, T, F]`
 /// row-major. Runs in inference mode (no dropout, no autodiff graph).
 pub fn predict_logits(model: &Network, x: &[f32]) -> Result<Vec<f32>, ModelError> {
+    logits(model, x.to_vec())
+}
+
+/// [`predict_logits`] taking the batch by value (no copy: `evaluate` streams millions).
+pub fn logits(model: &Network, x: Vec<f32>) -> Result<Vec<f32>, ModelError> {
     let model = model.valid();
     let (input, _) = input_tensor(&model, x)?;
     Ok(to_vec(model.forward(input, None)))
@@ -38,7 +40,7 @@ pub fn predict_logits(model: &Network, x: &[f32]) -> Result<Vec<f32>, ModelError
 /// calibration slot; 1.0 = uncalibrated).
 pub fn predict_proba(model: &Network, x: &[f32], temperature: f32) -> Result<Vec<f32>, ModelError> {
     let model = model.valid();
-    let (input, _) = input_tensor(&model, x)?;
+    let (input, _) = input_tensor(&model, x.to_vec())?;
     let logits = model.forward(input, None).div_scalar(temperature);
     Ok(to_vec(softmax(logits, 1)))
 }
