@@ -142,9 +142,11 @@ struct EvalSet {
     ends: Vec<usize>,
     labels: Vec<u32>,
     logits: Vec<f64>,
-    /// Realised move over the horizon after each sample, percent.
+    /// Steps each label's price change spans (the horizon, or the smoothing window).
+    lookahead_steps: usize,
+    /// Realised move over the label's look-ahead after each sample, percent.
     realised_pct: Vec<f64>,
-    /// The move over the horizon that ended at each sample's end, percent (known then).
+    /// The same move that ended at each sample's end, percent (known then).
     previous_pct: Vec<f64>,
     /// Consecutive step ranges for the degradation report.
     slices: Vec<SplitRange>,
@@ -223,6 +225,7 @@ fn store_set(
     };
     Ok(EvalSet {
         split: name.into(),
+        lookahead_steps: h,
         labels: labels_of(&ends),
         logits,
         realised_pct: ends.iter().map(|&e| samples.price_changes[e]).collect(),
@@ -281,13 +284,15 @@ fn range_set(
         }
         logits.extend(forward(&art.model, x)?);
     }
-    let h = (m.horizon_seconds as i64 * 1000 / cadence.max(1)) as usize;
+    // A price change spans the labels' look-ahead: the previous one ends exactly at k.
+    let h = input.lookahead_steps();
     let span = SplitRange {
         start: ends[0],
         end: ends[ends.len() - 1] + 1,
     };
     Ok(EvalSet {
         split: format!("{start} .. {end}"),
+        lookahead_steps: h,
         labels: ends.iter().map(|&k| rows.labels[k]).collect(),
         logits,
         realised_pct: ends.iter().map(|&k| rows.price_changes[k]).collect(),
@@ -398,15 +403,15 @@ pub fn evaluate(
         .collect();
     let degradation_slope = slope(&degradation_accuracy);
 
-    // Backtest: one decision per horizon (non-overlapping holding periods).
-    let h = (art.manifest.horizon_seconds as i64 * 1000 / art.manifest.cadence_ms.max(1)) as usize;
+    // Backtest: one decision per look-ahead (non-overlapping holding periods).
+    let h = set.lookahead_steps.max(1);
     let backtest = e.backtesting.enabled.then(|| {
         let mut picked = Vec::new();
         let mut next = 0usize;
         for (i, &end) in ends.iter().enumerate() {
             if end >= next && set.realised_pct[i].is_finite() {
                 picked.push(i);
-                next = end + h.max(1);
+                next = end + h;
             }
         }
         let means = &art.manifest.class_mean_change_pct;
@@ -429,7 +434,7 @@ pub fn evaluate(
             realised: &realised,
             cost: e.backtesting.transaction_cost,
             initial_capital: e.backtesting.initial_capital,
-            periods_per_year: 365.25 * 86_400.0 / art.manifest.horizon_seconds.max(1) as f64,
+            periods_per_year: 365.25 * 86_400_000.0 / (h as i64 * art.manifest.cadence_ms) as f64,
         };
         [
             backtest::backtest(&input),

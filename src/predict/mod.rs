@@ -228,6 +228,11 @@ impl<'a> ModelInput<'a> {
         self.spec.history_steps()
     }
 
+    /// Steps a label looks ahead (the span of each step's price change).
+    pub fn lookahead_steps(&self) -> usize {
+        self.spec.labels.lookahead()
+    }
+
     /// Steps behind a step its label needs.
     pub fn future_steps(&self) -> usize {
         self.spec.future_steps()
