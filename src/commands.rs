@@ -257,7 +257,7 @@ fn predict_outcome(out: &PredictOutput) -> Outcome {
 }
 
 fn evaluate_outcome(s: &EvaluateSummary) -> Outcome {
-    let beats = s.baselines.iter().all(|b| b.model_beats_it);
+    let lost = s.baselines_not_beaten();
     let text = format!(
         "{}\nrun {} ({} split, {} samples, model run {}): accuracy {:.4}, macro F1 {:.4}; {}\n\
          ECE {:.4} -> {:.4} with temperature {:.3}; accuracy slope over slices {:+.4}",
@@ -268,15 +268,9 @@ fn evaluate_outcome(s: &EvaluateSummary) -> Outcome {
         s.model_run_id,
         s.scores.accuracy,
         s.scores.macro_f1,
-        if beats {
+        if lost.is_empty() {
             "beats every baseline".to_owned()
         } else {
-            let lost: Vec<&str> = s
-                .baselines
-                .iter()
-                .filter(|b| !b.model_beats_it)
-                .map(|b| b.name.as_str())
-                .collect();
             format!("does NOT beat: {}", lost.join(", "))
         },
         s.ece[0],

@@ -89,6 +89,17 @@ pub struct EvaluateSummary {
     pub artifacts_dir: PathBuf,
 }
 
+impl EvaluateSummary {
+    /// Names of the baselines the model does not beat (empty: it beats them all).
+    pub fn baselines_not_beaten(&self) -> Vec<&str> {
+        self.baselines
+            .iter()
+            .filter(|b| !b.model_beats_it)
+            .map(|b| b.name.as_str())
+            .collect()
+    }
+}
+
 fn out_err(path: &Path, e: impl ToString) -> TrainError {
     TrainError::Output {
         path: path.to_path_buf(),
@@ -723,21 +734,10 @@ pub fn summary_markdown(
         m.window_steps,
         s.samples
     );
-    let beaten: Vec<&str> = s
-        .baselines
-        .iter()
-        .filter(|b| b.model_beats_it)
-        .map(|b| b.name.as_str())
-        .collect();
-    let verdict = if beaten.len() == s.baselines.len() {
+    let lost = s.baselines_not_beaten();
+    let verdict = if lost.is_empty() {
         "**The model beats every baseline** on both accuracy and macro F1.".to_owned()
     } else {
-        let lost: Vec<&str> = s
-            .baselines
-            .iter()
-            .filter(|b| !b.model_beats_it)
-            .map(|b| b.name.as_str())
-            .collect();
         format!(
             "**The model does NOT beat: {}** (accuracy and macro F1 must both be higher).",
             lost.join(", ")
@@ -871,7 +871,7 @@ fn log_run(
         ),
         (
             "binance_ml.beats_baselines".to_owned(),
-            s.baselines.iter().all(|b| b.model_beats_it).to_string(),
+            s.baselines_not_beaten().is_empty().to_string(),
         ),
     ];
     match which {
