@@ -173,31 +173,7 @@ fn real_binance_samples_preprocess_and_diagnose() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let pattern = shared.join("binance_1s_top10/spot_*.csv");
-    let yaml = format!(
-        r#"
-workdir: {work:?}
-data:
-  source_type: file
-  files: {{paths: [{pattern:?}], layout: wide}}
-  asset_pairs: {{target_asset: BTCUSDT, correlated_assets: [ETHUSDT]}}
-  time_range: {{start_date: "2024-08-08", end_date: "2024-08-09", cadence_seconds: 1}}
-  order_book: {{depth_levels: 10}}
-  validation: {{max_gap_seconds: 5, fail_on_invalid: false}}
-targets:
-  prediction_horizon_seconds: 10
-  price_classes: {{boundaries: [-0.005, 0.005]}}
-preprocessing:
-  window_steps: 30
-  feature_engineering: {{momentum_windows: [5, 20]}}
-  normalization: {{method: robust}}
-  train_test_split: {{train_ratio: 0.6, validation_ratio: 0.2, test_ratio: 0.2}}
-model:
-  output: {{num_classes: 3}}
-diagnostics: {{min_class_samples: 5}}
-"#,
-        work = dir.path().join("work"),
-    );
+    let yaml = common::real_samples_config(&dir.path().join("work"), &shared, "", "");
     ok(dir.path(), &yaml, &["fetch"]);
     let p = ok(dir.path(), &yaml, &["preprocess"]);
     assert_eq!(p["steps"], 650);

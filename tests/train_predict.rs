@@ -326,34 +326,11 @@ fn real_binance_samples_train_and_predict() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let pattern = shared.join("binance_1s_top10/spot_*.csv");
-    let yaml = format!(
-        r#"
-workdir: {work:?}
-data:
-  source_type: file
-  files: {{paths: [{pattern:?}], layout: wide}}
-  asset_pairs: {{target_asset: BTCUSDT, correlated_assets: [ETHUSDT]}}
-  time_range: {{start_date: "2024-08-08", end_date: "2024-08-09", cadence_seconds: 1}}
-  order_book: {{depth_levels: 10}}
-  validation: {{max_gap_seconds: 5, fail_on_invalid: false}}
-targets:
-  prediction_horizon_seconds: 10
-  price_classes: {{boundaries: [-0.005, 0.005]}}
-preprocessing:
-  window_steps: 30
-  feature_engineering: {{momentum_windows: [5, 20]}}
-  normalization: {{method: robust}}
-  train_test_split: {{train_ratio: 0.6, validation_ratio: 0.2, test_ratio: 0.2}}
-model:
-  cnn: {{num_layers: 1, filters: [4], kernel_sizes: [[3, 3]], pool_sizes: [[2, 1]], dropout_rates: [0.1]}}
-  lstm: {{units: 8}}
-  dense: {{layers: [8], dropout_rates: [0.1]}}
-  output: {{num_classes: 3}}
-training: {{epochs: 2, batch_size: 32}}
-diagnostics: {{min_class_samples: 5}}
-"#,
-        work = dir.path().join("work"),
+    let yaml = common::real_samples_config(
+        &dir.path().join("work"),
+        &shared,
+        "  cnn: {num_layers: 1, filters: [4], kernel_sizes: [[3, 3]], pool_sizes: [[2, 1]], dropout_rates: [0.1]}\n  lstm: {units: 8}\n  dense: {layers: [8], dropout_rates: [0.1]}",
+        "training: {epochs: 2, batch_size: 32}",
     );
     ok(dir.path(), &yaml, &["fetch"]);
     ok(dir.path(), &yaml, &["preprocess"]);

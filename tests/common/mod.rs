@@ -371,3 +371,35 @@ diagnostics: {{min_class_samples: 1}}
 "#
     )
 }
+
+/// The shipped BTCUSDT + ETHUSDT spot captures at 1 s (`shared` = the shared data dir), 3
+/// classes at ±0.005 % over 10 s. `model` lines go inside `model:` (before `output`), `tail`
+/// is appended as more top-level sections.
+pub fn real_samples_config(work: &Path, shared: &Path, model: &str, tail: &str) -> String {
+    let pattern = shared.join("binance_1s_top10/spot_*.csv");
+    format!(
+        r#"
+workdir: {work:?}
+data:
+  source_type: file
+  files: {{paths: [{pattern:?}], layout: wide}}
+  asset_pairs: {{target_asset: BTCUSDT, correlated_assets: [ETHUSDT]}}
+  time_range: {{start_date: "2024-08-08", end_date: "2024-08-09", cadence_seconds: 1}}
+  order_book: {{depth_levels: 10}}
+  validation: {{max_gap_seconds: 5, fail_on_invalid: false}}
+targets:
+  prediction_horizon_seconds: 10
+  price_classes: {{boundaries: [-0.005, 0.005]}}
+preprocessing:
+  window_steps: 30
+  feature_engineering: {{momentum_windows: [5, 20]}}
+  normalization: {{method: robust}}
+  train_test_split: {{train_ratio: 0.6, validation_ratio: 0.2, test_ratio: 0.2}}
+model:
+{model}
+  output: {{num_classes: 3}}
+diagnostics: {{min_class_samples: 5}}
+{tail}
+"#
+    )
+}
