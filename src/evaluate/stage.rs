@@ -196,9 +196,10 @@ fn store_set(
         .into());
     }
     let samples = load_samples(&store, &manifest)?;
-    let mut source = StoreSource::open(
+    let mut source = StoreSource::with_samples(
         &store,
         manifest.clone(),
+        &samples,
         c.training.shuffle_buffer as usize,
         c.training.prefetch_batches as usize,
     )?;

@@ -15,7 +15,7 @@ use super::source::{Batch, BatchIter, BatchSource, Split, epoch_rng, prefetch};
 use super::{TrainError, check_memory_budget};
 use crate::model::{ModelSpec, Rng, SampleShape};
 use crate::preprocess::split::SplitRange;
-use crate::preprocess::stage::{StoreManifest, load_samples, read_rows_f32};
+use crate::preprocess::stage::{StoreManifest, StoreSamples, load_samples, read_rows_f32};
 use crate::preprocess::window::RowLayout;
 
 /// One sample: window end step, class, time weight.
@@ -52,7 +52,7 @@ fn source_err(e: impl std::error::Error + Send + Sync + 'static) -> TrainError {
 }
 
 impl StoreSource {
-    /// Opens the store (manifest already read), keeping only the train and validation samples.
+    /// Opens the store (manifest already read), reading its sample index.
     pub fn open(
         dir: &Path,
         manifest: StoreManifest,
@@ -60,6 +60,19 @@ impl StoreSource {
         prefetch: usize,
     ) -> Result<Self, TrainError> {
         let samples = load_samples(dir, &manifest).map_err(source_err)?;
+        Self::with_samples(dir, manifest, &samples, shuffle_buffer, prefetch)
+    }
+
+    /// Like [`StoreSource::open`] with the sample index already read (a caller that also
+    /// needs the per-step arrays reads `samples.npz` once). Keeps the samples of every split
+    /// (window end, label, time weight), not the per-step arrays.
+    pub fn with_samples(
+        dir: &Path,
+        manifest: StoreManifest,
+        samples: &StoreSamples,
+        shuffle_buffer: usize,
+        prefetch: usize,
+    ) -> Result<Self, TrainError> {
         let pick = |ends: &[usize]| -> Result<Vec<Sample>, TrainError> {
             ends.iter()
                 .map(|&end| {
