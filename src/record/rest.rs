@@ -100,14 +100,8 @@ pub struct RestClient {
 impl RestClient {
     /// A client for `base` (no trailing slash needed).
     pub fn new(base: &str, market: RecordMarket, timeout: Duration, weight_limit: u32) -> Self {
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(timeout))
-            .user_agent(concat!("binance-ml/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .new_agent();
         Self {
-            agent,
+            agent: crate::tracking::http_agent(timeout),
             base: base.trim_end_matches('/').to_owned(),
             market,
             weight_limit,

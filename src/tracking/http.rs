@@ -180,12 +180,7 @@ impl HttpClient {
                 base64::engine::general_purpose::STANDARD.encode(raw)
             ))
         });
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(timeout))
-            .user_agent(concat!("binance-ml/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .new_agent();
+        let agent = agent(timeout);
         Ok(HttpClient {
             agent,
             base,
@@ -437,6 +432,17 @@ pub(crate) fn parse_json<T: DeserializeOwned>(
         context: format!("MLflow's answer from {url}"),
         message: e.to_string(),
     })
+}
+
+/// The project's HTTP agent: statuses are answers (callers decide what an error is), one
+/// whole-request timeout, our user agent. Shared by the MLflow client and the recorder.
+pub(crate) fn agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(timeout))
+        .user_agent(concat!("binance-ml/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .new_agent()
 }
 
 #[cfg(test)]
