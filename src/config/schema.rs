@@ -240,6 +240,51 @@ pub struct SyntheticConfig {
     pub gap_probability: f64,
     /// Probability that a row is corrupt (NaN, zero price, crossed book).
     pub bad_row_probability: f64,
+    /// A predictable order flow; absent (or zero strength throughout) = a pure random walk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal: Option<SignalConfig>,
+}
+
+/// `data.synthetic.signal`: a latent order-flow imbalance `I` (AR(1), stationary N(0, 1))
+/// that tilts the target's visible queues and drifts its price.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SignalConfig {
+    /// Drift of the target's next log return per unit of `I`, in units of its calm one-step
+    /// volatility (0 = the imbalance is visible but predicts nothing).
+    pub strength: f64,
+    /// AR(1) coefficient of `I` per step, in [0, 1): how long the order flow persists.
+    pub persistence: f64,
+    /// Book levels 1..=levels of the target whose queues carry `I`.
+    pub levels: u32,
+    /// log(bid qty / ask qty) on a tilted level moves by `tilt x (I + noise)`.
+    pub tilt: f64,
+    /// Standard deviation of the per-level noise on the observed `I` (beyond the queues' own
+    /// lognormal noise).
+    pub observation_noise: f64,
+    /// The target's next log return also gets `lead_lag x` the first correlated asset's last
+    /// log return (0 = off).
+    pub lead_lag: f64,
+    /// From this instant on (`YYYY-MM-DD` or RFC 3339) the drift uses `strength_after`: a
+    /// regime change.
+    pub change_at: Option<DateBound>,
+    /// The strength after `change_at` (required with it).
+    pub strength_after: Option<f64>,
+}
+
+impl Default for SignalConfig {
+    fn default() -> Self {
+        Self {
+            strength: 0.0,
+            persistence: 0.95,
+            levels: 3,
+            tilt: 1.0,
+            observation_noise: 0.5,
+            lead_lag: 0.0,
+            change_at: None,
+            strength_after: None,
+        }
+    }
 }
 
 impl Default for SyntheticConfig {
@@ -250,6 +295,7 @@ impl Default for SyntheticConfig {
             correlation: 0.7,
             gap_probability: 0.001,
             bad_row_probability: 0.0005,
+            signal: None,
         }
     }
 }

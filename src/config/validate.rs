@@ -215,6 +215,9 @@ fn data(v: &mut Validator, d: &DataConfig) {
                     format!("probability must be in [0, 1), got {p}")
                 });
             }
+            if let Some(sig) = &s.signal {
+                signal(v, sig, d.order_book.depth_levels);
+            }
         }
     }
     // Also the header names of tall CSV files, so checked whatever the source.
@@ -274,6 +277,63 @@ fn data(v: &mut Validator, d: &DataConfig) {
         "data.cache.shard_seconds",
         || "must be > 0".into(),
     );
+}
+
+fn signal(v: &mut Validator, s: &SignalConfig, depth: u32) {
+    for (x, key) in [
+        (s.strength, "data.synthetic.signal.strength"),
+        (s.tilt, "data.synthetic.signal.tilt"),
+        (
+            s.observation_noise,
+            "data.synthetic.signal.observation_noise",
+        ),
+        (s.lead_lag, "data.synthetic.signal.lead_lag"),
+    ] {
+        v.check(x.is_finite(), key, || {
+            format!("must be a finite number, got {x}")
+        });
+    }
+    v.check(
+        s.observation_noise >= 0.0,
+        "data.synthetic.signal.observation_noise",
+        || format!("must be >= 0, got {}", s.observation_noise),
+    );
+    v.check(
+        (0.0..1.0).contains(&s.persistence),
+        "data.synthetic.signal.persistence",
+        || format!("must be in [0, 1), got {}", s.persistence),
+    );
+    v.check(
+        s.lead_lag.abs() < 1.0,
+        "data.synthetic.signal.lead_lag",
+        || format!("must be in (-1, 1), got {}", s.lead_lag),
+    );
+    v.check(
+        (1..=depth).contains(&s.levels),
+        "data.synthetic.signal.levels",
+        || {
+            format!(
+                "must be in 1..={depth} (data.order_book.depth_levels), got {}",
+                s.levels
+            )
+        },
+    );
+    match (&s.change_at, s.strength_after) {
+        (Some(_), None) => v.problems.push(Problem::new(
+            "data.synthetic.signal.strength_after",
+            "required with data.synthetic.signal.change_at",
+        )),
+        (None, Some(_)) => v.problems.push(Problem::new(
+            "data.synthetic.signal.change_at",
+            "required with data.synthetic.signal.strength_after",
+        )),
+        (_, Some(x)) => v.check(
+            x.is_finite(),
+            "data.synthetic.signal.strength_after",
+            || format!("must be a finite number, got {x}"),
+        ),
+        (None, None) => {}
+    }
 }
 
 fn targets(v: &mut Validator, c: &Config) {

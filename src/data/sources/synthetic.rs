@@ -4,18 +4,35 @@
 //! lognormal quantities growing with depth, missing snapshots (gaps) and corrupt rows that the
 //! quality rules then drop and count. Same seed, same market, on every machine: the
 //! generator is a hand-written SplitMix64 whose output no dependency update can change.
+//!
+//! With `data.synthetic.signal` the market carries a signal a quant would find in the book:
+//! a latent order-flow imbalance `I` (AR(1), stationary N(0, 1)) tilts the target's queue
+//! sizes on levels 1..=k (observed with noise) and drifts its next log return by
+//! `strength x sigma_calm x I`; optionally the target follows the first correlated asset's
+//! previous return (`lead_lag`), and the strength changes at `change_at` (a regime change).
+//! The signal draws from its own random stream, so without it (or with zero strength, zero
+//! lead-lag and no change) every byte is that of the plain random walk.
 
 use indicatif::ProgressBar;
 
 use super::Source;
-use crate::config::{DataConfig, Symbol, SyntheticConfig};
+use crate::config::{
+    ClassDefinition, DataConfig, SignalConfig, SourceType, Symbol, SyntheticConfig,
+};
 use crate::data::DataError;
 use crate::data::assemble::{Assembler, Row};
+use crate::preprocess::labels::LabelSpec;
 
 const SECONDS_PER_YEAR: f64 = 365.0 * 86_400.0;
 // Independent random streams, so a book never depends on how many draws a path made.
 const PATH_STREAM: u64 = 1;
 const BOOK_STREAM: u64 = 2;
+const SIGNAL_STREAM: u64 = 3;
+// Mean length in seconds of a calm spell (~4 h) and of a volatile one (~1 h), and the
+// volatility multiplier of the volatile regime.
+const CALM_SPELL_SECONDS: f64 = 14_400.0;
+const VOLATILE_SPELL_SECONDS: f64 = 3600.0;
+const VOLATILE_SCALE: f64 = 2.5;
 
 fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -102,6 +119,44 @@ struct State {
     step: u64,
     log_price: Vec<f64>,
     volatile: bool,
+    /// The latent order-flow imbalance `I` (0 without a signal).
+    imbalance: f64,
+    /// The first correlated asset's last log return (what the target follows with lead-lag).
+    lead_return: f64,
+}
+
+/// The active signal and the first step of its second regime.
+#[derive(Debug, Clone)]
+struct Signal {
+    config: SignalConfig,
+    change_step: Option<u64>,
+}
+
+impl Signal {
+    /// The signal of `synthetic`, or `None` when it would change nothing (the plain walk).
+    fn of(synthetic: &SyntheticConfig, start_ms: i64, cadence_ms: i64) -> Option<Self> {
+        let config = synthetic.signal.clone()?;
+        let after = config.strength_after.unwrap_or(0.0);
+        if config.strength == 0.0 && after == 0.0 && config.lead_lag == 0.0 {
+            return None;
+        }
+        let change_step = config.change_at.as_ref().map(|t| {
+            let ms = t.start().timestamp_millis() - start_ms;
+            (ms.max(0) as u64).div_ceil(cadence_ms as u64)
+        });
+        Some(Self {
+            config,
+            change_step,
+        })
+    }
+
+    /// The drift strength used by the return from `step` to `step + 1`.
+    fn strength_at(&self, step: u64) -> f64 {
+        match (self.change_step, self.config.strength_after) {
+            (Some(c), Some(after)) if step >= c => after,
+            _ => self.config.strength,
+        }
+    }
 }
 
 /// The synthetic source.
@@ -113,6 +168,7 @@ pub struct SyntheticSource {
     depth: usize,
     start_ms: i64,
     cadence_ms: i64,
+    signal: Option<Signal>,
     state: State,
 }
 
@@ -142,41 +198,74 @@ impl SyntheticSource {
                 }
             })
             .collect();
-        let state = State {
-            step: 0,
-            log_price: assets.iter().map(|a| a.initial_log_price).collect(),
-            volatile: false,
-        };
-        Self {
+        let start_ms = data.time_range.start_date.start().timestamp_millis();
+        let cadence_ms = i64::from(data.time_range.cadence_seconds.seconds()) * 1000;
+        let mut source = Self {
             config: data.synthetic.clone(),
             symbols,
             assets,
             depth: data.order_book.depth_levels as usize,
-            start_ms: data.time_range.start_date.start().timestamp_millis(),
-            cadence_ms: i64::from(data.time_range.cadence_seconds.seconds()) * 1000,
-            state,
+            start_ms,
+            cadence_ms,
+            signal: Signal::of(&data.synthetic, start_ms, cadence_ms),
+            state: State {
+                step: 0,
+                log_price: Vec::new(),
+                volatile: false,
+                imbalance: 0.0,
+                lead_return: 0.0,
+            },
+        };
+        source.state = source.initial_state();
+        source
+    }
+
+    fn initial_state(&self) -> State {
+        // I starts from its stationary law.
+        let imbalance = match self.signal {
+            Some(_) => Rng::for_key(self.config.seed, SIGNAL_STREAM, u64::MAX, 0).normal(),
+            None => 0.0,
+        };
+        State {
+            step: 0,
+            log_price: self.assets.iter().map(|a| a.initial_log_price).collect(),
+            volatile: false,
+            imbalance,
+            lead_return: 0.0,
         }
+    }
+
+    /// Calm one-step volatility of asset `i`.
+    fn calm_sigma(&self, i: usize) -> f64 {
+        self.config.base_volatility
+            * self.assets[i].vol_scale
+            * (self.cadence_seconds() / SECONDS_PER_YEAR).sqrt()
     }
 
     fn cadence_seconds(&self) -> f64 {
         self.cadence_ms as f64 / 1000.0
     }
 
-    /// Moves the path one step: regime switch, then correlated shocks.
+    /// Moves the path one step: regime switch, then correlated shocks, then the signal's
+    /// drift and the next imbalance.
     fn advance(&mut self) {
         let c = &self.config;
         let dt = self.cadence_seconds();
         let mut rng = Rng::for_key(c.seed, PATH_STREAM, self.state.step, 0);
-        // Calm spells last ~4 h, volatile ones ~1 h.
         let switch = if self.state.volatile {
-            dt / 3600.0
+            dt / VOLATILE_SPELL_SECONDS
         } else {
-            dt / 14_400.0
+            dt / CALM_SPELL_SECONDS
         };
         if rng.uniform() < switch {
             self.state.volatile = !self.state.volatile;
         }
-        let regime = if self.state.volatile { 2.5 } else { 1.0 };
+        let regime = if self.state.volatile {
+            VOLATILE_SCALE
+        } else {
+            1.0
+        };
+        let lead_before = self.state.log_price.get(1).copied();
         let common = rng.normal();
         let rho = c.correlation;
         for (i, asset) in self.assets.iter().enumerate() {
@@ -189,7 +278,35 @@ impl SyntheticSource {
                 c.base_volatility * regime * asset.vol_scale * (dt / SECONDS_PER_YEAR).sqrt();
             self.state.log_price[i] += -0.5 * sigma * sigma + sigma * z;
         }
+        let calm = self.calm_sigma(0);
+        if let Some(signal) = &self.signal {
+            let s = &signal.config;
+            let step = self.state.step;
+            self.state.log_price[0] += signal.strength_at(step) * calm * self.state.imbalance
+                + s.lead_lag * self.state.lead_return;
+            let mut srng = Rng::for_key(c.seed, SIGNAL_STREAM, step, 0);
+            self.state.imbalance = s.persistence * self.state.imbalance
+                + (1.0 - s.persistence * s.persistence).sqrt() * srng.normal();
+            if let Some(before) = lead_before {
+                self.state.lead_return = self.state.log_price[1] - before;
+            }
+        }
         self.state.step += 1;
+    }
+
+    /// Per level of the target's book, the shift of log(bid qty) (ask: minus it): half the
+    /// tilt of the noisy observed imbalance on levels 1..=k, else 0.
+    fn queue_shifts(&self, i: usize) -> Vec<f64> {
+        let mut shifts = vec![0.0; self.depth];
+        if let (0, Some(signal)) = (i, &self.signal) {
+            let s = &signal.config;
+            let mut rng = Rng::for_key(self.config.seed, SIGNAL_STREAM, self.state.step, 1);
+            for shift in shifts.iter_mut().take(s.levels as usize) {
+                let observed = self.state.imbalance + s.observation_noise * rng.normal();
+                *shift = 0.5 * s.tilt * observed;
+            }
+        }
+        shifts
     }
 
     /// Pushes the rows of every symbol's book at the current step.
@@ -209,20 +326,22 @@ impl SyntheticSource {
             let spread = 1 + rng.geometric(if self.state.volatile { 0.6 } else { 0.35 }, 20);
             let mut bid = (mid_ticks - f64::from(spread) / 2.0).floor().max(1.0);
             let mut ask = bid + f64::from(spread);
+            let shifts = self.queue_shifts(i);
             let mut rows = Vec::with_capacity(self.depth);
             for level in 1..=self.depth {
                 if level > 1 {
                     bid = (bid - 1.0 - f64::from(rng.geometric(0.3, 10))).max(1.0);
                     ask += 1.0 + f64::from(rng.geometric(0.3, 10));
                 }
-                let qty = |rng: &mut Rng| {
+                // A zero shift leaves the walk's bytes unchanged (x + 0.0 == x).
+                let qty = |rng: &mut Rng, shift: f64| {
                     let q = asset.base_qty
                         * (1.0 + 0.15 * level as f64)
-                        * (0.8 * rng.normal() - 0.32).exp();
+                        * (0.8 * rng.normal() - 0.32 + shift).exp();
                     ((q * asset.inv_lot).round().max(1.0)) / asset.inv_lot
                 };
-                let bid_qty = qty(&mut rng);
-                let ask_qty = qty(&mut rng);
+                let bid_qty = qty(&mut rng, shifts[level - 1]);
+                let ask_qty = qty(&mut rng, -shifts[level - 1]);
                 rows.push(Row {
                     ts_ms,
                     symbol,
@@ -255,6 +374,245 @@ impl SyntheticSource {
     }
 }
 
+/// One Gaussian component of the label's log move: weight, mean and variance parts that do
+/// not depend on the step's state.
+#[derive(Debug, Clone, Copy)]
+struct Component {
+    weight: f64,
+    mean: f64,
+    variance: f64,
+}
+
+/// The Bayes classifier of the synthetic market: the exact law of the next label given the
+/// generator's state at a step (latent imbalance, regime, price, the lead asset's last
+/// return), so the class probabilities no model can beat.
+///
+/// The label's log move `L = sum_i w_i dx_i` (w = 1 over the horizon; with smoothing over k
+/// steps, w_i = (k - i + 1) / k) is Gaussian given the regime path, with a mean linear in
+/// `I` and the lead asset's return. Regime paths with at most one switch inside the
+/// look-ahead are summed exactly; paths with two or more switches (probability below
+/// `(look-ahead x switch rate x cadence)^2 / 2`, 0.01 % for the quickstart) are dropped and
+/// the weights renormalised. Also approximated, each below 0.05 bp of the move: the future
+/// mid's rounding to the tick, gaps (filled by preprocess), and with smoothing the mean of
+/// prices read as the exponential of the mean log price. Adaptive classes (trailing
+/// volatility of the observed mids) have no exact oracle here.
+#[derive(Debug)]
+pub struct Oracle {
+    path: SyntheticSource,
+    weights: Vec<f64>,
+    boundaries: Vec<f64>,
+    absolute: bool,
+    /// Components per current regime (calm, volatile), without the imbalance part.
+    components: [Vec<Component>; 2],
+}
+
+impl Oracle {
+    /// The oracle of the market `data` describes for `labels`; `Err` says why there is none
+    /// (not the synthetic source, adaptive classes).
+    pub fn new(data: &DataConfig, labels: &LabelSpec) -> Result<Self, String> {
+        if data.source_type != SourceType::Synthetic {
+            return Err("the data does not come from the synthetic market".into());
+        }
+        let absolute = match labels.definition {
+            ClassDefinition::Percentage => false,
+            ClassDefinition::Absolute => true,
+            ClassDefinition::Adaptive => {
+                return Err("adaptive classes depend on the trailing volatility of the \
+                            observed mids, which has no exact oracle"
+                    .into());
+            }
+        };
+        let path = SyntheticSource::new(data);
+        let h = labels.lookahead().max(1);
+        let weights: Vec<f64> = if labels.smoothing_steps > 0 {
+            (1..=h).map(|i| (h - i + 1) as f64 / h as f64).collect()
+        } else {
+            vec![1.0; h]
+        };
+        let lead_lag = path.signal.as_ref().map_or(0.0, |s| s.config.lead_lag);
+        let (s0, s1) = (
+            path.calm_sigma(0),
+            if path.assets.len() > 1 {
+                path.calm_sigma(1)
+            } else {
+                0.0
+            },
+        );
+        let rho = path.config.correlation;
+        // Per look-ahead step j (1-based), the calm variance and drift it adds: the target's
+        // own shock and, through lead-lag, the lead asset's shock of that step (which moves
+        // the target one step later).
+        let w = |j: usize| weights.get(j.wrapping_sub(1)).copied().unwrap_or(0.0);
+        let per_step: Vec<(f64, f64)> = (1..=h)
+            .map(|j| {
+                let common = w(j) * s0 + lead_lag * w(j + 1) * s1 * rho;
+                let own = lead_lag * w(j + 1) * s1;
+                let variance = common * common + own * own * (1.0 - rho * rho);
+                let drift = -0.5 * s0 * s0 * w(j) - 0.5 * lead_lag * s1 * s1 * w(j + 1);
+                (variance, drift)
+            })
+            .collect();
+        let dt = path.cadence_seconds();
+        let scale = [1.0, VOLATILE_SCALE * VOLATILE_SCALE];
+        let rate = [
+            (dt / CALM_SPELL_SECONDS).min(1.0),
+            (dt / VOLATILE_SPELL_SECONDS).min(1.0),
+        ];
+        let components = [0usize, 1].map(|a| {
+            let b = 1 - a;
+            // Regime g_j of look-ahead step j: a before the switch step, b from it on.
+            let component = |switch: usize, weight: f64| {
+                let (mut mean, mut variance) = (0.0, 0.0);
+                for (j, (v, d)) in per_step.iter().enumerate() {
+                    let g = if j + 1 >= switch { scale[b] } else { scale[a] };
+                    variance += g * v;
+                    mean += g * d;
+                }
+                Component {
+                    weight,
+                    mean,
+                    variance,
+                }
+            };
+            let mut list = vec![component(h + 1, (1.0 - rate[a]).powi(h as i32))];
+            for i in 1..=h {
+                let p = (1.0 - rate[a]).powi(i as i32 - 1)
+                    * rate[a]
+                    * (1.0 - rate[b]).powi((h - i) as i32);
+                list.push(component(i, p));
+            }
+            let total: f64 = list.iter().map(|c| c.weight).sum();
+            for c in &mut list {
+                c.weight /= total;
+            }
+            list
+        });
+        Ok(Self {
+            path,
+            weights,
+            boundaries: labels.boundaries.clone(),
+            absolute,
+            components,
+        })
+    }
+
+    /// Number of classes.
+    pub fn classes(&self) -> usize {
+        self.boundaries.len() + 1
+    }
+
+    /// Mean coefficient of `I_t` and the variance the future imbalance adds to `L`, for the
+    /// drift strength `strength(i)` of look-ahead step i (0-based).
+    fn imbalance_moments(&self, strength: impl Fn(usize) -> f64) -> (f64, f64) {
+        let Some(signal) = &self.path.signal else {
+            return (0.0, 0.0);
+        };
+        let phi = signal.config.persistence;
+        let s0 = self.path.calm_sigma(0);
+        let coef: Vec<f64> = self
+            .weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| w * strength(i) * s0)
+            .collect();
+        // L's imbalance part is sum_i coef_i I_{t+i}, with I_{t+m} = phi^m I_t + innovations.
+        let mean = coef
+            .iter()
+            .enumerate()
+            .map(|(i, c)| c * phi.powi(i as i32))
+            .sum();
+        let mut variance = 0.0;
+        for l in 1..coef.len() {
+            let x: f64 = (l..coef.len())
+                .map(|i| coef[i] * phi.powi((i - l) as i32))
+                .sum();
+            variance += x * x;
+        }
+        (mean, variance * (1.0 - phi * phi))
+    }
+
+    /// [`Self::imbalance_moments`] at `step`: computed again only when the look-ahead
+    /// spans the change of strength.
+    fn moments_at(&self, step: u64, fixed: &[(f64, f64); 2]) -> (f64, f64) {
+        let Some(signal) = &self.path.signal else {
+            return (0.0, 0.0);
+        };
+        let h = self.weights.len() as u64;
+        match signal.change_step {
+            Some(c) if step >= c => fixed[1],
+            Some(c) if step + h > c => {
+                self.imbalance_moments(|i| signal.strength_at(step + i as u64))
+            }
+            _ => fixed[0],
+        }
+    }
+
+    /// Class probabilities (`classes()` per timestamp) at each of `ts_ms`, which must be
+    /// increasing and on the market's grid; the path is replayed from the start.
+    pub fn probabilities(&mut self, ts_ms: &[i64]) -> Result<Vec<f64>, String> {
+        let k = self.classes();
+        let mut out = Vec::with_capacity(ts_ms.len() * k);
+        self.path.state = self.path.initial_state();
+        let (start, cadence) = (self.path.start_ms, self.path.cadence_ms);
+        let fixed = self.path.signal.as_ref().map_or([(0.0, 0.0); 2], |g| {
+            let after = g.config.strength_after.unwrap_or(g.config.strength);
+            [
+                self.imbalance_moments(|_| g.config.strength),
+                self.imbalance_moments(|_| after),
+            ]
+        });
+        for &ts in ts_ms {
+            let offset = ts - start;
+            if offset < 0 || offset % cadence != 0 {
+                return Err(format!(
+                    "timestamp {ts} ms is not on the synthetic grid (start {start} ms, \
+                     cadence {cadence} ms)"
+                ));
+            }
+            let step = (offset / cadence) as u64;
+            if step < self.path.state.step {
+                return Err(format!("timestamps not increasing at {ts} ms"));
+            }
+            while self.path.state.step < step {
+                self.path.advance();
+            }
+            let (mean_coef, var_i) = self.moments_at(step, &fixed);
+            let st = &self.path.state;
+            let lead_lag = self.path.signal.as_ref().map_or(0.0, |s| s.config.lead_lag);
+            let known = mean_coef * st.imbalance + lead_lag * self.weights[0] * st.lead_return;
+            let price = st.log_price[0].exp();
+            let cut = |b: f64| {
+                let x = if self.absolute { b / price } else { b / 100.0 };
+                if 1.0 + x <= 0.0 {
+                    f64::NEG_INFINITY
+                } else {
+                    (1.0 + x).ln()
+                }
+            };
+            let cuts: Vec<f64> = self.boundaries.iter().map(|b| cut(*b)).collect();
+            let mut p = vec![0.0; k];
+            for c in &self.components[usize::from(st.volatile)] {
+                let mean = known + c.mean;
+                let sd = (c.variance + var_i).sqrt();
+                let mut below = 0.0;
+                for (j, cutoff) in cuts.iter().enumerate() {
+                    let cdf = normal_cdf((cutoff - mean) / sd);
+                    p[j] += c.weight * (cdf - below);
+                    below = cdf;
+                }
+                p[k - 1] += c.weight * (1.0 - below);
+            }
+            out.extend(p);
+        }
+        Ok(out)
+    }
+}
+
+/// Standard normal CDF.
+fn normal_cdf(x: f64) -> f64 {
+    0.5 * libm::erfc(-x / std::f64::consts::SQRT_2)
+}
+
 impl Source for SyntheticSource {
     fn describe(&self) -> String {
         format!("the synthetic market (seed {})", self.config.seed)
@@ -271,11 +629,7 @@ impl Source for SyntheticSource {
         let end = ((end_ms - self.start_ms).max(0) as u64).div_ceil(self.cadence_ms as u64);
         if self.state.step > first {
             // Asked for an earlier span: replay the path from the start.
-            self.state = State {
-                step: 0,
-                log_price: self.assets.iter().map(|a| a.initial_log_price).collect(),
-                volatile: false,
-            };
+            self.state = self.initial_state();
         }
         while self.state.step < first {
             self.advance();
