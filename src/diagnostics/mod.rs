@@ -145,6 +145,54 @@ pub fn class_balance_from_counts(classes: &[String], counts: &[Vec<u64>; 3]) -> 
     }
 }
 
+/// Quantiles of the training values that bound a feature's training range.
+pub const TRAIN_RANGE_QUANTILES: [f64; 2] = [0.005, 0.995];
+/// Share of validation or test rows outside the training range above which a feature is
+/// "mostly outside" (a clock or a trend: the model extrapolates on it).
+pub const MOSTLY_OUTSIDE: f64 = 0.5;
+
+/// How much of the validation and test rows of one feature lies outside its training range.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OutOfRange {
+    /// Column name.
+    pub feature: String,
+    /// [`TRAIN_RANGE_QUANTILES`] of the training values.
+    pub train_range: [f64; 2],
+    /// Share of validation rows outside it.
+    pub validation_share: f64,
+    /// Share of test rows outside it.
+    pub test_share: f64,
+}
+
+impl OutOfRange {
+    /// The shares of `validation` and `test` outside the training range of `train` (NaNs
+    /// ignored; NaN shares when a split has no finite value).
+    pub fn of(feature: &str, train: &[f64], validation: &[f64], test: &[f64]) -> Self {
+        let mut t: Vec<f64> = train.iter().copied().filter(|x| x.is_finite()).collect();
+        t.sort_by(f64::total_cmp);
+        let train_range = TRAIN_RANGE_QUANTILES.map(|q| quantile(&t, q));
+        let share = |v: &[f64]| {
+            let finite: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+            let outside = finite
+                .iter()
+                .filter(|x| **x < train_range[0] || **x > train_range[1])
+                .count();
+            outside as f64 / finite.len() as f64
+        };
+        Self {
+            feature: feature.to_owned(),
+            train_range,
+            validation_share: share(validation),
+            test_share: share(test),
+        }
+    }
+
+    /// True when most validation or test rows lie outside the training range.
+    pub fn mostly_outside(&self) -> bool {
+        self.validation_share > MOSTLY_OUTSIDE || self.test_share > MOSTLY_OUTSIDE
+    }
+}
+
 /// Everything `diagnose` found, as written to `summary.json`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -156,6 +204,8 @@ pub struct Report {
     pub classes: ClassBalance,
     /// PSI of each feature, train vs test.
     pub psi: Vec<(String, f64)>,
+    /// Per feature, the validation and test rows outside the training range.
+    pub out_of_range: Vec<OutOfRange>,
     /// Plain-language findings, most serious first.
     pub warnings: Vec<String>,
     /// True when a finding makes training pointless (a class below the minimum).
@@ -233,8 +283,39 @@ pub fn report(
         gaps,
         classes,
         psi,
+        out_of_range: Vec::new(),
         warnings,
         failed,
+    }
+}
+
+impl Report {
+    /// Records the out-of-range check: every feature mostly outside its training range is
+    /// a warning naming it (first: it invalidates what the model learned from it) and fails
+    /// the verdict.
+    pub fn add_out_of_range(&mut self, ranges: Vec<OutOfRange>) {
+        let loud: Vec<String> = ranges
+            .iter()
+            .filter(|r| r.mostly_outside())
+            .map(|r| {
+                format!(
+                    "feature {} is mostly outside its training range [{:.4}, {:.4}] (p0.5..p99.5): \
+                     {:.0}% of validation and {:.0}% of test rows; the model would extrapolate on \
+                     a clock or a trend: drop it (data.temporal_features for calendar columns) or \
+                     use a longer span",
+                    r.feature,
+                    r.train_range[0],
+                    r.train_range[1],
+                    r.validation_share * 100.0,
+                    r.test_share * 100.0
+                )
+            })
+            .collect();
+        if !loud.is_empty() {
+            self.failed = true;
+            self.warnings.splice(0..0, loud);
+        }
+        self.out_of_range = ranges;
     }
 }
 
@@ -397,6 +478,35 @@ mod tests {
         let r = report(&cfg, vec![], vec![], classes, vec![]);
         assert!(r.failed);
         assert!(r.warnings[0].starts_with("class < -1 has 1 train samples"));
+    }
+
+    #[test]
+    fn a_trend_is_out_of_range_and_fails_the_verdict_a_stationary_feature_is_not() {
+        let trend: Vec<f64> = (0..1000).map(f64::from).collect();
+        let r = OutOfRange::of(
+            "days_since_start",
+            &trend[..700],
+            &trend[700..850],
+            &trend[850..],
+        );
+        assert_eq!((r.validation_share, r.test_share), (1.0, 1.0));
+        assert!(r.mostly_outside());
+        let wave: Vec<f64> = (0..1000).map(|i| (f64::from(i) * 0.37).sin()).collect();
+        let w = OutOfRange::of("imbalance", &wave[..700], &wave[700..850], &wave[850..]);
+        assert!(w.test_share < 0.05 && !w.mostly_outside(), "{w:?}");
+        let classes = class_balance(&[0.0], &[0, 1], &[vec![0, 1], vec![0], vec![1]]);
+        let mut report = report(
+            &DiagnosticsConfig::default(),
+            vec![],
+            vec![],
+            classes,
+            vec![],
+        );
+        assert!(!report.failed);
+        report.add_out_of_range(vec![w, r]);
+        assert!(report.failed);
+        assert_eq!(report.warnings.len(), 1);
+        assert!(report.warnings[0].starts_with("feature days_since_start is mostly outside"));
     }
 
     #[test]

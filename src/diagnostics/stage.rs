@@ -6,7 +6,9 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::{Report, class_balance_from_counts, psi, report, spread_stats, write_artifacts};
+use super::{
+    OutOfRange, Report, class_balance_from_counts, psi, report, spread_stats, write_artifacts,
+};
 use crate::config::Config;
 use crate::data::DataError;
 use crate::data::cache::write_atomic;
@@ -82,6 +84,7 @@ pub fn diagnose(config: &Config) -> Result<DiagnoseOutput, DiagnoseError> {
     let [train, _, test] = m.ranges;
     let psi_train: Vec<usize> = evenly(train, PSI_ROWS).collect();
     let psi_test: Vec<usize> = evenly(test, PSI_ROWS).collect();
+    let range_validation: Vec<usize> = evenly(m.ranges[1], PSI_ROWS).collect();
     let chart_every = m.steps.div_ceil(CHART_POINTS).max(1);
     let spread_every = m.steps.div_ceil(SPREAD_ROWS).max(1);
     let sample_every = m
@@ -93,6 +96,7 @@ pub fn diagnose(config: &Config) -> Result<DiagnoseOutput, DiagnoseError> {
     let mut series: Vec<Vec<(f64, f64)>> = vec![Vec::new(); spread_cols.len()];
     let mut train_values: Vec<Vec<f64>> = vec![Vec::with_capacity(psi_train.len()); n];
     let mut test_values: Vec<Vec<f64>> = vec![Vec::with_capacity(psi_test.len()); n];
+    let mut validation_values: Vec<Vec<f64>> = vec![Vec::with_capacity(range_validation.len()); n];
     let target_block = 0..m.features_per_asset;
     let mut csv = String::from("time,label,price_change_pct");
     for c in target_block.clone() {
@@ -118,11 +122,13 @@ pub fn diagnose(config: &Config) -> Result<DiagnoseOutput, DiagnoseError> {
                     .zip(row)
                     .for_each(|(v, x)| v.push(*x));
             }
-            if psi_test.binary_search(&k).is_ok() {
-                test_values
-                    .iter_mut()
-                    .zip(row)
-                    .for_each(|(v, x)| v.push(*x));
+            for (picked, values) in [
+                (&psi_test, &mut test_values),
+                (&range_validation, &mut validation_values),
+            ] {
+                if picked.binary_search(&k).is_ok() {
+                    values.iter_mut().zip(row).for_each(|(v, x)| v.push(*x));
+                }
             }
             if k % sample_every == 0 {
                 let t = chrono::DateTime::from_timestamp_millis(
@@ -162,12 +168,30 @@ pub fn diagnose(config: &Config) -> Result<DiagnoseOutput, DiagnoseError> {
         })
         .collect();
     let classes = class_balance_from_counts(&m.class_names, &m.class_counts);
-    let report = report(
+    let mut report = report(
         &config.diagnostics,
         spread_stats,
         m.gaps.clone(),
         classes,
         drift,
+    );
+    // Every column, calendar ones included: those are the usual clocks.
+    report.add_out_of_range(
+        m.columns
+            .iter()
+            .enumerate()
+            .map(|(c, name)| {
+                let mut r = OutOfRange::of(
+                    name,
+                    &train_values[c],
+                    &validation_values[c],
+                    &test_values[c],
+                );
+                // The shares do not depend on the scaling; the range reads in raw units.
+                r.train_range = r.train_range.map(|x| unscale(c, x));
+                r
+            })
+            .collect(),
     );
 
     let artifacts_dir = dir.join("diagnostics");
