@@ -1607,8 +1607,10 @@ pub struct EvaluationConfig {
     pub calibration_analysis: CalibrationConfig,
     /// Simulated P&L.
     pub backtesting: BacktestConfig,
-    /// Gradient x input saliency.
+    /// Permutation importance and gradient x input saliency.
     pub explainability: ExplainabilityConfig,
+    /// The multinomial logistic regression baseline.
+    pub linear_baseline: LinearBaselineConfig,
     /// Samples per evaluation batch.
     pub batch_size: u32,
 }
@@ -1629,6 +1631,7 @@ impl Default for EvaluationConfig {
             calibration_analysis: CalibrationConfig::default(),
             backtesting: BacktestConfig::default(),
             explainability: ExplainabilityConfig::default(),
+            linear_baseline: LinearBaselineConfig::default(),
             batch_size: 256,
         }
     }
@@ -1682,10 +1685,12 @@ impl Default for BacktestConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ExplainabilityConfig {
-    /// Compute saliency maps.
+    /// Compute permutation importance and saliency maps.
     pub enabled: bool,
-    /// Test samples used.
+    /// Test samples used for saliency.
     pub n_samples: u32,
+    /// Permutation importance.
+    pub permutation: PermutationConfig,
 }
 
 impl Default for ExplainabilityConfig {
@@ -1693,6 +1698,45 @@ impl Default for ExplainabilityConfig {
         Self {
             enabled: true,
             n_samples: 512,
+            permutation: PermutationConfig::default(),
+        }
+    }
+}
+
+/// `evaluation.explainability.permutation`: what one feature's shuffling costs the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PermutationConfig {
+    /// Test windows (evenly spaced) scored with each feature shuffled.
+    pub n_samples: u32,
+    /// Shuffles per feature, each with its own seed (the spread is their standard deviation).
+    pub repeats: u32,
+}
+
+impl Default for PermutationConfig {
+    fn default() -> Self {
+        Self {
+            n_samples: 512,
+            repeats: 3,
+        }
+    }
+}
+
+/// `evaluation.linear_baseline`: multinomial logistic regression on the last step's row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LinearBaselineConfig {
+    /// Training windows it is fit on at most (evenly spaced over the training split).
+    pub max_train_samples: u32,
+    /// L2 penalty on the weights (`l2 / 2 x |W|^2` added to the mean cross-entropy).
+    pub l2: f64,
+}
+
+impl Default for LinearBaselineConfig {
+    fn default() -> Self {
+        Self {
+            max_train_samples: 50_000,
+            l2: 1e-3,
         }
     }
 }

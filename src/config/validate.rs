@@ -801,6 +801,26 @@ fn evaluation(v: &mut Validator, e: &EvaluationConfig) {
     v.check(e.batch_size >= 1, "evaluation.batch_size", || {
         "must be >= 1".into()
     });
+    let p = &e.explainability.permutation;
+    for (n, key) in [
+        (
+            p.n_samples,
+            "evaluation.explainability.permutation.n_samples",
+        ),
+        (p.repeats, "evaluation.explainability.permutation.repeats"),
+        (
+            e.linear_baseline.max_train_samples,
+            "evaluation.linear_baseline.max_train_samples",
+        ),
+    ] {
+        v.check(n >= 1, key, || "must be >= 1".into());
+    }
+    let l2 = e.linear_baseline.l2;
+    v.check(
+        l2 >= 0.0 && l2.is_finite(),
+        "evaluation.linear_baseline.l2",
+        || format!("must be >= 0, got {l2}"),
+    );
 }
 
 fn logging(v: &mut Validator, l: &LoggingConfig) {

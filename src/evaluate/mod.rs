@@ -3,7 +3,9 @@
 pub mod backtest;
 pub mod baselines;
 pub mod calibration;
+pub mod linear;
 pub mod metrics;
+pub mod permutation;
 pub mod saliency;
 pub mod stage;
 

@@ -11,17 +11,26 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use burn::tensor::Device;
+
 use super::backtest::{self, BacktestInput, BacktestResult};
 use super::calibration::{self, Calibration};
+use super::linear::{self, LinearModel};
 use super::metrics::{self, Scores};
+use super::permutation::{self, Importance};
 use super::{EvaluateError, baselines, saliency::Saliency};
-use crate::config::LoadedConfig;
+use crate::config::{Config, LoadedConfig};
+use crate::data::DataError;
 use crate::data::cache::write_atomic;
+use crate::data::sources::synthetic::Oracle;
 use crate::model::{ModelArtifact, Network, infer};
 use crate::plot::{self, Chart, Line};
 use crate::predict::{ModelInput, ModelRef, locate_model, parse_range};
+use crate::preprocess::PrepareSpec;
 use crate::preprocess::split::SplitRange;
-use crate::preprocess::stage::{load_samples, read_manifest, store_dir};
+use crate::preprocess::stage::{
+    StoreManifest, StoreSamples, load_samples, read_manifest, read_rows_f32, store_dir,
+};
 use crate::tracking::{Metric, StageRun};
 use crate::train::{BatchSource, Split, StoreSource, TrainError, select_device};
 
@@ -50,8 +59,24 @@ pub struct BaselineResult {
     pub accuracy: f64,
     /// Macro F1.
     pub macro_f1: f64,
+    /// Log loss, for baselines with probabilities.
+    pub log_loss: Option<f64>,
     /// Whether the model beats it on both accuracy and macro F1.
     pub model_beats_it: bool,
+}
+
+/// The Bayes ceiling of the synthetic market on the same samples.
+#[derive(Debug, Clone, Serialize)]
+pub struct OracleResult {
+    /// Accuracy.
+    pub accuracy: f64,
+    /// Macro F1.
+    pub macro_f1: f64,
+    /// Log loss.
+    pub log_loss: f64,
+    /// `(model - majority) / (oracle - majority)` on accuracy: the share of the achievable
+    /// edge over the majority class the model captured.
+    pub edge_captured: f64,
 }
 
 /// What `evaluate` produced.
@@ -79,6 +104,14 @@ pub struct EvaluateSummary {
     pub mce: [f64; 2],
     /// Baselines on the same samples.
     pub baselines: Vec<BaselineResult>,
+    /// Training windows the logistic regression baseline was fit on, or why it is absent.
+    pub linear_baseline: Result<usize, String>,
+    /// The oracle ceiling (synthetic data only), or why there is none.
+    pub oracle: Result<OracleResult, String>,
+    /// Permutation importance, most important first (empty when explainability is off).
+    pub permutation: Vec<Importance>,
+    /// Test windows the permutation importance was measured on.
+    pub permutation_samples: usize,
     /// Accuracy per consecutive slice, oldest first.
     pub degradation_accuracy: Vec<f64>,
     /// Least-squares slope of accuracy per slice.
@@ -122,28 +155,91 @@ fn saliency_pick(n: usize, want: usize) -> impl Fn(usize) -> bool {
     move |i| i % stride == 0 && i / stride < want
 }
 
-/// Logits of every sample of `split` in order, and the windows of the samples `pick` keeps.
+/// Sample picks: saliency's, then permutation importance's.
+type Picks<'a> = [&'a dyn Fn(usize) -> bool; 2];
+
+/// Logits of every sample of `split` in order, and the windows of the samples each pick
+/// keeps.
 fn store_logits(
     model: &Network,
     source: &mut dyn BatchSource,
     split: Split,
     batch_size: usize,
-    pick: &dyn Fn(usize) -> bool,
-) -> Result<(Vec<f64>, Vec<f32>), TrainError> {
+    picks: Picks<'_>,
+) -> Result<(Vec<f64>, [Vec<f32>; 2]), TrainError> {
     let per = source.sample_shape().len();
-    let (mut out, mut kept) = (Vec::new(), Vec::new());
+    let (mut out, mut kept) = (Vec::new(), [Vec::new(), Vec::new()]);
     let mut i = 0;
     for batch in source.batches(split, 1, 0, batch_size)? {
         let batch = batch?;
         for j in 0..batch.len() {
-            if pick(i + j) {
-                kept.extend_from_slice(&batch.x[j * per..(j + 1) * per]);
+            for (pick, kept) in picks.iter().zip(&mut kept) {
+                if pick(i + j) {
+                    kept.extend_from_slice(&batch.x[j * per..(j + 1) * per]);
+                }
             }
         }
         i += batch.len();
         out.extend(forward(model, batch.x)?);
     }
     Ok((out, kept))
+}
+
+/// Calls `f(i, row)` with the store row of each `steps[i]`, reading one row shard at a time.
+fn for_rows_at(
+    store: &Path,
+    m: &StoreManifest,
+    steps: &[usize],
+    mut f: impl FnMut(usize, &[f32]),
+) -> Result<(), DataError> {
+    let n = m.columns.len();
+    let mut order: Vec<usize> = (0..steps.len()).collect();
+    order.sort_by_key(|&i| steps[i]);
+    let mut next = 0;
+    for shard in &m.shards {
+        let end = shard.first_step + shard.steps;
+        if next == order.len() {
+            break;
+        }
+        if steps[order[next]] >= end {
+            continue;
+        }
+        let rows = read_rows_f32(&store.join(&shard.file), n, Some(&shard.sha256))?;
+        while next < order.len() && steps[order[next]] < end {
+            let k = steps[order[next]] - shard.first_step;
+            f(order[next], &rows[k * n..(k + 1) * n]);
+            next += 1;
+        }
+    }
+    Ok(())
+}
+
+/// The logistic regression baseline fit on an evenly spaced sample of the store's training
+/// windows (their last rows).
+fn fit_linear(
+    c: &Config,
+    store: &Path,
+    m: &StoreManifest,
+    samples: &StoreSamples,
+) -> Result<LinearModel, DataError> {
+    let train = &samples.ends[0];
+    let want = (c.evaluation.linear_baseline.max_train_samples as usize).min(train.len());
+    let picked: Vec<usize> = (0..want).map(|i| train[i * train.len() / want]).collect();
+    let n = m.columns.len();
+    let mut x = vec![0f32; picked.len() * n];
+    for_rows_at(store, m, &picked, |i, row| {
+        x[i * n..(i + 1) * n].copy_from_slice(row)
+    })?;
+    let y: Vec<u32> = picked.iter().map(|&e| samples.labels[e] as u32).collect();
+    let k = m.class_names.len();
+    Ok(linear::fit(
+        &x,
+        &y,
+        n,
+        k,
+        c.evaluation.linear_baseline.l2,
+        &Device::flex(),
+    ))
 }
 
 /// The samples to score and everything the analysis needs about them.
@@ -166,6 +262,20 @@ struct EvalSet {
     train_counts: Vec<u64>,
     /// Windows for saliency.
     saliency_x: Vec<f32>,
+    /// Windows for permutation importance, and their positions among the samples.
+    permutation_x: Vec<f32>,
+    permutation_idx: Vec<usize>,
+    /// Instant of each sample's window end (UTC ms).
+    ts_ms: Vec<i64>,
+    /// Logits of the logistic regression baseline and its training windows, or why not.
+    linear: Result<(Vec<f64>, usize), String>,
+}
+
+/// Evenly spaced picks of `want` of `n` samples, and their indices.
+fn picks(n: usize, want: u32) -> (impl Fn(usize) -> bool, Vec<usize>) {
+    let pick = saliency_pick(n, want as usize);
+    let idx = (0..n).filter(|&i| pick(i)).collect();
+    (pick, idx)
 }
 
 fn store_set(
@@ -214,19 +324,42 @@ fn store_set(
     }
     let labels_of =
         |ends: &[usize]| -> Vec<u32> { ends.iter().map(|&e| samples.labels[e] as u32).collect() };
-    let pick = saliency_pick(ends.len(), c.evaluation.explainability.n_samples as usize);
+    let ex = &c.evaluation.explainability;
+    let pick = saliency_pick(ends.len(), ex.n_samples as usize);
+    let (perm_pick, permutation_idx) = picks(ends.len(), ex.permutation.n_samples);
     let none = |_: usize| false;
     let (val_logits, val_x) = store_logits(
         &art.model,
         &mut source,
         Split::Validation,
         batch,
-        if idx == 1 { &pick } else { &none },
+        if idx == 1 {
+            [&pick, &perm_pick]
+        } else {
+            [&none, &none]
+        },
     )?;
-    let (logits, saliency_x) = if idx == 1 {
+    let (logits, [saliency_x, permutation_x]) = if idx == 1 {
         (val_logits.clone(), val_x)
     } else {
-        store_logits(&art.model, &mut source, Split::Test, batch, &pick)?
+        store_logits(
+            &art.model,
+            &mut source,
+            Split::Test,
+            batch,
+            [&pick, &perm_pick],
+        )?
+    };
+    let linear = if samples.ends[0].is_empty() {
+        Err("the store has no training windows to fit it on".to_owned())
+    } else {
+        let model = fit_linear(c, &store, &manifest, &samples)?;
+        let k = manifest.class_names.len();
+        let mut out = vec![0.0; ends.len() * k];
+        for_rows_at(&store, &manifest, &ends, |i, row| {
+            out[i * k..(i + 1) * k].copy_from_slice(&model.logits(row))
+        })?;
+        Ok((out, model.samples))
     };
     let h = manifest.lookahead_steps;
     let slices = if idx == 2 && !manifest.degradation_slices.is_empty() {
@@ -252,6 +385,13 @@ fn store_set(
         validation: Some((val_logits, labels_of(&samples.ends[1]))),
         train_counts: manifest.class_counts[0].clone(),
         saliency_x,
+        permutation_x,
+        permutation_idx,
+        ts_ms: ends
+            .iter()
+            .map(|&e| manifest.grid_start_ms + e as i64 * manifest.cadence_ms)
+            .collect(),
+        linear,
         ends,
     })
 }
@@ -283,19 +423,46 @@ fn range_set(
         return Err(no_samples().into());
     }
     let shape = m.layout.sample_shape(w);
-    let pick = saliency_pick(ends.len(), c.evaluation.explainability.n_samples as usize);
+    let ex = &c.evaluation.explainability;
+    let pick = saliency_pick(ends.len(), ex.n_samples as usize);
+    let (perm_pick, permutation_idx) = picks(ends.len(), ex.permutation.n_samples);
     let batch = c.evaluation.batch_size.max(1) as usize;
-    let (mut logits, mut saliency_x) = (Vec::new(), Vec::new());
+    let (mut logits, mut saliency_x, mut permutation_x) = (Vec::new(), Vec::new(), Vec::new());
     for (ci, chunk) in ends.chunks(batch).enumerate() {
         let mut x = Vec::with_capacity(chunk.len() * shape.len());
         for (j, &k) in chunk.iter().enumerate() {
             m.layout.push_window(&rows.scaled, k, w, &mut x);
+            let window = &x[j * shape.len()..];
             if pick(ci * batch + j) {
-                saliency_x.extend_from_slice(&x[j * shape.len()..]);
+                saliency_x.extend_from_slice(window);
+            }
+            if perm_pick(ci * batch + j) {
+                permutation_x.extend_from_slice(window);
             }
         }
         logits.extend(forward(&art.model, x)?);
     }
+    // The baseline is fit on this configuration's store when it holds the model's rows.
+    let cols = m.columns.len();
+    let linear = match store_dir(c)
+        .ok()
+        .and_then(|d| read_manifest(&d).map(|s| (d, s)))
+    {
+        Some((dir, store)) if store.columns == m.columns && store.scaler == m.scaler => {
+            let samples = load_samples(&dir, &store)?;
+            let model = fit_linear(c, &dir, &store, &samples)?;
+            let out = ends
+                .iter()
+                .flat_map(|&k| model.logits(&rows.scaled[k * cols..(k + 1) * cols]))
+                .collect();
+            Ok((out, model.samples))
+        }
+        _ => Err(
+            "no preprocessed store of this configuration with the model's columns and \
+                  scaler to fit it on (run `binance-ml preprocess`)"
+                .to_owned(),
+        ),
+    };
     // A price change spans the labels' look-ahead: the previous one ends exactly at k.
     let h = input.lookahead_steps();
     let span = SplitRange {
@@ -316,8 +483,26 @@ fn range_set(
         validation: None,
         train_counts: m.train_class_counts.clone(),
         saliency_x,
+        permutation_x,
+        permutation_idx,
+        ts_ms: ends.iter().map(|&k| rows.grid.time_ms(k)).collect(),
+        linear,
         ends,
     })
+}
+
+/// The oracle's scores on the samples of `set` when the data is the synthetic market;
+/// `Err` says why there is none. Labels follow the model's training configuration.
+fn oracle_scores(c: &Config, trained: &Config, set: &EvalSet, k: usize) -> Result<Scores, String> {
+    let mut oracle = Oracle::new(&c.data, &PrepareSpec::from_config(trained).labels)?;
+    if oracle.classes() != k {
+        return Err(format!(
+            "the oracle has {} classes, the model {k}",
+            oracle.classes()
+        ));
+    }
+    let probs = oracle.probabilities(&set.ts_ms)?;
+    Ok(metrics::score(&probs, &set.labels, k))
 }
 
 /// Least-squares slope of `y` against 0, 1, 2, ...
@@ -388,15 +573,33 @@ pub fn evaluate(
         ),
     ]
     .map(|(name, predicted)| (name, metrics::score_predictions(&predicted, labels, k)));
+    let linear_scores = set.linear.as_ref().ok().map(|(logits, _)| {
+        (
+            "logistic regression",
+            metrics::score(&calibration::softmax(logits, k, 1.0), labels, k),
+        )
+    });
     let baselines: Vec<BaselineResult> = baseline_scores
         .iter()
+        .chain(linear_scores.as_ref())
         .map(|(name, s)| BaselineResult {
             name: (*name).into(),
             accuracy: s.accuracy,
             macro_f1: s.macro_f1,
+            log_loss: s.log_loss,
             model_beats_it: scores.accuracy > s.accuracy && scores.macro_f1 > s.macro_f1,
         })
         .collect();
+    let oracle = oracle_scores(c, &art.config(&model_dir)?, &set, k).map(|o| OracleResult {
+        edge_captured: (scores.accuracy - baselines[0].accuracy)
+            / (o.accuracy - baselines[0].accuracy),
+        accuracy: o.accuracy,
+        macro_f1: o.macro_f1,
+        log_loss: o.log_loss.unwrap_or(f64::NAN),
+    });
+    if let Err(why) = &oracle {
+        tracing::info!("no oracle row: {why}");
+    }
 
     let degradation_accuracy: Vec<f64> = set
         .slices
@@ -455,6 +658,22 @@ pub fn evaluate(
         ]
     });
 
+    let permutation = if e.explainability.enabled && !set.permutation_idx.is_empty() {
+        let y: Vec<u32> = set.permutation_idx.iter().map(|&i| labels[i]).collect();
+        let m = &art.manifest;
+        permutation::importance(
+            &art.model,
+            &set.permutation_x,
+            &y,
+            &permutation::targets(&m.columns, &m.assets, m.layout.features_per_asset),
+            e.explainability.permutation.repeats,
+            c.training.seed,
+            e.batch_size.max(1) as usize,
+        )?
+    } else {
+        Vec::new()
+    };
+
     let saliency = if e.explainability.enabled && !set.saliency_x.is_empty() {
         let ad = device.device.clone().autodiff();
         let grad_model = ModelArtifact::load(&model_dir, &ad)?.model;
@@ -492,6 +711,10 @@ pub fn evaluate(
         ece: [cal_raw.ece, cal_fit.ece],
         mce: [cal_raw.mce, cal_fit.mce],
         baselines,
+        linear_baseline: set.linear.as_ref().map(|l| l.1).map_err(Clone::clone),
+        oracle,
+        permutation,
+        permutation_samples: set.permutation_idx.len(),
         degradation_accuracy,
         degradation_slope,
         backtest,
@@ -654,6 +877,42 @@ fn write_artifacts(
         .map_err(|e| out_err(&p, e))?;
         plots.push(p);
     }
+    if !s.permutation.is_empty() {
+        let mut csv = String::from(
+            "rank,name,group,accuracy_drop,accuracy_drop_sd,log_loss_rise,log_loss_rise_sd\n",
+        );
+        for (i, r) in s.permutation.iter().enumerate() {
+            let _ = writeln!(
+                csv,
+                "{},{},{},{:.6},{:.6},{:.6},{:.6}",
+                i + 1,
+                r.name,
+                r.group,
+                r.accuracy_drop,
+                r.accuracy_drop_sd,
+                r.log_loss_rise,
+                r.log_loss_rise_sd
+            );
+        }
+        write("permutation_importance.csv", &csv)?;
+        let top: Vec<&Importance> = s.permutation.iter().take(20).collect();
+        let names: Vec<String> = top.iter().map(|r| r.name.clone()).collect();
+        let drops: Vec<f64> = top.iter().map(|r| r.accuracy_drop).collect();
+        let rises: Vec<f64> = top.iter().map(|r| r.log_loss_rise).collect();
+        let p = dir.join("permutation_importance.png");
+        plot::bar_chart(
+            &p,
+            Chart {
+                title: "permutation importance (test windows)",
+                x_label: "feature or group shuffled",
+                y_label: "drop in accuracy / rise in log loss",
+            },
+            &names,
+            &[("accuracy drop", &drops), ("log-loss rise", &rises)],
+        )
+        .map_err(|e| out_err(&p, e))?;
+        plots.push(p);
+    }
     let mut ranking = Vec::new();
     if let Some(sal) = saliency {
         let fa = m.layout.features_per_asset;
@@ -745,6 +1004,42 @@ pub fn summary_markdown(
         )
     };
     let _ = writeln!(md, "## Verdict\n\n{verdict}\n");
+    match (
+        &s.linear_baseline,
+        s.baselines.iter().find(|b| b.name == "logistic regression"),
+    ) {
+        (Ok(n), Some(b)) => {
+            let _ = writeln!(
+                md,
+                "Against the linear baseline (multinomial logistic regression on the last step's features of every asset, fit on {n} training windows): the model is **{}** (accuracy {:.4} vs {:.4}, macro F1 {:.4} vs {:.4}).\n",
+                if b.model_beats_it {
+                    "better"
+                } else {
+                    "NOT better"
+                },
+                s.scores.accuracy,
+                b.accuracy,
+                s.scores.macro_f1,
+                b.macro_f1
+            );
+        }
+        (Err(why), _) => {
+            let _ = writeln!(md, "No linear baseline: {why}.\n");
+        }
+        _ => {}
+    }
+    match &s.oracle {
+        Ok(o) => {
+            let _ = writeln!(
+                md,
+                "Oracle ceiling (the synthetic market's true class probabilities): accuracy {:.4}. **Edge captured: {:.2}** = (model − majority) / (oracle − majority) on accuracy.\n",
+                o.accuracy, o.edge_captured
+            );
+        }
+        Err(why) => {
+            let _ = writeln!(md, "No oracle ceiling: {why}.\n");
+        }
+    }
     let how = if s.temperature_fitted {
         "fit on the validation split"
     } else {
@@ -768,15 +1063,32 @@ pub fn summary_markdown(
     );
     let _ = writeln!(
         md,
-        "## Model vs baselines\n\n| | accuracy | macro F1 |\n|---|---|---|"
+        "## Model vs baselines\n\n| | accuracy | macro F1 | log loss |\n|---|---|---|---|"
     );
+    let ll = |v: Option<f64>| v.map_or("–".to_owned(), |x| format!("{x:.4}"));
     let _ = writeln!(
         md,
-        "| model | {:.4} | {:.4} |",
-        s.scores.accuracy, s.scores.macro_f1
+        "| model | {:.4} | {:.4} | {} |",
+        s.scores.accuracy,
+        s.scores.macro_f1,
+        ll(s.scores.log_loss)
     );
     for b in &s.baselines {
-        let _ = writeln!(md, "| {} | {:.4} | {:.4} |", b.name, b.accuracy, b.macro_f1);
+        let _ = writeln!(
+            md,
+            "| {} | {:.4} | {:.4} | {} |",
+            b.name,
+            b.accuracy,
+            b.macro_f1,
+            ll(b.log_loss)
+        );
+    }
+    if let Ok(o) = &s.oracle {
+        let _ = writeln!(
+            md,
+            "| oracle (ceiling) | {:.4} | {:.4} | {:.4} |",
+            o.accuracy, o.macro_f1, o.log_loss
+        );
     }
     let _ = writeln!(
         md,
@@ -814,8 +1126,37 @@ pub fn summary_markdown(
         }
         md.push('\n');
     }
+    if !s.permutation.is_empty() {
+        let _ = writeln!(
+            md,
+            "## What the model looks at (permutation importance)\n\nEach feature (or group) shuffled across {} evenly spaced test windows; mean ± standard deviation over the repeats (seeds). A feature the model does not use scores about 0.\n\n| rank | shuffled | accuracy drop | log-loss rise |\n|---|---|---|---|",
+            s.permutation_samples
+        );
+        let groups = s.permutation.iter().filter(|r| r.group);
+        let features = s.permutation.iter().filter(|r| !r.group).take(15);
+        for (i, r) in features.chain(groups).enumerate() {
+            let name = if r.group {
+                format!("group: {}", r.name)
+            } else {
+                r.name.clone()
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {name} | {:+.4} ± {:.4} | {:+.4} ± {:.4} |",
+                i + 1,
+                r.accuracy_drop,
+                r.accuracy_drop_sd,
+                r.log_loss_rise,
+                r.log_loss_rise_sd
+            );
+        }
+        md.push('\n');
+    }
     if !ranking.is_empty() {
-        let _ = writeln!(md, "## What the model looks at (gradient x input)\n");
+        let _ = writeln!(
+            md,
+            "## Gradient x input (secondary view)\n\nLarge constant inputs score high here whether or not they matter; trust the permutation table above.\n"
+        );
         for (i, (name, v)) in ranking.iter().take(10).enumerate() {
             let _ = writeln!(md, "{}. {name} ({v:.3e})", i + 1);
         }
@@ -851,6 +1192,15 @@ fn log_run(
         let key = b.name.replace([' ', '-'], "_");
         push(format!("baseline_{key}_accuracy"), b.accuracy);
         push(format!("baseline_{key}_macro_f1"), b.macro_f1);
+        if let Some(v) = b.log_loss {
+            push(format!("baseline_{key}_log_loss"), v);
+        }
+    }
+    if let Ok(o) = &s.oracle {
+        push("oracle_accuracy".into(), o.accuracy);
+        push("oracle_macro_f1".into(), o.macro_f1);
+        push("oracle_log_loss".into(), o.log_loss);
+        push("edge_captured".into(), o.edge_captured);
     }
     if let Some(bt) = &s.backtest {
         for (name, r) in ["model", "always_long", "always_flat"].iter().zip(bt) {
@@ -897,6 +1247,7 @@ fn log_run(
         "metrics.json",
         "confusion_matrix.csv",
         "feature_importance.csv",
+        "permutation_importance.csv",
     ] {
         let p = dir.join(f);
         if p.is_file() {
