@@ -268,10 +268,11 @@ pub struct EvaluateArgs {
     /// The split to score.
     #[arg(long, value_enum, default_value = "test")]
     pub split: EvalSplit,
-    /// Evaluate on new data from this instant (YYYY-MM-DD or RFC 3339) instead of a split.
+    /// Evaluate on new data from this instant (YYYY-MM-DD or RFC 3339) instead of a split;
+    /// requires --end.
     #[arg(long, requires = "end", value_name = "START")]
     pub start: Option<String>,
-    /// End of the new data range.
+    /// End of the new data range (exclusive; a date includes its whole day); requires --start.
     #[arg(long, requires = "start", value_name = "END")]
     pub end: Option<String>,
 }
@@ -285,10 +286,11 @@ pub struct PredictArgs {
     /// The model to use.
     #[command(flatten)]
     pub model: ModelSelector,
-    /// Predict every window ending in this range instead of the latest one.
+    /// Predict every window ending in [START, END) instead of the latest one (YYYY-MM-DD or
+    /// RFC 3339); requires --end.
     #[arg(long, requires = "end", value_name = "START")]
     pub start: Option<String>,
-    /// End of the range.
+    /// End of the range (exclusive; a date includes its whole day); requires --start.
     #[arg(long, requires = "start", value_name = "END")]
     pub end: Option<String>,
 }

@@ -227,7 +227,9 @@ fn model_ref(m: &ModelSelector) -> ModelRef {
     }
 }
 
-/// Table on stdout; with `--json` one JSON object per window (JSON lines).
+/// Table on stdout; with `--json` one JSON object per window (JSON lines). `probabilities`
+/// is keyed by class name (a JSON object has no order: readers look classes up by name);
+/// `classes` and `class_probabilities` hold the same in class order, lowest move first.
 fn predict_outcome(out: &PredictOutput) -> Outcome {
     let lines = out
         .predictions
@@ -242,6 +244,8 @@ fn predict_outcome(out: &PredictOutput) -> Outcome {
             json!({
                 "timestamp": p.timestamp,
                 "probabilities": probs,
+                "classes": out.classes,
+                "class_probabilities": p.probabilities,
                 "predicted_class": p.predicted_class,
                 "expected_move_pct": p.expected_move_pct,
                 "horizon_seconds": out.horizon_seconds,

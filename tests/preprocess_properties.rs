@@ -266,51 +266,88 @@ fn features_computed_in_chunks_equal_the_whole_series() {
 
 #[test]
 fn chunks_with_history_and_lookahead_equal_the_whole() {
-    let mut rng = Rng(17);
     for handling in [
         GapHandling::Interpolate,
         GapHandling::ForwardFill,
         GapHandling::Skip,
     ] {
         let spec = spec(handling, 6, &[4, 12], 3);
-        let target = Series::random(&mut rng, 900, 3, 60_000.0);
-        let other = Series::random(&mut rng, 900, 3, 2_500.0);
-        let all = run(&spec, &target, &other);
-        let ncols = all.columns.len();
-        for (k0, k1) in [(200, 400), (400, 650), (650, 850)] {
-            // The streaming stage's recipe: a sub-grid with history in front and look-ahead
-            // behind, fed only the snapshots inside it.
-            let start = k0 - spec.history_steps();
-            let end = (k1 + spec.future_steps()).min(all.grid.steps);
-            let grid = binance_ml::preprocess::grid::Grid {
-                start_ms: all.grid.time_ms(start),
-                cadence_ms: all.grid.cadence_ms,
-                steps: end - start,
-            };
-            let (lo, hi) = (
-                grid.start_ms - grid.cadence_ms,
-                grid.time_ms(grid.steps - 1),
+        check_chunks(&spec, spec.history_steps(), Check::All, 17);
+    }
+}
+
+/// A model's input (predict, evaluate on new data) reads less history than the stage: the
+/// volatility window only where adaptive labels read it, and still equals the store's rows.
+#[test]
+fn a_model_input_needs_only_the_look_back_its_recipe_reads() {
+    let adaptive = spec(GapHandling::Interpolate, 6, &[4, 12], 3);
+    // Momentum 12 + gap 3 + 1; adaptive labels: volatility 20 + 1 + gap 3 + 1.
+    assert_eq!(adaptive.input_history_steps(false), 16);
+    assert_eq!(adaptive.input_history_steps(true), 25);
+    check_chunks(&adaptive, 16, Check::Rows, 5);
+    check_chunks(&adaptive, 25, Check::RowsAndLabels, 6);
+    let mut percentage = adaptive.clone();
+    percentage.labels.definition = ClassDefinition::Percentage;
+    assert_eq!(percentage.input_history_steps(true), 16);
+    assert!(
+        percentage.history_steps() > 16,
+        "the stage also keeps the volatility"
+    );
+    check_chunks(&percentage, 16, Check::RowsAndLabels, 7);
+}
+
+/// What a chunk must reproduce of the whole computation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Check {
+    Rows,
+    RowsAndLabels,
+    All,
+}
+
+/// Chunks of a random market read with `history` steps in front and the look-ahead behind
+/// equal the same steps of the whole-series computation.
+fn check_chunks(spec: &PrepareSpec, history: usize, check: Check, seed: u64) {
+    let mut rng = Rng(seed);
+    let handling = spec.handling;
+    let target = Series::random(&mut rng, 900, 3, 60_000.0);
+    let other = Series::random(&mut rng, 900, 3, 2_500.0);
+    let all = run(spec, &target, &other);
+    let ncols = all.columns.len();
+    for (k0, k1) in [(200, 400), (400, 650), (650, 850)] {
+        // The streaming stage's recipe: a sub-grid with history in front and look-ahead
+        // behind, fed only the snapshots inside it.
+        let start = k0 - history;
+        let end = (k1 + spec.future_steps()).min(all.grid.steps);
+        let grid = binance_ml::preprocess::grid::Grid {
+            start_ms: all.grid.time_ms(start),
+            cadence_ms: all.grid.cadence_ms,
+            steps: end - start,
+        };
+        let (lo, hi) = (
+            grid.start_ms - grid.cadence_ms,
+            grid.time_ms(grid.steps - 1),
+        );
+        let (t, o) = (target.between(lo, hi), other.between(lo, hi));
+        let chunk = prepare(spec, &[t.input("BTCUSDT"), o.input("ETHUSDT")], grid).unwrap();
+        for k in k0..k1 {
+            let c = k - start;
+            let (a, b) = (
+                &all.rows[k * ncols..(k + 1) * ncols],
+                &chunk.rows[c * ncols..(c + 1) * ncols],
             );
-            let (t, o) = (target.between(lo, hi), other.between(lo, hi));
-            let chunk = prepare(&spec, &[t.input("BTCUSDT"), o.input("ETHUSDT")], grid).unwrap();
-            for k in k0..k1 {
-                let c = k - start;
-                let (a, b) = (
-                    &all.rows[k * ncols..(k + 1) * ncols],
-                    &chunk.rows[c * ncols..(c + 1) * ncols],
-                );
-                assert!(
-                    a.iter().zip(b).all(|(x, y)| same(*x, *y)),
-                    "{handling:?}: row {k} differs"
-                );
+            assert!(
+                a.iter().zip(b).all(|(x, y)| same(*x, *y)),
+                "{handling:?}: row {k} differs"
+            );
+            if check == Check::All {
                 assert!(
                     same(all.volatility[k], chunk.volatility[c]),
                     "{handling:?}: volatility {k}"
                 );
-                if k + spec.labels.lookahead() < all.grid.steps {
-                    assert_eq!(all.labels[k], chunk.labels[c], "{handling:?}: label {k}");
-                    assert!(same(all.price_changes[k], chunk.price_changes[c]));
-                }
+            }
+            if check != Check::Rows && k + spec.labels.lookahead() < all.grid.steps {
+                assert_eq!(all.labels[k], chunk.labels[c], "{handling:?}: label {k}");
+                assert!(same(all.price_changes[k], chunk.price_changes[c]));
             }
         }
     }

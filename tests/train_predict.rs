@@ -32,8 +32,7 @@ fn loaded(yaml: &str) -> LoadedConfig {
     config::parse(yaml, Origin::Embedded, &Overrides::default(), &|_| None).unwrap()
 }
 
-/// The model's probabilities on a fixed input: equal outputs = equal weights (the weight
-/// files themselves differ in Burn's random parameter ids).
+/// The model's probabilities on a fixed input: equal outputs = equal weights.
 fn outputs(model_dir: &Value) -> Vec<f32> {
     let dir = Path::new(model_dir.as_str().unwrap());
     let art = ModelArtifact::load(dir, &burn::tensor::Device::flex()).unwrap();
@@ -210,6 +209,8 @@ fn resume_ends_where_an_uninterrupted_run_ends_and_seeds_reproduce() {
     let again = json(&ok(dir.path(), &two, &["train", "--json"]));
     let reference = outputs(&full["model_dir"]);
     assert_eq!(reference, outputs(&again["model_dir"]));
+    // Not only the same weights: the same bytes and weights_sha256 (parameter ids included).
+    assert_same_files(&full["model_dir"], &again["model_dir"]);
 
     // "Crash" after epoch 1 (a 1-epoch run writes the same checkpoint), then resume to 2.
     let one = tiny(&work, "  epochs: 1");
@@ -219,6 +220,7 @@ fn resume_ends_where_an_uninterrupted_run_ends_and_seeds_reproduce() {
     assert_eq!(resumed["resumed_after_epoch"], 1);
     assert_eq!(resumed["epochs"], 2);
     assert_eq!(reference, outputs(&resumed["model_dir"]));
+    assert_same_files(&full["model_dir"], &resumed["model_dir"]);
     assert_eq!(
         without_speed(&resumed["metrics"]),
         without_speed(&full["metrics"])
@@ -228,6 +230,23 @@ fn resume_ends_where_an_uninterrupted_run_ends_and_seeds_reproduce() {
     let other = tiny(&work, "  epochs: 2\n  seed: 43");
     let o = json(&ok(dir.path(), &other, &["train", "--json"]));
     assert_ne!(reference, outputs(&o["model_dir"]));
+}
+
+/// Two model directories hold the same `weights.bpk` bytes and `weights_sha256`.
+fn assert_same_files(a: &Value, b: &Value) {
+    let read = |d: &Value| {
+        let dir = Path::new(d.as_str().unwrap());
+        let m: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("model.json")).unwrap())
+                .unwrap();
+        (
+            std::fs::read(dir.join("weights.bpk")).unwrap(),
+            m["weights_sha256"].clone(),
+        )
+    };
+    let ((wa, sa), (wb, sb)) = (read(a), read(b));
+    assert!(wa == wb, "weights.bpk of {a} and {b} differ");
+    assert_eq!(sa, sb);
 }
 
 /// Epoch metrics without the wall-clock speed (the only value a resume may change).
@@ -329,7 +348,7 @@ fn real_binance_samples_train_and_predict() {
     let yaml = common::real_samples_config(
         &dir.path().join("work"),
         &shared,
-        "  cnn: {num_layers: 1, filters: [4], kernel_sizes: [[3, 3]], pool_sizes: [[2, 1]], dropout_rates: [0.1]}\n  lstm: {units: 8}\n  dense: {layers: [8], dropout_rates: [0.1]}",
+        common::TINY_MODEL,
         "training: {epochs: 2, batch_size: 32}",
     );
     ok(dir.path(), &yaml, &["fetch"]);

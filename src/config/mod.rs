@@ -242,11 +242,25 @@ pub fn parse(
             .location()
             .map(|l| (l.line(), l.column()))
             .unwrap_or((0, 0));
+        let message = strip_location(&e.to_string());
+        // An integer beyond 64 bits is valid YAML that no key can hold, not a syntax error.
+        if let Some(n) = huge_integer(&message) {
+            return ConfigError::Invalid {
+                origin: origin.clone(),
+                problems: vec![Problem::new(
+                    &key_at_line(text, line).unwrap_or_default(),
+                    format!(
+                        "{n} is out of range: no key takes a number above {}",
+                        u64::MAX
+                    ),
+                )],
+            };
+        }
         ConfigError::Syntax {
             origin: origin.clone(),
             line,
             column,
-            message: strip_location(&e.to_string()),
+            message,
         }
     })?;
     if value.is_null() {
@@ -264,10 +278,12 @@ pub fn parse(
 
     let mut redactor = Redactor::from_env();
     learn_uris(&value, &mut redactor);
+    check_symbols(&mut value, &mut problems);
 
     let config = match serde_path_to_error::deserialize::<_, Config>(value) {
         Ok(mut c) => {
             overrides.apply(&mut c);
+            resolve_file_paths(&mut c, &origin);
             Some(c)
         }
         Err(e) => {
@@ -279,6 +295,7 @@ pub fn parse(
     let mut warnings = Vec::new();
     if let Some(c) = &config {
         problems.extend(validate::validate(c, &env_set));
+        warnings.extend(validate::unmatched_file_warnings(&c.data));
         warnings.extend(
             validate::missing_env_warnings(&c.security, &env_set)
                 .into_iter()
@@ -308,6 +325,20 @@ pub fn parse(
     }
 }
 
+/// Relative `data.files.paths` are read against the configuration file's directory (as
+/// compose files and Cargo do), not against wherever the command happens to start.
+fn resolve_file_paths(c: &mut Config, origin: &Origin) {
+    let Origin::File(file) = origin else {
+        return;
+    };
+    let base = file.parent().unwrap_or(Path::new(""));
+    for p in &mut c.data.files.paths {
+        if Path::new(p.as_str()).is_relative() {
+            *p = base.join(&*p).display().to_string();
+        }
+    }
+}
+
 fn learn_uris(value: &Value, redactor: &mut Redactor) {
     match value {
         Value::String(s) => redactor.learn_from(s),
@@ -316,6 +347,73 @@ fn learn_uris(value: &Value, redactor: &mut Redactor) {
         Value::Tagged(t) => learn_uris(&t.value, redactor),
         _ => {}
     }
+}
+
+/// Names every bad symbol of `data.asset_pairs` and puts a valid stand-in in its place, so
+/// that deserialization goes on and the other problems are reported with it (a failing
+/// `Symbol` would stop serde at the first one).
+fn check_symbols(value: &mut Value, problems: &mut Vec<Problem>) {
+    let Some(pairs) = value.get_mut("data").and_then(|d| d.get_mut("asset_pairs")) else {
+        return;
+    };
+    let mut check = |key: String, v: &mut Value, stand_in: String| {
+        if let Value::String(s) = v
+            && let Err(e) = Symbol::new(s)
+        {
+            problems.push(Problem::new(&key, e));
+            *v = Value::String(stand_in);
+        }
+    };
+    if let Some(v) = pairs.get_mut("target_asset") {
+        check(
+            "data.asset_pairs.target_asset".into(),
+            v,
+            "INVALIDTARGET".into(),
+        );
+    }
+    if let Some(Value::Sequence(items)) = pairs.get_mut("correlated_assets") {
+        for (i, v) in items.iter_mut().enumerate() {
+            let key = format!("data.asset_pairs.correlated_assets[{i}]");
+            check(key, v, format!("INVALID{i}"));
+        }
+    }
+}
+
+/// The integer of serde's "integer `N` as u128" (or i128) message: YAML read a number that no
+/// 64-bit type holds.
+fn huge_integer(message: &str) -> Option<&str> {
+    let rest = message.split_once("integer `")?.1;
+    let (n, tail) = rest.split_once('`')?;
+    (tail.starts_with(" as u128") || tail.starts_with(" as i128")).then_some(n)
+}
+
+/// The dotted key of the block-style mapping entry on `line` (1-based) of `text`: every less
+/// indented `key:` line above it is a parent. `None` when the line holds no `key:`.
+fn key_at_line(text: &str, line: usize) -> Option<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let key_of = |l: &str| {
+        let entry = l.trim_start().trim_start_matches("- ");
+        let (key, _) = entry.split_once(':')?;
+        Some(key.trim().trim_matches(['"', '\'']).to_owned())
+    };
+    let target = lines.get(line.checked_sub(1)?)?;
+    let mut path = vec![key_of(target)?];
+    let mut level = indent(target);
+    for l in lines[..line - 1].iter().rev() {
+        if level == 0 {
+            break;
+        }
+        if l.trim().is_empty() || l.trim_start().starts_with('#') || indent(l) >= level {
+            continue;
+        }
+        if let Some(k) = key_of(l) {
+            path.push(k);
+        }
+        level = indent(l);
+    }
+    path.reverse();
+    Some(path.join("."))
 }
 
 /// serde_yaml's messages end with " at line L column C"; the location is reported separately.
@@ -368,8 +466,15 @@ fn schema_problem(e: &serde_path_to_error::Error<serde_yaml_ng::Error>) -> Probl
     Problem { key, message }
 }
 
-/// serde names Rust types ("expected u32"); users read YAML.
+/// serde names Rust types ("expected u32"); users read YAML. An integer too large for its key
+/// is out of range, not of the wrong kind.
 fn readable_types(message: &str) -> String {
+    if let Some(rest) = message.strip_prefix("invalid value: integer `")
+        && let Some((n, ty)) = rest.split_once("`, expected ")
+        && let Some(max) = unsigned_max(ty)
+    {
+        return format!("{n} is out of range: expected a whole number from 0 to {max}");
+    }
     [
         ("expected u32", "expected a whole number >= 0"),
         ("expected u64", "expected a whole number >= 0"),
@@ -378,6 +483,17 @@ fn readable_types(message: &str) -> String {
     ]
     .iter()
     .fold(message.to_owned(), |m, (from, to)| m.replace(from, to))
+}
+
+/// The largest value of an unsigned integer type serde names.
+fn unsigned_max(ty: &str) -> Option<u64> {
+    match ty {
+        "u8" => Some(u8::MAX.into()),
+        "u16" => Some(u16::MAX.into()),
+        "u32" => Some(u32::MAX.into()),
+        "u64" | "usize" => Some(u64::MAX),
+        _ => None,
+    }
 }
 
 /// The closest candidate to `word`, if one is close enough to be a likely typo.
@@ -405,6 +521,19 @@ mod tests {
             Some("volume_imbalance")
         );
         assert_eq!(suggest("rsi", known.iter().copied()), None);
+    }
+
+    #[test]
+    fn the_key_of_a_line_follows_the_indentation() {
+        let text =
+            "data:\n  x: 1\ntraining:\n  # note\n  callbacks:\n    patience: 3\n\n  epochs: 5\n";
+        assert_eq!(key_at_line(text, 2).as_deref(), Some("data.x"));
+        assert_eq!(
+            key_at_line(text, 6).as_deref(),
+            Some("training.callbacks.patience")
+        );
+        assert_eq!(key_at_line(text, 8).as_deref(), Some("training.epochs"));
+        assert_eq!(key_at_line(text, 4), None);
     }
 
     #[test]

@@ -435,6 +435,9 @@ pub enum RecordMarket {
     Spot,
     /// USD-M perpetual futures: `GET /fapi/v1/depth`, `<symbol>@depth@100ms` (`pu` chain).
     UsdmFutures,
+    /// COIN-M futures (`BTCUSD_PERP`, `ETHUSD_250328`): `GET /dapi/v1/depth`,
+    /// `<symbol>@depth@100ms` (`pu` chain, as USD-M).
+    CoinmFutures,
 }
 
 /// Where `record` writes the tall rows.
@@ -454,12 +457,13 @@ pub enum RecordOutput {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RecordConfig {
-    /// spot | usdm_futures.
+    /// spot | usdm_futures | coinm_futures.
     pub market: RecordMarket,
-    /// REST base URL; empty = `https://api.binance.com` (spot) or `https://fapi.binance.com`.
+    /// REST base URL; empty = `https://api.binance.com` (spot), `https://fapi.binance.com`
+    /// (USD-M) or `https://dapi.binance.com` (COIN-M).
     pub rest_url: String,
-    /// WebSocket base URL; empty = `wss://stream.binance.com:9443` (spot) or
-    /// `wss://fstream.binance.com`.
+    /// WebSocket base URL; empty = `wss://stream.binance.com:9443` (spot),
+    /// `wss://fstream.binance.com` (USD-M) or `wss://dstream.binance.com` (COIN-M).
     pub ws_url: String,
     /// auto | database | csv.
     pub output: RecordOutput,

@@ -5,8 +5,10 @@ use std::fmt;
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// A Binance symbol such as `BTCUSDT`: 2-20 uppercase ASCII letters or digits. The strict
-/// pattern is what makes a symbol safe to inline into SQL.
+/// A Binance symbol such as `BTCUSDT`, `BTCUSD_PERP` or `ETHUSD_250328`: 2-20 characters,
+/// uppercase ASCII letters, digits and `_`, the first a letter or digit. That covers every
+/// spot, USD-M and COIN-M symbol, and the strict pattern is what makes a symbol safe to inline
+/// into SQL and to use in file and stream names.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]
 pub struct Symbol(String);
@@ -14,14 +16,16 @@ pub struct Symbol(String);
 impl Symbol {
     /// Checks the pattern.
     pub fn new(s: &str) -> Result<Self, String> {
+        let allowed = |b: u8| b.is_ascii_uppercase() || b.is_ascii_digit();
         let ok = (2..=20).contains(&s.len())
-            && s.bytes()
-                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+            && s.bytes().next().is_some_and(allowed)
+            && s.bytes().all(|b| allowed(b) || b == b'_');
         if ok {
             Ok(Self(s.to_owned()))
         } else {
             Err(format!(
-                "invalid symbol {s:?}: expected 2-20 uppercase letters or digits, e.g. \"BTCUSDT\""
+                "invalid symbol {s:?}: expected 2-20 uppercase letters, digits or `_` starting \
+                 with a letter or digit, e.g. \"BTCUSDT\" or \"BTCUSD_PERP\""
             ))
         }
     }
@@ -146,7 +150,17 @@ mod tests {
     fn symbols_are_strict() {
         assert!(Symbol::new("BTCUSDT").is_ok());
         assert!(Symbol::new("1000PEPEUSDT").is_ok());
-        for bad in ["btcusdt", "BTC-USDT", "B", "BTC'; DROP TABLE x;--", ""] {
+        assert!(Symbol::new("BTCUSD_PERP").is_ok());
+        assert!(Symbol::new("ETHUSD_250328").is_ok());
+        for bad in [
+            "btcusdt",
+            "BTC-USDT",
+            "B",
+            "_BTCUSDT",
+            "BTCUSD_PERP_TOO_LONG_1",
+            "BTC'; DROP TABLE x;--",
+            "",
+        ] {
             assert!(Symbol::new(bad).is_err(), "{bad} accepted");
         }
     }

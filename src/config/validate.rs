@@ -196,9 +196,18 @@ fn data(v: &mut Validator, d: &DataConfig) {
                 || "must be > 0".into(),
             );
         }
-        SourceType::File => v.check(!d.files.paths.is_empty(), "data.files.paths", || {
-            "required when data.source_type is \"file\": list CSV files or glob patterns".into()
-        }),
+        SourceType::File => {
+            v.check(!d.files.paths.is_empty(), "data.files.paths", || {
+                "required when data.source_type is \"file\": list CSV files or glob patterns".into()
+            });
+            for (i, p) in d.files.paths.iter().enumerate() {
+                v.check(
+                    !std::path::Path::new(p).is_dir(),
+                    &format!("data.files.paths[{i}]"),
+                    || directory_path_message(p),
+                );
+            }
+        }
         SourceType::Synthetic => {
             let s = &d.synthetic;
             v.positive(s.base_volatility, "data.synthetic.base_volatility");
@@ -886,6 +895,36 @@ fn record(v: &mut Validator, r: &RecordConfig) {
 
 /// Variables listed under `security.environment_variables` that are unset, for a warning
 /// when `fail_if_missing` is false.
+/// A `data.files.paths` entry that names a directory: what to write instead.
+pub fn directory_path_message(pattern: &str) -> String {
+    format!(
+        "{pattern:?} is a directory; name its files or a glob such as \"{}/*.csv\"",
+        pattern.trim_end_matches('/')
+    )
+}
+
+/// `data.files.paths` entries that match no file now: a warning, not an error, because
+/// `record` writes the files a later `fetch` reads (which then names the pattern, exit 3).
+pub fn unmatched_file_warnings(d: &DataConfig) -> Vec<String> {
+    if d.source_type != SourceType::File {
+        return Vec::new();
+    }
+    d.files
+        .paths
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| {
+            let path = std::path::Path::new(p.as_str());
+            !path.is_file()
+                && !path.is_dir()
+                && glob::glob(p)
+                    .map(|mut m| !m.any(|f| f.is_ok_and(|f| f.is_file())))
+                    .unwrap_or(true)
+        })
+        .map(|(i, p)| format!("data.files.paths[{i}]: {p:?} matches no file (yet)"))
+        .collect()
+}
+
 pub fn missing_env_warnings(s: &SecurityConfig, env: &dyn Fn(&str) -> bool) -> Vec<String> {
     if !s.validation.check_env_vars_at_startup || s.validation.fail_if_missing {
         return Vec::new();

@@ -248,9 +248,14 @@ pub fn fetch(config: &Config, force: bool) -> Result<FetchSummary, DataError> {
             .cloned()
             .unwrap_or_default();
         if q.rows_read + q.rows_filtered_in_source == 0 {
+            // A file source is named by its files: one of them may be empty or header-only.
+            let source_desc = match config.data.source_type {
+                SourceType::File => format!("data.files.paths {:?}", config.data.files.paths),
+                _ => source_label(config),
+            };
             return Err(DataError::NoRows {
                 symbol: symbol.to_string(),
-                source_desc: source_label(config),
+                source_desc,
                 start: start.to_rfc3339(),
                 end: end.to_rfc3339(),
             });

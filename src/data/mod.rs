@@ -67,6 +67,18 @@ pub enum DataError {
         /// What failed.
         message: String,
     },
+    /// A file of the preprocessed store fails its checks (hash, shape): `fetch` cannot repair
+    /// it, rebuilding the store does.
+    #[error(
+        "corrupt preprocessed file {path}: {message}; run `binance-ml preprocess --force` to \
+         rebuild the store"
+    )]
+    CorruptStore {
+        /// The row shard, `samples.npz` or manifest.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
     /// A DataObject breaks its invariants (shapes, ordering, finiteness).
     #[error("invalid DataObject: {0}")]
     Invalid(String),

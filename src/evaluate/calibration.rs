@@ -220,6 +220,24 @@ pub fn fit_temperature(logits: &[f64], labels: &[u32], k: usize) -> f64 {
     best.0.clamp(TEMPERATURE_RANGE.0, TEMPERATURE_RANGE.1)
 }
 
+/// A warning when a fitted `temperature` ended on a bound of [`TEMPERATURE_RANGE`]: the best
+/// scaling lies outside the search, so it is a symptom, not a calibration.
+pub fn bound_warning(temperature: f64) -> Option<String> {
+    let (lo, hi) = TEMPERATURE_RANGE;
+    let on = |bound: f64| (temperature - bound).abs() <= bound * 1e-6;
+    let what = if on(hi) {
+        "the model is far more confident than it is right (its logits may carry no signal)"
+    } else if on(lo) {
+        "the model is far less confident than it is right"
+    } else {
+        return None;
+    };
+    Some(format!(
+        "the calibration temperature T = {temperature:.3} ended on the bound of its search \
+         ({lo} .. {hi}): {what}; the calibrated probabilities are not to be trusted"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,6 +371,19 @@ mod tests {
         // Logits that always point at the wrong class want T -> infinity.
         let t = fit_temperature(&logits, &[0, 1], 2);
         assert_eq!(t, TEMPERATURE_RANGE.1);
+    }
+
+    #[test]
+    fn a_temperature_on_a_search_bound_is_warned_about() {
+        let (lo, hi) = TEMPERATURE_RANGE;
+        assert!(bound_warning(hi).unwrap().contains("T = 20.000"));
+        assert!(bound_warning(lo).unwrap().contains("less confident"));
+        assert_eq!(bound_warning(1.3), None);
+        assert_eq!(bound_warning(hi * 0.999), None);
+        // Logits that carry no signal: the fit runs to the upper bound, and is flagged.
+        let logits = [2.0, 0.0, 0.0, 2.0, 2.0, 0.0, 0.0, 2.0];
+        let t = fit_temperature(&logits, &[1, 0, 0, 1], 2);
+        assert!(bound_warning(t).is_some(), "T = {t}");
     }
 
     #[test]

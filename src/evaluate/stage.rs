@@ -548,6 +548,9 @@ pub fn evaluate(
         }
         _ => None,
     };
+    if let Some(w) = fitted.and_then(calibration::bound_warning) {
+        tracing::warn!("{w}");
+    }
     let temperature = fitted.unwrap_or(art.manifest.temperature);
     let raw = calibration::softmax(&set.logits, k, 1.0);
     let cal = calibration::softmax(&set.logits, k, temperature);
@@ -1061,6 +1064,9 @@ pub fn summary_markdown(
         "{calibrated} Before scaling: ECE {:.4}, MCE {:.4}; after: MCE {:.4}.\n",
         s.ece[0], s.mce[0], s.mce[1]
     );
+    if let Some(w) = calibration::bound_warning(s.temperature).filter(|_| s.temperature_fitted) {
+        let _ = writeln!(md, "**Warning:** {w}.\n");
+    }
     let _ = writeln!(
         md,
         "## Model vs baselines\n\n| | accuracy | macro F1 | log loss |\n|---|---|---|---|"

@@ -5,7 +5,7 @@
 //! recurrent matmul (`[B, H] x [H, 4H]`) for the four gates together. Gate order is i, f, o, g so
 //! that one sigmoid covers the first three.
 
-use burn::module::{Module, Param};
+use burn::module::{Module, Param, ParamId};
 use burn::tensor::activation::sigmoid;
 use burn::tensor::{Device, Tensor};
 
@@ -23,18 +23,25 @@ pub struct Lstm {
 }
 
 /// Uniform(-k, k) parameter tensor drawn from `rng`.
+///
+/// Its id is the generator's next value, peeked before the draws (so the weights stay what
+/// they were): Burn's default ids are random and end up in the weights file, which would make
+/// the same training give different bytes.
 pub(crate) fn uniform_param<const D: usize>(
     shape: [usize; D],
     k: f32,
     rng: &mut Rng,
     device: &Device,
 ) -> Param<Tensor<D>> {
+    let id = ParamId::from(rng.clone().next_u64());
     let n: usize = shape.iter().product();
     let values: Vec<f32> = (0..n).map(|_| rng.uniform(k)).collect();
-    Param::from_tensor(Tensor::from_data(
+    let mut param = Param::from_tensor(Tensor::from_data(
         burn::tensor::TensorData::new(values, shape),
         device,
-    ))
+    ));
+    param.id = id;
+    param
 }
 
 impl Lstm {

@@ -14,6 +14,7 @@ use serde::Serialize;
 use crate::config::{Config, DateBound, LoadedConfig, Symbol};
 use crate::data::assemble::Assembler;
 use crate::data::{DataError, OrderBook, sources};
+use crate::model::artifact::ModelManifest;
 use crate::model::{ModelArtifact, predict_proba};
 use crate::preprocess::grid::{Grid, Levels};
 use crate::preprocess::{AssetInput, PrepareSpec, prepare};
@@ -35,8 +36,8 @@ pub enum PredictError {
     /// The source has too little usable data before the requested instant.
     #[error(
         "{source_desc} has no complete window of {window} steps ending in {range}: one window \
-         needs {needed} consecutive usable steps ({window} + {history} of feature history) at \
-         {cadence_s} s cadence; check data.time_range / --start/--end and the source's gaps"
+         needs {needed} consecutive usable steps ({window} + {history} of feature look-back) \
+         at {cadence_s} s cadence; check data.time_range / --start/--end and the source's gaps"
     )]
     NotEnoughHistory {
         /// The source.
@@ -45,7 +46,7 @@ pub enum PredictError {
         range: String,
         /// Window length.
         window: usize,
-        /// Feature look-back steps.
+        /// Feature look-back steps (the longest momentum window).
         history: usize,
         /// window + history.
         needed: usize,
@@ -107,9 +108,20 @@ pub fn locate_model(loaded: &LoadedConfig, which: &ModelRef) -> crate::Result<(S
         ModelRef::Alias(a) => registered(tracker.version_by_alias(&name()?, a)?),
         ModelRef::Latest => {
             let hash = loaded.config_hash();
-            latest_successful_run(&tracker, &settings, Stage::ModelTraining, &hash)?
-                .map(|r| r.info.run_id)
-                .ok_or(PredictError::NoModel)?
+            match latest_successful_run(&tracker, &settings, Stage::ModelTraining, &hash) {
+                Ok(Some(run)) => run.info.run_id,
+                Ok(None) => {
+                    let why = format!(
+                        "{} has no finished training run of this configuration",
+                        tracker.describe()
+                    );
+                    return local_latest(config, &hash, &why);
+                }
+                Err(e) if e.is_unreachable() => {
+                    return local_latest(config, &hash, &format!("MLflow is unreachable ({e})"));
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
     };
     let local = config.workdir.join("models").join(&run_id);
@@ -132,6 +144,34 @@ pub fn locate_model(loaded: &LoadedConfig, which: &ModelRef) -> crate::Result<(S
             source: e,
         })?;
     }
+    Ok((run_id, dir))
+}
+
+/// The newest model under `<workdir>/models/` trained by the configuration whose hash is
+/// `hash`: a model trained while MLflow was unreachable is on disk, its run in the spool.
+fn local_latest(config: &Config, hash: &str, why: &str) -> crate::Result<(String, PathBuf)> {
+    let models = config.workdir.join("models");
+    let newest = std::fs::read_dir(&models)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let text =
+                std::fs::read_to_string(e.path().join(crate::model::artifact::MANIFEST_FILE))
+                    .ok()?;
+            let m: ModelManifest = serde_json::from_str(&text).ok()?;
+            let run_id = e.file_name().into_string().ok()?;
+            (m.config_hash == hash).then_some((m.created_at, run_id, e.path()))
+        })
+        .max();
+    let Some((_, run_id, dir)) = newest else {
+        return Err(PredictError::NoModel.into());
+    };
+    tracing::warn!(
+        "{why}: using the newest model this configuration trained locally, run {run_id} in {} \
+         (`binance-ml tracking sync` uploads its spooled run once the server is back)",
+        dir.display()
+    );
     Ok((run_id, dir))
 }
 
@@ -223,9 +263,21 @@ impl<'a> ModelInput<'a> {
         })
     }
 
-    /// Steps of history a window needs in front of it (feature look-back and gap filling).
+    /// Steps of history to read in front of a window for its rows and labels (feature
+    /// look-back, the volatility window of adaptive labels, gap filling).
     pub fn history_steps(&self) -> usize {
-        self.spec.history_steps()
+        self.spec.input_history_steps(true)
+    }
+
+    /// Steps of history to read in front of a window for its rows only (what `predict`
+    /// needs: it reads no label).
+    pub fn row_history_steps(&self) -> usize {
+        self.spec.input_history_steps(false)
+    }
+
+    /// Steps of feature look-back a row needs (the longest momentum window).
+    pub fn feature_lookback(&self) -> usize {
+        self.spec.feature_lookback()
     }
 
     /// Steps a label looks ahead (the span of each step's price change).
@@ -379,8 +431,7 @@ pub fn predict(
     let mut input = ModelInput::open(config, &artifact, &trained)?;
     let cadence = m.cadence_ms;
     let w = m.window_steps;
-    let history = input.history_steps();
-    let span_steps = (w + history + 1) as i64;
+    let span_steps = (w + input.row_history_steps() + 1) as i64;
     let (from, to) = match range {
         Some((a, b)) => {
             let (a, b) = parse_range(a, b)?;
@@ -400,6 +451,7 @@ pub fn predict(
         }
     };
     let source_desc = input.describe();
+    let lookback_steps = input.feature_lookback();
     let not_enough = || PredictError::NotEnoughHistory {
         source_desc: source_desc.clone(),
         range: if from == to {
@@ -408,8 +460,8 @@ pub fn predict(
             format!("{} .. {}", rfc3339(from), rfc3339(to))
         },
         window: w,
-        history,
-        needed: w + history,
+        history: lookback_steps,
+        needed: w + lookback_steps,
         cadence_s: cadence as f64 / 1000.0,
     };
     // The label look-ahead also needs steps: read at least that many in front.

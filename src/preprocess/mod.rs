@@ -21,7 +21,7 @@ pub mod temporal;
 pub mod weights;
 pub mod window;
 
-use crate::config::{Config, GapHandling, NormalizationMethod};
+use crate::config::{ClassDefinition, Config, GapHandling, NormalizationMethod};
 
 use features::FeatureSpec;
 use grid::{GapCounts, Grid, Levels, StepState};
@@ -160,6 +160,25 @@ impl PrepareSpec {
             .lookback()
             .max(self.labels.volatility_window_steps + 1);
         lookback + self.max_gap_steps() + 1
+    }
+
+    /// Steps of history a row's features read (the longest momentum window): a window of
+    /// `w` steps needs `w` + this many consecutive usable steps.
+    pub fn feature_lookback(&self) -> usize {
+        self.features.lookback()
+    }
+
+    /// Grid steps to read in front of the first window of a model's input for its rows (and,
+    /// with `labels`, its labels) to equal the store's. Unlike [`Self::history_steps`] the
+    /// trailing-volatility window counts only where something reads it: `adaptive` labels.
+    /// (The stored per-step volatility, for regimes, needs it in preprocessing only.)
+    pub fn input_history_steps(&self, labels: bool) -> usize {
+        let volatility = if labels && self.labels.definition == ClassDefinition::Adaptive {
+            self.labels.volatility_window_steps + 1
+        } else {
+            0
+        };
+        self.feature_lookback().max(volatility) + self.max_gap_steps() + 1
     }
 
     /// Grid steps a chunk needs behind its last step for its labels to equal the whole

@@ -258,20 +258,42 @@ pub fn preprocess_with(
     let key = store_key(config, &reader.manifest().key, fixed);
     let dir = config.workdir.join("preprocessed").join(&key);
     if !force && let Some(m) = read_manifest(&dir) {
-        let samples = load_samples(&dir, &m)?;
-        return Ok(PreprocessSummary {
-            store_dir: dir,
-            reused: true,
-            samples: samples.ends.each_ref().map(Vec::len),
-            columns: m.columns.len(),
-            steps: m.steps,
-        });
+        // Reused only when every file still has the bytes the manifest hashed, as the fetch
+        // cache does: a damaged store is rebuilt here, not found by `train` later.
+        match verify_store(&dir, &m) {
+            Ok(samples) => {
+                return Ok(PreprocessSummary {
+                    store_dir: dir,
+                    reused: true,
+                    samples: samples.ends.each_ref().map(Vec::len),
+                    columns: m.columns.len(),
+                    steps: m.steps,
+                });
+            }
+            Err(e) => tracing::warn!("{e}: rebuilding the preprocessed store"),
+        }
     }
     std::fs::create_dir_all(&dir)
         .map_err(|e| DataError::io(format!("creating {}", dir.display()), e))?;
     // The manifest goes first, so a store being rebuilt is never mistaken for a complete one.
     let _ = std::fs::remove_file(dir.join("manifest.json"));
+    let built = build(config, fixed, &reader, data_dir, key, &dir);
+    if built.is_err() {
+        // Nothing half-written stays behind: without its manifest the directory is no store.
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    built
+}
 
+/// Writes the store for `key` into `dir` (which holds no manifest), the manifest last.
+fn build(
+    config: &Config,
+    fixed: Option<&Scaler>,
+    reader: &CacheReader,
+    data_dir: PathBuf,
+    key: String,
+    dir: &Path,
+) -> Result<PreprocessSummary, StageError> {
     let spec = PrepareSpec::from_config(config);
     let symbols: Vec<String> = config
         .data
@@ -280,7 +302,7 @@ pub fn preprocess_with(
         .iter()
         .map(|s| s.to_string())
         .collect();
-    let grid = global_grid(&reader, &symbols[0], spec.cadence_ms)?;
+    let grid = global_grid(reader, &symbols[0], spec.cadence_ms)?;
     let shard_spans: Vec<(i64, i64)> = reader
         .manifest()
         .shards
@@ -308,7 +330,7 @@ pub fn preprocess_with(
     }
 
     // Pass 1: unscaled rows per shard, small per-step arrays for the whole grid.
-    let pass1 = pass_one(&reader, &spec, &symbols, grid, &shard_spans, &dir)?;
+    let pass1 = pass_one(reader, &spec, &symbols, grid, &shard_spans, dir)?;
     let lookahead = spec.labels.lookahead();
     let window = config.preprocessing.window_steps as usize;
     let s = &config.preprocessing.train_test_split;
@@ -418,7 +440,7 @@ pub fn preprocess_with(
             sha256,
         });
     }
-    let samples_sha256 = write_samples(&dir, &ends, &pass1, &step_weights, &regimes)?;
+    let samples_sha256 = write_samples(dir, &ends, &pass1, &step_weights, &regimes)?;
     let manifest = StoreManifest {
         format_version: STORE_FORMAT_VERSION.into(),
         key,
@@ -447,7 +469,7 @@ pub fn preprocess_with(
     let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
     write_atomic(&dir.join("manifest.json"), &json)?;
     Ok(PreprocessSummary {
-        store_dir: dir,
+        store_dir: dir.to_path_buf(),
         reused: false,
         samples: ends.each_ref().map(Vec::len),
         columns: manifest.columns.len(),
@@ -668,17 +690,12 @@ pub fn read_rows_f32(
 ) -> Result<Vec<f32>, DataError> {
     let bytes =
         std::fs::read(path).map_err(|e| DataError::io(format!("reading {}", path.display()), e))?;
-    let corrupt = |message: String| DataError::Corrupt {
+    let corrupt = |message: String| DataError::CorruptStore {
         path: path.to_owned(),
         message,
     };
-    if let Some(want) = sha256
-        && sha256_hex(&bytes) != want
-    {
-        return Err(corrupt(
-            "sha256 does not match the store manifest; rerun `binance-ml preprocess --force`"
-                .into(),
-        ));
+    if let Some(want) = sha256 {
+        check_hash(path, &bytes, want)?;
     }
     match NpzReader::new(&bytes)
         .map_err(corrupt)?
@@ -740,6 +757,28 @@ pub fn read_manifest(dir: &Path) -> Option<StoreManifest> {
     serde_json::from_str(&text).ok()
 }
 
+/// Checks every file of the store at `dir` against `m`'s hashes; returns its samples.
+pub fn verify_store(dir: &Path, m: &StoreManifest) -> Result<StoreSamples, DataError> {
+    for shard in &m.shards {
+        let path = dir.join(&shard.file);
+        let bytes = std::fs::read(&path)
+            .map_err(|e| DataError::io(format!("reading {}", path.display()), e))?;
+        check_hash(&path, &bytes, &shard.sha256)?;
+    }
+    load_samples(dir, m)
+}
+
+/// A store file's bytes must hash to what the manifest recorded.
+fn check_hash(path: &Path, bytes: &[u8], want: &str) -> Result<(), DataError> {
+    if sha256_hex(bytes) == want {
+        return Ok(());
+    }
+    Err(DataError::CorruptStore {
+        path: path.to_owned(),
+        message: "sha256 does not match the store manifest".into(),
+    })
+}
+
 /// Sample indices and per-step arrays of a store.
 #[derive(Debug, Clone)]
 pub struct StoreSamples {
@@ -760,15 +799,11 @@ pub fn load_samples(dir: &Path, m: &StoreManifest) -> Result<StoreSamples, DataE
     let path = dir.join("samples.npz");
     let bytes = std::fs::read(&path)
         .map_err(|e| DataError::io(format!("reading {}", path.display()), e))?;
-    let corrupt = |message: String| DataError::Corrupt {
+    let corrupt = |message: String| DataError::CorruptStore {
         path: path.clone(),
         message,
     };
-    if sha256_hex(&bytes) != m.samples_sha256 {
-        return Err(corrupt(
-            "sha256 does not match the manifest; rerun `binance-ml preprocess --force`".into(),
-        ));
-    }
+    check_hash(&path, &bytes, &m.samples_sha256)?;
     let mut r = NpzReader::new(&bytes).map_err(corrupt)?;
     let mut i64s = |name: &str| match r.read(name) {
         Ok(Array::I64(v)) => Ok(v),

@@ -308,7 +308,7 @@ impl LocalBook {
     fn stale(&self, e: &DepthUpdate, last_update_id: u64) -> bool {
         match self.market {
             RecordMarket::Spot => e.last_id <= last_update_id,
-            RecordMarket::UsdmFutures => e.last_id < last_update_id,
+            RecordMarket::UsdmFutures | RecordMarket::CoinmFutures => e.last_id < last_update_id,
         }
     }
 
@@ -317,7 +317,7 @@ impl LocalBook {
     fn brackets(&self, e: &DepthUpdate, last_update_id: u64) -> bool {
         let target = match self.market {
             RecordMarket::Spot => last_update_id + 1,
-            RecordMarket::UsdmFutures => last_update_id,
+            RecordMarket::UsdmFutures | RecordMarket::CoinmFutures => last_update_id,
         };
         e.first_id <= target && target <= e.last_id
     }
@@ -327,7 +327,7 @@ impl LocalBook {
         match self.market {
             RecordMarket::Spot if e.first_id == last_id + 1 => Ok(()),
             RecordMarket::Spot => Err((last_id + 1, e.first_id)),
-            RecordMarket::UsdmFutures => match e.prev_id {
+            RecordMarket::UsdmFutures | RecordMarket::CoinmFutures => match e.prev_id {
                 Some(pu) if pu == last_id => Ok(()),
                 Some(pu) => Err((last_id, pu)),
                 // A futures event without `pu` cannot be chained: treat as a gap.
@@ -517,7 +517,13 @@ mod tests {
 
     #[test]
     fn futures_chain_uses_pu_and_keeps_the_event_ending_at_the_snapshot() {
-        let mut b = LocalBook::new(RecordMarket::UsdmFutures);
+        for market in [RecordMarket::UsdmFutures, RecordMarket::CoinmFutures] {
+            futures_chain(market);
+        }
+    }
+
+    fn futures_chain(market: RecordMarket) {
+        let mut b = LocalBook::new(market);
         b.on_update(ev(1, 5, Some(0), &[]));
         b.on_update(ev(6, 10, Some(5), &[(100, 7.0)]));
         b.on_update(ev(11, 20, Some(10), &[(97, 1.0)]));

@@ -314,6 +314,7 @@ fn default_urls(market: RecordMarket) -> (&'static str, &'static str) {
     match market {
         RecordMarket::Spot => ("https://api.binance.com", "wss://stream.binance.com:9443"),
         RecordMarket::UsdmFutures => ("https://fapi.binance.com", "wss://fstream.binance.com"),
+        RecordMarket::CoinmFutures => ("https://dapi.binance.com", "wss://dstream.binance.com"),
     }
 }
 

@@ -59,7 +59,8 @@ pub fn depth_weight(market: RecordMarket, limit: u32) -> u32 {
             501..=1000 => 50,
             _ => 250,
         },
-        RecordMarket::UsdmFutures => match limit {
+        // COIN-M's table is USD-M's.
+        RecordMarket::UsdmFutures | RecordMarket::CoinmFutures => match limit {
             0..=50 => 2,
             51..=100 => 5,
             101..=500 => 10,
@@ -72,7 +73,7 @@ pub fn depth_weight(market: RecordMarket, limit: u32) -> u32 {
 pub fn depth_limit(market: RecordMarket, depth: u32) -> u32 {
     let allowed: &[u32] = match market {
         RecordMarket::Spot => &[5, 10, 20, 50, 100, 500, 1000, 5000],
-        RecordMarket::UsdmFutures => &[5, 10, 20, 50, 100, 500, 1000],
+        RecordMarket::UsdmFutures | RecordMarket::CoinmFutures => &[5, 10, 20, 50, 100, 500, 1000],
     };
     allowed
         .iter()
@@ -132,11 +133,13 @@ impl RestClient {
         self.used_weight() + weight <= self.weight_limit && self.paused_until().is_none()
     }
 
-    /// `GET <base>/api/v3/depth?symbol=..&limit=..` (futures: `/fapi/v1/depth`).
+    /// `GET <base>/api/v3/depth?symbol=..&limit=..` (USD-M: `/fapi/v1/depth`, COIN-M:
+    /// `/dapi/v1/depth`).
     pub fn depth(&mut self, symbol: &str, limit: u32) -> Result<DepthSnapshot, RestError> {
         let path = match self.market {
             RecordMarket::Spot => "/api/v3/depth",
             RecordMarket::UsdmFutures => "/fapi/v1/depth",
+            RecordMarket::CoinmFutures => "/dapi/v1/depth",
         };
         let url = format!("{}{path}?symbol={symbol}&limit={limit}", self.base);
         let mut resp = self
@@ -205,5 +208,7 @@ mod tests {
         assert_eq!(depth_weight(RecordMarket::Spot, 20), 5);
         assert_eq!(depth_weight(RecordMarket::Spot, 1000), 50);
         assert_eq!(depth_weight(RecordMarket::UsdmFutures, 1000), 20);
+        assert_eq!(depth_limit(RecordMarket::CoinmFutures, 6000), 1000);
+        assert_eq!(depth_weight(RecordMarket::CoinmFutures, 50), 2);
     }
 }

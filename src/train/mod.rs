@@ -104,7 +104,7 @@ pub enum TrainError {
 
 impl TrainError {
     /// Exit code: 2 for what the user must change in config/flags (backend, device, budget,
-    /// model shape), 5 for failures while training.
+    /// model shape), 3 for a store file that fails its checks, 5 for failures while training.
     pub fn exit_code(&self) -> crate::ExitCode {
         match self {
             TrainError::Model(_)
@@ -113,6 +113,10 @@ impl TrainError {
             | TrainError::MemoryBudget { .. }
             | TrainError::Option(_) => crate::ExitCode::Usage,
             TrainError::NoStore { .. } => crate::ExitCode::Data,
+            // A damaged store file is bad input (3), not a failed training.
+            TrainError::Source(e) => e
+                .downcast_ref::<crate::data::DataError>()
+                .map_or(crate::ExitCode::Training, |d| d.exit_code()),
             _ => crate::ExitCode::Training,
         }
     }

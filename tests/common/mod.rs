@@ -372,19 +372,42 @@ diagnostics: {{min_class_samples: 1}}
     )
 }
 
+/// The smallest CNN+LSTM, as `model:` lines for [`real_samples_config`]: seconds per epoch.
+pub const TINY_MODEL: &str = "  cnn: {num_layers: 1, filters: [4], kernel_sizes: [[3, 3]], pool_sizes: [[2, 1]], dropout_rates: [0.1]}\n  lstm: {units: 8}\n  dense: {layers: [8], dropout_rates: [0.1]}";
+
 /// The shipped BTCUSDT + ETHUSDT spot captures at 1 s (`shared` = the shared data dir), 3
 /// classes at ±0.005 % over 10 s. `model` lines go inside `model:` (before `output`), `tail`
 /// is appended as more top-level sections.
 pub fn real_samples_config(work: &Path, shared: &Path, model: &str, tail: &str) -> String {
     let pattern = shared.join("binance_1s_top10/spot_*.csv");
+    captures_config(
+        work,
+        &pattern,
+        ["BTCUSDT", "ETHUSDT"],
+        ["2024-08-08", "2024-08-09"],
+        model,
+        tail,
+    )
+}
+
+/// [`real_samples_config`] over the wide CSV files `pattern` matches, for the `target` and
+/// `correlated` symbols and the `start`..`end` dates.
+pub fn captures_config(
+    work: &Path,
+    pattern: &Path,
+    [target, correlated]: [&str; 2],
+    [start, end]: [&str; 2],
+    model: &str,
+    tail: &str,
+) -> String {
     format!(
         r#"
 workdir: {work:?}
 data:
   source_type: file
   files: {{paths: [{pattern:?}], layout: wide}}
-  asset_pairs: {{target_asset: BTCUSDT, correlated_assets: [ETHUSDT]}}
-  time_range: {{start_date: "2024-08-08", end_date: "2024-08-09", cadence_seconds: 1}}
+  asset_pairs: {{target_asset: {target}, correlated_assets: [{correlated}]}}
+  time_range: {{start_date: "{start}", end_date: "{end}", cadence_seconds: 1}}
   order_book: {{depth_levels: 10}}
   validation: {{max_gap_seconds: 5, fail_on_invalid: false}}
 targets:

@@ -46,6 +46,11 @@ impl FileSource {
                 v
             } else if Path::new(pattern).is_file() {
                 vec![PathBuf::from(pattern)]
+            } else if Path::new(pattern).is_dir() {
+                return Err(DataError::Input(format!(
+                    "{key}: {}",
+                    crate::config::validate::directory_path_message(pattern)
+                )));
             } else {
                 Vec::new()
             };
@@ -100,6 +105,13 @@ impl FileSource {
             .byte_headers()
             .map_err(|e| malformed(1, format!("cannot read the header: {e}")))?
             .clone();
+        if headers.as_slice().is_empty() {
+            return Err(DataError::Input(format!(
+                "{}: the file is empty; expected a header line and rows ({:?} layout)",
+                path.display(),
+                self.layout
+            )));
+        }
         let find = |name: &str| headers.iter().position(|h| h == name.as_bytes());
         let need = |name: &str, what: &str| {
             find(name).ok_or_else(|| {
@@ -154,22 +166,32 @@ impl FileSource {
 
         let mut span: Option<(i64, i64)> = None;
         let mut record = csv::ByteRecord::new();
+        // The last line read: an I/O error (a truncated gzip) carries no position of its own.
+        let mut line = 1;
         loop {
             match csv.read_byte_record(&mut record) {
                 Ok(true) => {}
                 Ok(false) => break,
                 Err(e) => {
-                    let line = e.position().map_or(0, |p| p.line());
-                    let message = match e.kind() {
+                    let (line, message) = match e.kind() {
                         csv::ErrorKind::UnequalLengths {
                             expected_len, len, ..
-                        } => format!("{len} fields, the header has {expected_len}"),
-                        _ => e.to_string(),
+                        } => (
+                            e.position().map_or(line + 1, |p| p.line()),
+                            format!("{len} fields, the header has {expected_len}"),
+                        ),
+                        csv::ErrorKind::Io(io) => (
+                            line + 1,
+                            format!(
+                                "cannot read past line {line}: {io} (a truncated or corrupt file?)"
+                            ),
+                        ),
+                        _ => (e.position().map_or(line + 1, |p| p.line()), e.to_string()),
                     };
                     return Err(malformed(line, message));
                 }
             }
-            let line = record.position().map_or(0, |p| p.line());
+            line = record.position().map_or(line + 1, |p| p.line());
             let ts_ms = parse_ts(&record[ts_col]).ok_or_else(|| {
                 malformed(
                     line,
@@ -239,6 +261,11 @@ impl FileSource {
                     ask_qty: number(cols[3])?,
                 });
             }
+        }
+        if line == 1 {
+            // A recorder's freshly rotated file holds only its header: not an error, but the
+            // file is named in case it was meant to hold the data.
+            tracing::warn!("{}: the file has a header but no rows", path.display());
         }
         Ok(span)
     }
