@@ -3,46 +3,10 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::Path;
 
 use binance_ml::data::cache::CacheReader;
 use binance_ml::data::fetch::fetch;
-
-const DDL: &str = "(ts TIMESTAMP(3) NOT NULL, batch_id BIGINT, symbol TEXT NOT NULL, level INT NOT NULL, \
-                   bid_price DOUBLE PRECISION, bid_qty DOUBLE PRECISION, \
-                   ask_price DOUBLE PRECISION, ask_qty DOUBLE PRECISION)";
-
-/// A fresh table `name` holding `rows` (text values, loaded with COPY).
-fn create_table(uri: &str, name: &str, rows: &[common::TallRow]) {
-    let mut client = postgres::Client::connect(uri, postgres::NoTls).unwrap();
-    client
-        .batch_execute(&format!(
-            "DROP TABLE IF EXISTS {name} CASCADE; CREATE TABLE {name} {DDL}"
-        ))
-        .unwrap();
-    let mut w = client
-        .copy_in(&format!(
-            "COPY {name} (ts, batch_id, symbol, level, bid_price, bid_qty, ask_price, ask_qty) FROM STDIN"
-        ))
-        .unwrap();
-    for r in rows {
-        let ts = chrono::DateTime::from_timestamp(r.ts_s, 0)
-            .unwrap()
-            .format("%Y-%m-%d %H:%M:%S");
-        let [bp, bq, ap, aq] = &r.values;
-        // batch_id: a coarse 10-minute bucket, deliberately not unique per snapshot.
-        writeln!(
-            w,
-            "{ts}\t{}\t{}\t{}\t{bp}\t{bq}\t{ap}\t{aq}",
-            r.ts_s / 600,
-            r.symbol,
-            r.level
-        )
-        .unwrap();
-    }
-    w.finish().unwrap();
-}
 
 fn db_yaml(
     workdir: &Path,
@@ -79,7 +43,7 @@ fn fetched_from_postgres_equals_the_csv_files() {
     let files = common::sample_files(&shared);
     let rows: Vec<_> = files.iter().flat_map(|f| common::tall_rows(f)).collect();
     assert_eq!(rows.len(), (650 + 650 + 479 + 479) * 10);
-    create_table(&uri, "t_equal", &rows);
+    common::create_table(&uri, "t_equal", &rows);
     let dir = tempfile::tempdir().unwrap();
     // Spot (Aug 8-9) and futures (Jul 18-19) files share the symbols: 23 daily shards,
     // hourly query chunks, most of them empty.
@@ -164,7 +128,7 @@ fn bad_rows_are_filtered_and_counted_in_the_quality_report() {
     rows.push(row(t0 + 8, 1, ["100", "1", "101", "1"]));
     rows.push(row(t0 + 8, 2, ["99", "1", "102", "1"]));
     rows.push(row(t0 + 8, 2, ["99", "2", "102", "1"])); // conflicting duplicate
-    create_table(&uri, "t_bad_rows", &rows);
+    common::create_table(&uri, "t_bad_rows", &rows);
     let dir = tempfile::tempdir().unwrap();
     let yaml = db_yaml(
         dir.path(),
@@ -276,7 +240,7 @@ fn a_missing_table_column_or_symbol_is_named() {
             ],
         })
         .collect();
-    create_table(&uri, "t_named", &rows);
+    common::create_table(&uri, "t_named", &rows);
     let dir = tempfile::tempdir().unwrap();
     let range = ("2024-08-01", "2024-08-01");
     let cases = [
@@ -351,7 +315,7 @@ fn tls_with_sslmode_require() {
             ],
         })
         .collect();
-    create_table(&uri, "t_tls", &rows);
+    common::create_table(&uri, "t_tls", &rows);
     let dir = tempfile::tempdir().unwrap();
     let sep = if uri.contains('?') { '&' } else { '?' };
     let tls_uri = format!("{uri}{sep}sslmode=require");
@@ -376,7 +340,7 @@ fn a_connection_lost_mid_fetch_is_reconnected_and_the_shard_read_again() {
         return;
     };
     let file = shared.join("binance_1s_top10/spot_BTCUSDT_20240808-09.csv");
-    create_table(&uri, "t_flaky_data", &common::tall_rows(&file));
+    common::create_table(&uri, "t_flaky_data", &common::tall_rows(&file));
     // A view whose 1000th evaluated row makes the server end the session (what a restart or
     // a network cut looks like to the client); a sequence counts across the reconnect.
     let mut client = postgres::Client::connect(&uri, postgres::NoTls).unwrap();

@@ -1,19 +1,23 @@
 //! `finetune`: continue a base model on new data and promote it only when it is better.
 //!
 //! 1. The base model (run id or registry alias) and its configuration snapshot are fetched.
-//! 2. The current configuration may differ from the snapshot only in the allowed overrides
-//!    (`data.source_name`, `data.time_range.start_date/end_date`, `training.fine_tuning`) and
-//!    in where and how things run (work directory, logging, MLflow, security, database
-//!    connection, file paths, backend/device, memory budgets); any other difference is an
-//!    error listing every key with both values.
+//! 2. The lineage's representation — what defines data, features, labels and model
+//!    (`data`, `targets`, `preprocessing`, `model`) — must equal the snapshot's but for the
+//!    allowed overrides (`data.source_name`, `data.time_range.start_date/end_date`) and where
+//!    things run (database connection, file paths, backend/device, memory budgets); any other
+//!    difference is an error listing every key with both values. How a night trains
+//!    (`training`, including `training.fine_tuning`, and the optimizer in
+//!    `model.compilation`) is the fine-tune's own and never compared, so the snapshot of a
+//!    fine-tuned model (which records the epochs and learning rate it used) matches the same
+//!    nightly configuration the next night.
 //! 3. The new range is fetched and preprocessed with the BASE model's scaler (never refit), the
 //!    base weights are trained on (`fine_tuning.epochs`, `fine_tuning.learning_rate`), and base
 //!    and fine-tuned models are evaluated on the same new test split.
 //! 4. The new version becomes `champion` only when the promotion metric improves by at least
 //!    `min_improvement`; otherwise it is tagged `challenger`.
 //!
-//! Idempotent: a fine-tune of the same base with the same configuration that already finished
-//! is reported, not repeated; runs of an interrupted attempt are marked FAILED and its
+//! Idempotent: a fine-tune of the same base (as named: run id or alias) with the same
+//! configuration that already finished is reported, not repeated; runs of an interrupted attempt are marked FAILED and its
 //! checkpoint is resumed.
 
 use serde::Serialize;
@@ -24,32 +28,32 @@ use crate::config::LoadedConfig;
 use crate::data::cache::sha256_hex;
 use crate::evaluate::stage::{EvaluateRequest, EvaluateSummary};
 use crate::model::ModelArtifact;
-use crate::predict::{ModelRef, locate_model};
+use crate::predict::{ModelRef, locate_model, remember_alias, resolve_alias};
 use crate::preprocess::stage::{preprocess_with, store_dir_with};
-use crate::tracking::{RunStatus, Stage, Tracker, TrackingSettings, format_model_name};
+use crate::tracking::{CHAMPION, RunStatus, Stage, Tracker, TrackingSettings, format_model_name};
 use crate::train::stage::{MODEL_NAME, TrainRequest, TrainSummary};
 use crate::train::{Split, TrainError};
 
-/// Keys the current configuration may change relative to the base run's snapshot.
+/// The sections that define a lineage's representation (data, features, labels, model): the
+/// only ones compared with the base run's snapshot.
+pub const REPRESENTATION: &[&str] = &["data", "targets", "preprocessing", "model"];
+
+/// Keys of the representation the current configuration may change relative to the base.
 pub const ALLOWED_OVERRIDES: &[&str] = &[
     "data.source_name",
     "data.time_range.start_date",
     "data.time_range.end_date",
-    "training.fine_tuning",
 ];
 
-/// Keys about where and how the job runs, not what the model means: taken from the current
-/// configuration without comparison.
+/// Keys inside the representation about where and how the job runs, not what the model
+/// means: taken from the current configuration without comparison. `model.compilation` is the
+/// optimizer (the fine-tune's learning rate lands there), not the model.
 pub const OPERATIONAL_KEYS: &[&str] = &[
-    "workdir",
-    "logging",
-    "mlflow",
-    "security",
     "data.connection",
     "data.files",
     "model.backend",
     "model.device",
-    "training.memory",
+    "model.compilation",
     "preprocessing.memory",
 ];
 
@@ -133,8 +137,8 @@ fn differences(a: &Value, b: &Value, path: &str, skip: &[&str], out: &mut Vec<St
     }
 }
 
-/// Every key (outside the allowed and operational ones) whose value differs between the base
-/// snapshot and the current configuration, both redacted YAML.
+/// Every representation key (outside the allowed and operational ones) whose value differs
+/// between the base snapshot and the current configuration, both redacted YAML.
 pub fn forbidden_changes(base_yaml: &str, current_yaml: &str) -> Result<Vec<String>, String> {
     let parse = |y: &str| -> Result<Value, String> {
         let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(y).map_err(|e| e.to_string())?;
@@ -145,14 +149,13 @@ pub fn forbidden_changes(base_yaml: &str, current_yaml: &str) -> Result<Vec<Stri
         .chain(OPERATIONAL_KEYS)
         .copied()
         .collect();
+    let (base, current) = (parse(base_yaml)?, parse(current_yaml)?);
     let mut out = Vec::new();
-    differences(
-        &parse(base_yaml)?,
-        &parse(current_yaml)?,
-        "",
-        &skip,
-        &mut out,
-    );
+    for section in REPRESENTATION {
+        let get = |v: &Value| v.get(section).cloned().unwrap_or(Value::Null);
+        differences(&get(&base), &get(&current), section, &skip, &mut out);
+    }
+    out.sort();
     Ok(out)
 }
 
@@ -203,8 +206,14 @@ pub fn finetune(
     c.model.compilation.learning_rate = ft
         .learning_rate
         .unwrap_or(c.model.compilation.learning_rate);
-    let key =
-        sha256_hex(format!("{base_run}\n{}", effective.config_hash()).as_bytes())[..16].to_owned();
+    // Keyed by the base as named, not as resolved: once a night has moved `champion`, the
+    // same night again must still find itself.
+    let named_base = match &base_ref {
+        ModelRef::Alias(a) => format!("alias:{a}"),
+        _ => base_run.clone(),
+    };
+    let key = sha256_hex(format!("{named_base}\n{}", effective.config_hash()).as_bytes())[..16]
+        .to_owned();
     let settings = TrackingSettings::from_config(&effective.config);
     let tracker = Tracker::open(&settings)?;
     // The parent run (model `finetune`) finishes last: only then is the fine-tune complete.
@@ -218,7 +227,7 @@ pub fn finetune(
         let num = |k: &str| tag(k).parse().unwrap_or(f64::NAN);
         return Ok(FinetuneSummary {
             run_id: done.info.run_id.clone(),
-            base_run_id: base_run,
+            base_run_id: tag("binance_ml.base_run"),
             new_run_id: tag("binance_ml.train_run"),
             new_version: Some(tag("binance_ml.new_version")).filter(|v| !v.is_empty()),
             metric: ft.promotion.metric.clone(),
@@ -242,7 +251,7 @@ pub fn finetune(
                 &effective.config.data.asset_pairs.target_asset.to_string(),
                 MODEL_NAME,
             )?;
-            Some(tracker.version_by_alias(&name, a)?.version)
+            Some(resolve_alias(&tracker, &effective.config.workdir, &name, a)?.version)
         }
         _ => None,
     };
@@ -308,11 +317,28 @@ pub fn finetune(
                 promotion_value(&base_eval, metric),
                 promotion_value(&new_eval, metric),
             );
-            let promote = n - b >= cfg.training.fine_tuning.promotion.min_improvement;
-            let decision = if promote { "champion" } else { "challenger" };
+            // A registered model that had no champion gave it to this version (its first).
+            let bootstrapped = trained.registered.as_ref().is_some_and(|(name, v)| {
+                t.version_by_alias(name, CHAMPION)
+                    .is_ok_and(|c| &c.version == v)
+            });
+            let promote =
+                bootstrapped || n - b >= cfg.training.fine_tuning.promotion.min_improvement;
+            let decision = if promote { CHAMPION } else { "challenger" };
             let mut alias_set = false;
             if let Some((name, version)) = &trained.registered {
                 t.set_alias(name, decision, version)?;
+                // Journaled or applied: either way the champion this machine knows now.
+                remember_alias(
+                    &cfg.workdir,
+                    decision,
+                    &crate::tracking::ModelVersion {
+                        name: name.clone(),
+                        version: version.clone(),
+                        run_id: trained.run_id.clone(),
+                        ..Default::default()
+                    },
+                );
                 alias_set = true;
             } else {
                 tracing::warn!(
@@ -418,6 +444,22 @@ mod tests {
                 "model.lstm.units: base 8, now 16",
                 "targets.prediction_horizon_seconds: base 60, now 300",
             ]
+        );
+    }
+
+    #[test]
+    fn a_fine_tuned_snapshot_matches_the_unchanged_nightly_configuration() {
+        // Night 1's model records what it used: 3 epochs at 0.0002, fine-tuning enabled.
+        let night1 = "training: {epochs: 3, fine_tuning: {enabled: true, epochs: 3, learning_rate: 0.0002}}\nmodel: {compilation: {learning_rate: 0.0002}, lstm: {units: 8}}\nevaluation: {x: 1}\n";
+        let nightly = "training: {epochs: 5, fine_tuning: {enabled: true, epochs: 3, learning_rate: 0.0002}}\nmodel: {compilation: {learning_rate: 0.001}, lstm: {units: 8}}\nevaluation: {x: 2}\nhyperparameter_optimization: {enabled: true}\n";
+        assert_eq!(
+            forbidden_changes(night1, nightly).unwrap(),
+            Vec::<String>::new()
+        );
+        let changed = nightly.replace("units: 8", "units: 9");
+        assert_eq!(
+            forbidden_changes(night1, &changed).unwrap(),
+            vec!["model.lstm.units: base 8, now 9"]
         );
     }
 }

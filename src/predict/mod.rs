@@ -6,7 +6,7 @@
 //! computed exactly as in training (the same `prepare`), over a span long enough for one
 //! window plus the longest feature look-back.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use indicatif::ProgressBar;
 use serde::Serialize;
@@ -68,13 +68,25 @@ pub enum PredictError {
     /// `--start`/`--end` are malformed or reversed.
     #[error("{0}")]
     Range(String),
+    /// The named run, registered version or alias does not exist on the tracking store.
+    #[error("{what} does not exist on {store}: {fix}")]
+    UnknownModel {
+        /// What was looked up, e.g. `alias 'champion' of registered model 'x'`.
+        what: String,
+        /// The tracking store.
+        store: String,
+        /// What to run instead.
+        fix: String,
+    },
 }
 
 impl PredictError {
     /// Exit code: 2 for usage, 3 for data.
     pub fn exit_code(&self) -> crate::ExitCode {
         match self {
-            PredictError::NoModel | PredictError::Range(_) => crate::ExitCode::Usage,
+            PredictError::NoModel | PredictError::Range(_) | PredictError::UnknownModel { .. } => {
+                crate::ExitCode::Usage
+            }
             _ => crate::ExitCode::Data,
         }
     }
@@ -102,10 +114,43 @@ pub fn locate_model(loaded: &LoadedConfig, which: &ModelRef) -> crate::Result<(S
     let tracker = Tracker::open(&settings)?;
     let registered = |v: tracking::ModelVersion| v.run_id;
     let name = || format_model_name(&settings.model_name_pattern, &asset, MODEL_NAME);
+    // A name that does not exist is the user's to fix (exit 2), saying what to run.
+    let store = &tracker;
+    let unknown = |what: String, fix: &'static str| {
+        move |e: tracking::TrackingError| match e {
+            tracking::TrackingError::NotFound { .. } => {
+                crate::Error::from(PredictError::UnknownModel {
+                    what,
+                    store: store.describe(),
+                    fix: fix.to_owned(),
+                })
+            }
+            e => e.into(),
+        }
+    };
     let run_id = match which {
         ModelRef::Run(id) => id.clone(),
-        ModelRef::Version(v) => registered(tracker.model_version(&name()?, &v.to_string())?),
-        ModelRef::Alias(a) => registered(tracker.version_by_alias(&name()?, a)?),
+        ModelRef::Version(v) => {
+            let name = name()?;
+            registered(
+                tracker
+                    .model_version(&name, &v.to_string())
+                    .map_err(unknown(
+                        format!("version {v} of registered model '{name}'"),
+                        "name an existing version (the MLflow UI's Models page lists them), or use \
+                 --model-alias champion",
+                    ))?,
+            )
+        }
+        ModelRef::Alias(a) => {
+            let name = name()?;
+            registered(resolve_alias(&tracker, &config.workdir, &name, a).map_err(unknown(
+                format!("alias '{a}' of registered model '{name}'"),
+                "train a model against this MLflow server first (`binance-ml run` or `binance-ml \
+                 train`: the first registered version becomes `champion`), or name a model by \
+                 --run-id / --base-run-id",
+            ))?)
+        }
         ModelRef::Latest => {
             let hash = loaded.config_hash();
             match latest_successful_run(&tracker, &settings, Stage::ModelTraining, &hash) {
@@ -137,7 +182,12 @@ pub fn locate_model(loaded: &LoadedConfig, which: &ModelRef) -> crate::Result<(S
             .join("model-cache")
             .join(format!(".{run_id}.{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
-        tracker.download_artifacts(&run_id, MODEL_DIR, &tmp)?;
+        tracker
+            .download_artifacts(&run_id, MODEL_DIR, &tmp)
+            .map_err(unknown(
+                format!("a model of run '{run_id}'"),
+                "check the run id (`binance-ml run`/`train` print it; the MLflow UI lists runs)",
+            ))?;
         let _ = std::fs::remove_dir_all(&cache);
         std::fs::rename(&tmp, &cache).map_err(|e| crate::Error::Io {
             context: format!("moving the downloaded model to {}", cache.display()),
@@ -145,6 +195,70 @@ pub fn locate_model(loaded: &LoadedConfig, which: &ModelRef) -> crate::Result<(S
         })?;
     }
     Ok((run_id, dir))
+}
+
+/// The version `alias` of `name` points at. Each answer from the server is remembered under
+/// `<workdir>/model-cache/aliases/`, so that a night with MLflow unreachable still fine-tunes
+/// the champion it last saw (with a warning) and journals its runs for `tracking sync`.
+pub fn resolve_alias(
+    tracker: &Tracker,
+    workdir: &Path,
+    name: &str,
+    alias: &str,
+) -> tracking::Result<tracking::ModelVersion> {
+    match tracker.version_by_alias(name, alias) {
+        Ok(v) => {
+            remember_alias(workdir, alias, &v);
+            Ok(v)
+        }
+        Err(e) if e.is_unreachable() => {
+            let Some(v) = std::fs::read(alias_memo(workdir, name, alias))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<tracking::ModelVersion>(&b).ok())
+            else {
+                return Err(e);
+            };
+            tracing::warn!(
+                model = name,
+                alias,
+                version = %v.version,
+                run_id = %v.run_id,
+                "MLflow is unreachable ({e}): using the version this alias pointed at when last seen"
+            );
+            Ok(v)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Remembers that `alias` points at `version` (see [`resolve_alias`]). Best effort: a memo that
+/// cannot be written only costs the offline fallback.
+pub fn remember_alias(workdir: &Path, alias: &str, version: &tracking::ModelVersion) {
+    let memo = alias_memo(workdir, &version.name, alias);
+    if let (Ok(json), Some(dir)) = (serde_json::to_vec(version), memo.parent()) {
+        let _ =
+            std::fs::create_dir_all(dir).map(|()| crate::data::cache::write_atomic(&memo, &json));
+    }
+}
+
+fn alias_memo(workdir: &Path, name: &str, alias: &str) -> PathBuf {
+    workdir
+        .join("model-cache")
+        .join("aliases")
+        .join(format!("{}.{alias}.json", sanitize_file_name(name)))
+}
+
+/// `name` with anything but ASCII letters, digits, `-`, `_` and `.` replaced by `_`.
+fn sanitize_file_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// The newest model under `<workdir>/models/` trained by the configuration whose hash is

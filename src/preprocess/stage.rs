@@ -141,7 +141,9 @@ impl StageError {
             StageError::Preprocess(
                 PreprocessError::AllNan(_)
                 | PreprocessError::NoOverlap { .. }
-                | PreprocessError::NoData(_),
+                | PreprocessError::NoData(_)
+                // Too little data for the configured window: a short day, not a bad config.
+                | PreprocessError::WindowLongerThanSplit { .. },
             ) => crate::ExitCode::Data,
             StageError::Preprocess(_) | StageError::FixedScaler { .. } => crate::ExitCode::Usage,
         }

@@ -41,6 +41,8 @@ pub const DIAGNOSTICS_DIR: &str = "diagnostics";
 pub const MODEL_DIR: &str = "model";
 /// Artifact name of the effective (redacted) configuration, on every stage run.
 pub const CONFIG_ARTIFACT: &str = "training_config.yaml";
+/// The registry alias of the model in production; the first registered version takes it.
+pub const CHAMPION: &str = "champion";
 
 /// Everything the tracking module needs from the configuration; the CLI builds it from
 /// `mlflow.*` and the environment.

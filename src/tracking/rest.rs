@@ -430,11 +430,22 @@ impl Store for RestStore {
     }
 
     fn version_by_alias(&self, name: &str, alias: &str) -> Result<ModelVersion> {
-        let a: VersionAnswer = self.get(
+        match self.get::<VersionAnswer>(
             "/registered-models/alias",
             &[("name", name), ("alias", alias)],
-        )?;
-        Ok(a.model_version)
+        ) {
+            Ok(a) => Ok(a.model_version),
+            // MLflow answers a missing alias (or model) with 400 INVALID_PARAMETER_VALUE
+            // "Registered model alias champion not found.": nothing external failed.
+            Err(TrackingError::Server {
+                status: 400,
+                message,
+                ..
+            }) if message.contains("not found") => Err(TrackingError::NotFound {
+                what: format!("alias '{alias}' of registered model '{name}' ({message})"),
+            }),
+            Err(e) => Err(e),
+        }
     }
 
     fn model_version(&self, name: &str, version: &str) -> Result<ModelVersion> {

@@ -400,9 +400,31 @@ impl Tracker {
     }
 
     /// Registers `models:/<model_id>` under `name` (creating the registered model if needed).
+    /// While `name` has no `champion`, the new version takes it: one `run` is all a nightly
+    /// fine-tune (`base_model_alias: champion`) needs to start from.
     pub fn register_model(&self, name: &str, model_id: &str, run_id: &str) -> Result<ModelVersion> {
         self.store.ensure_registered_model(name)?;
-        self.store.create_model_version(name, model_id, run_id)
+        let mut version = self.store.create_model_version(name, model_id, run_id)?;
+        match self.store.version_by_alias(name, super::CHAMPION) {
+            Err(TrackingError::NotFound { .. }) => {
+                self.store
+                    .set_alias(name, super::CHAMPION, &version.version)?;
+                version.aliases.push(super::CHAMPION.to_owned());
+                tracing::info!(
+                    model = name,
+                    version = %version.version,
+                    "the first registered version becomes {}",
+                    super::CHAMPION
+                );
+            }
+            Err(e) => tracing::warn!(
+                model = name,
+                "could not check for a {} alias ({e}); none was set",
+                super::CHAMPION
+            ),
+            Ok(_) => {}
+        }
+        Ok(version)
     }
 
     /// Points `alias` (e.g. `champion`) of `name` at `version`.

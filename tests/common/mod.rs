@@ -3,6 +3,7 @@
 //! running the binary, MLflow server processes and the Python read-back script.
 #![allow(dead_code)] // each test binary uses a different subset
 
+use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -425,4 +426,40 @@ diagnostics: {{min_class_samples: 5}}
 {tail}
 "#
     )
+}
+
+/// The order-book table as the recorder writes it (tall: one row per snapshot and level).
+const ORDER_BOOK_DDL: &str = "(ts TIMESTAMP(3) NOT NULL, batch_id BIGINT, symbol TEXT NOT NULL, level INT NOT NULL, \
+                   bid_price DOUBLE PRECISION, bid_qty DOUBLE PRECISION, \
+                   ask_price DOUBLE PRECISION, ask_qty DOUBLE PRECISION)";
+
+/// A fresh table `name` holding `rows` (text values, loaded with COPY).
+pub fn create_table(uri: &str, name: &str, rows: &[TallRow]) {
+    let mut client = postgres::Client::connect(uri, postgres::NoTls).unwrap();
+    client
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS {name} CASCADE; CREATE TABLE {name} {ORDER_BOOK_DDL}"
+        ))
+        .unwrap();
+    let mut w = client
+        .copy_in(&format!(
+            "COPY {name} (ts, batch_id, symbol, level, bid_price, bid_qty, ask_price, ask_qty) FROM STDIN"
+        ))
+        .unwrap();
+    for r in rows {
+        let ts = chrono::DateTime::from_timestamp(r.ts_s, 0)
+            .unwrap()
+            .format("%Y-%m-%d %H:%M:%S");
+        let [bp, bq, ap, aq] = &r.values;
+        // batch_id: a coarse 10-minute bucket, deliberately not unique per snapshot.
+        writeln!(
+            w,
+            "{ts}\t{}\t{}\t{}\t{bp}\t{bq}\t{ap}\t{aq}",
+            r.ts_s / 600,
+            r.symbol,
+            r.level
+        )
+        .unwrap();
+    }
+    w.finish().unwrap();
 }

@@ -3,7 +3,8 @@
 Usage: python mlflow_readback.py '<json request>'; prints one JSON object.
 Request keys (all optional but "uri"): run_id, metric_keys, artifact_path + dst,
 experiment_ids (search_logged_models), model_name + alias (get_model_version_by_alias),
-model_id + model_dst (download the logged model's files).
+model_id + model_dst (download the logged model's files), versions_of (every version of a
+registered model with its aliases, its run's tags and its parent run's tags).
 Credentials come from MLFLOW_TRACKING_USERNAME/PASSWORD in the environment.
 """
 
@@ -64,4 +65,18 @@ if "model_id" in req:
         artifact_uri=f"models:/{req['model_id']}", dst_path=req["model_dst"]
     )
     out["model_files"] = files_under(local)
+if "versions_of" in req:
+    name = req["versions_of"]
+    aliases = client.get_registered_model(name).aliases
+    out["versions"] = []
+    for v in sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version)):
+        run = client.get_run(v.run_id)
+        parent = run.data.tags.get("mlflow.parentRunId")
+        out["versions"].append({
+            "version": v.version,
+            "run_id": v.run_id,
+            "aliases": sorted(a for a, n in aliases.items() if str(n) == v.version),
+            "tags": run.data.tags,
+            "parent_tags": client.get_run(parent).data.tags if parent else {},
+        })
 print(json.dumps(out))
