@@ -56,7 +56,6 @@ fn importance<'a>(eval: &'a Value, name: &str) -> &'a Value {
 }
 
 #[test]
-#[ignore = "unfinished: the quickstart model (accuracy 0.521) does not yet beat the logistic regression (0.543); the signal and model need tuning"]
 fn the_quickstart_market_is_learned_beyond_every_baseline_and_explained_by_its_book() {
     let dir = tempfile::tempdir().unwrap();
     // ETH uncorrelated with BTC: its every column is pure noise for the target.
