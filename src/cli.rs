@@ -120,6 +120,12 @@ pub enum Command {
         after_help = "Example:\n  binance-ml run --config config/quickstart.yaml\n  binance-ml run --config training_config.yaml --from preprocess --until train"
     )]
     Run(RunArgs),
+    /// Simulate the nightly policy over history: fine-tune + promotion vs the frozen base vs a
+    /// rolling retrain, scored out of sample day by day.
+    #[command(
+        after_help = "Example:\n  binance-ml replay --config training_config.yaml --train-days 7 --window-days 7"
+    )]
+    Replay(ReplayArgs),
     /// Validate the configuration and print it (after interpolation and defaults), secrets masked.
     #[command(
         after_help = "Example:\n  binance-ml validate-config --config config/training_config.yaml"
@@ -151,6 +157,7 @@ impl Command {
             Command::Evaluate(_) => "evaluate",
             Command::Predict(_) => "predict",
             Command::Run(_) => "run",
+            Command::Replay(_) => "replay",
             Command::ValidateConfig => "validate-config",
             Command::Tracking(TrackingCommand::Sync) => "tracking sync",
         }
@@ -216,6 +223,18 @@ pub struct TrainArgs {
     /// Continue from the last checkpoint of an interrupted training with the same config.
     #[arg(long)]
     pub resume: bool,
+}
+
+/// `replay` options.
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// Days of `data.time_range` (from its start) the base model trains on; every later day is
+    /// replayed.
+    #[arg(long, default_value_t = 3, value_name = "DAYS")]
+    pub train_days: u32,
+    /// Length of the rolling retrain's window in days [default: --train-days].
+    #[arg(long, value_name = "DAYS")]
+    pub window_days: Option<u32>,
 }
 
 /// `finetune` options.

@@ -10,6 +10,7 @@ use crate::diagnostics::stage::DiagnoseOutput;
 use crate::evaluate::stage::{EvaluateRequest, EvaluateSummary};
 use crate::pipeline::finetune::{self, FinetuneSummary};
 use crate::pipeline::lock::WorkdirLock;
+use crate::pipeline::replay::{self, ReplayRequest, ReplaySummary};
 use crate::pipeline::{self, Pipeline, RunSummary};
 use crate::predict::{self, ModelRef, PredictOutput};
 use crate::preprocess::stage::PreprocessSummary;
@@ -39,7 +40,8 @@ pub fn execute(cli: &Cli, loaded: &LoadedConfig) -> Result<Outcome> {
         | Command::Train(_)
         | Command::Finetune(_)
         | Command::Evaluate(_)
-        | Command::Run(_) => Some(WorkdirLock::acquire(
+        | Command::Run(_)
+        | Command::Replay(_) => Some(WorkdirLock::acquire(
             &loaded.config.workdir,
             cli.command.name(),
         )?),
@@ -78,6 +80,7 @@ pub fn execute(cli: &Cli, loaded: &LoadedConfig) -> Result<Outcome> {
         Command::Finetune(args) => {
             let s = finetune::finetune(
                 loaded,
+                None,
                 args.base_run_id.as_deref(),
                 args.base_model_alias.as_deref(),
             )?;
@@ -90,6 +93,16 @@ pub fn execute(cli: &Cli, loaded: &LoadedConfig) -> Result<Outcome> {
                 args.until.unwrap_or(Step::Evaluate),
             )?;
             Ok(run_outcome(&s))
+        }
+        Command::Replay(args) => {
+            let s = replay::replay(
+                loaded,
+                ReplayRequest {
+                    train_days: args.train_days,
+                    window_days: args.window_days.unwrap_or(args.train_days),
+                },
+            )?;
+            Ok(replay_outcome(&s))
         }
         Command::Record(args) => {
             let duration = args
@@ -282,6 +295,31 @@ fn evaluate_outcome(s: &EvaluateSummary) -> Outcome {
         s.temperature,
         s.degradation_slope,
     );
+    Outcome {
+        text,
+        json: serde_json::to_value(s).expect("summary serialises"),
+    }
+}
+
+fn replay_outcome(s: &ReplaySummary) -> Outcome {
+    let mut text = format!(
+        "replay run {} ({} day(s), {} resumed; base {})\n",
+        s.run_id,
+        s.days.len(),
+        s.resumed_days,
+        s.base_run
+    );
+    for t in &s.totals {
+        text.push_str(&format!(
+            "  {:<8} mean accuracy {:.4}, macro F1 {:.4}, log loss {:.4}, compounded return {}\n",
+            t.policy,
+            t.accuracy,
+            t.macro_f1,
+            t.log_loss,
+            replay::signed(t.backtest_return)
+        ));
+    }
+    text.push_str(&format!("  table and chart: {}", s.dir.display()));
     Outcome {
         text,
         json: serde_json::to_value(s).expect("summary serialises"),

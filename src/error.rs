@@ -65,6 +65,9 @@ pub enum Error {
     /// A fine-tune cannot start.
     #[error(transparent)]
     Finetune(#[from] crate::pipeline::finetune::FinetuneError),
+    /// A replay cannot start or continue.
+    #[error(transparent)]
+    Replay(#[from] crate::pipeline::replay::ReplayError),
     /// The work directory is in use by another process.
     #[error(transparent)]
     Lock(#[from] crate::pipeline::lock::LockError),
@@ -102,6 +105,8 @@ impl Error {
             Error::Lock(crate::pipeline::lock::LockError::Busy { .. }) => ExitCode::Locked,
             Error::Lock(_) => ExitCode::Data,
             Error::Finetune(_) => ExitCode::Usage,
+            Error::Replay(crate::pipeline::replay::ReplayError::State(_)) => ExitCode::Data,
+            Error::Replay(_) => ExitCode::Usage,
             Error::Hpo(e) => e.exit_code(),
             Error::Record(e) => e.exit_code(),
         }

@@ -173,10 +173,11 @@ fn promotion_value(s: &EvaluateSummary, metric: &str) -> f64 {
         .map_or(f64::NAN, |(_, v)| v)
 }
 
-/// Runs a fine-tune (see the module docs). `base_run_id`/`base_alias` come from the command
-/// line and win over `training.fine_tuning`.
+/// Runs a fine-tune (see the module docs), its runs nested under `parent` when given.
+/// `base_run_id`/`base_alias` come from the command line and win over `training.fine_tuning`.
 pub fn finetune(
     loaded: &LoadedConfig,
+    parent: Option<&str>,
     base_run_id: Option<&str>,
     base_alias: Option<&str>,
 ) -> crate::Result<FinetuneSummary> {
@@ -258,7 +259,7 @@ pub fn finetune(
     let effective = &effective;
     tracked(
         effective,
-        None,
+        parent,
         Stage::ModelTraining,
         "finetune",
         &[],

@@ -4,6 +4,7 @@
 pub mod finetune;
 pub mod hpo;
 pub mod lock;
+pub mod replay;
 
 use serde::Serialize;
 
