@@ -177,44 +177,20 @@ fn seven_nights_from_the_readme_run_unattended() {
 
     // The user's training configuration: a PostgreSQL source, a small model. The README's
     // keys go on top of it, exactly as written there.
-    let base = format!(
-        r#"
-workdir: {work:?}
-data:
-  source_type: database
-  connection:
-    database_uri: "${{NIGHTLY_DATABASE_URI}}"
-    table_name: {table}
-    connect_timeout_seconds: 2
-    max_retries: 1
-  asset_pairs: {{target_asset: BTCUSDT, correlated_assets: [ETHUSDT]}}
-  time_range: {{start_date: "2024-08-01", end_date: "2024-08-01", cadence_seconds: 10}}
-  order_book: {{depth_levels: 5}}
-  validation: {{max_gap_seconds: 60, fail_on_invalid: false}}
-targets:
-  prediction_horizon_seconds: 60
-  price_classes: {{boundaries: [-0.03, 0.03]}}
-preprocessing:
-  window_steps: 16
-  feature_engineering: {{momentum_windows: [6], depth_imbalance_levels: 5}}
-  train_test_split: {{train_ratio: 0.7, validation_ratio: 0.15, test_ratio: 0.15}}
-model:
-  cnn: {{num_layers: 1, filters: [4], kernel_sizes: [[3, 3]], pool_sizes: [[2, 1]], dropout_rates: [0.1]}}
-  lstm: {{units: 8}}
-  dense: {{layers: [8], dropout_rates: [0.1]}}
-  output: {{num_classes: 3}}
-training:
-  epochs: 2
-  batch_size: 64
-  shuffle_buffer: 500
-diagnostics: {{min_class_samples: 1}}
-evaluation: {{explainability: {{n_samples: 16}}}}
-mlflow:
-  client: {{max_retries: 0, timeout_seconds: 2}}
-  model_registry: {{model_name_pattern: "nightly_{{asset}}"}}
-"#,
-        work = dir.path().join("work"),
+    let base = common::tiny_config(
+        &dir.path().join("work"),
+        "2024-08-01",
+        "  epochs: 2",
+        "evaluation: {explainability: {n_samples: 16}}\nmlflow:\n  client: {max_retries: 0, timeout_seconds: 2}\n  model_registry: {model_name_pattern: \"nightly_{asset}\"}",
+    )
+    .replace(
+        "  source_type: synthetic\n  synthetic: {seed: 7}\n",
+        &format!(
+            "  source_type: database\n  connection:\n    database_uri: \"${{NIGHTLY_DATABASE_URI}}\"\n    \
+             table_name: {table}\n    connect_timeout_seconds: 2\n    max_retries: 1\n"
+        ),
     );
+    assert!(base.contains("source_type: database"), "{base}");
     let mut config: Yaml = serde_yaml_ng::from_str(&base).unwrap();
     let keys = blocks("yaml");
     let keys = keys
@@ -354,29 +330,28 @@ mlflow:
     assert!(common::files_containing(&dir.path().join("work"), ".tmp-").is_empty());
     sh.env.insert("NIGHTLY_DATABASE_URI", db.clone());
 
+    // A night that goes well: a new version, exit 0.
+    let good = |sh: &Shell, day: &str, version: &str| {
+        let (code, out, err) = night(sh, day);
+        assert_eq!(code, 0, "night of {day}:\n{err}");
+        let s = summary(&out);
+        assert_eq!(s["new_version"], version, "{s}");
+        s
+    };
     // Night 5: fine.
-    let (code, out, err) = night(&sh, "2024-08-08");
-    assert_eq!(code, 0, "night 5:\n{err}");
-    let n5 = summary(&out);
-    assert_eq!(n5["new_version"], "5", "{n5}");
+    let n5 = good(&sh, "2024-08-08", "5");
     champion = champion_after(&n5, &champion);
 
-    // Night 6: ten minutes of data: exit 3 naming what a window needs.
+    // Night 6: two minutes of data: exit 3 naming what a window needs.
     let (code, _, err) = night(&sh, "2024-08-09");
     assert_eq!(code, 3, "night 6 (too little data):\n{err}");
     assert!(err.contains("window"), "{err}");
     assert!(tracker.model_version(name, "6").is_err());
 
     // Night 7, then the day the database was down, back-filled.
-    let (code, out, err) = night(&sh, "2024-08-10");
-    assert_eq!(code, 0, "night 7:\n{err}");
-    let n7 = summary(&out);
-    assert_eq!(n7["new_version"], "6", "{n7}");
+    let n7 = good(&sh, "2024-08-10", "6");
     champion = champion_after(&n7, &champion);
-    let (code, out, err) = night(&sh, "2024-08-07");
-    assert_eq!(code, 0, "back-fill:\n{err}");
-    let fill = summary(&out);
-    assert_eq!(fill["new_version"], "7", "{fill}");
+    let fill = good(&sh, "2024-08-07", "7");
     champion = champion_after(&fill, &champion);
 
     // Read back with MLflow's own client: seven versions, one champion, lineage and scores.
