@@ -11,8 +11,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use binance_ml::data::cache::CacheReader;
-use binance_ml::data::fetch::fetch;
 use serde_json::Value;
 use serde_yaml_ng::Value as Yaml;
 
@@ -62,49 +60,6 @@ fn merge(base: &mut Yaml, overlay: &Yaml) {
         }
         (b, o) => *b = o.clone(),
     }
-}
-
-/// One synthetic market over `days`, written to the table `table` as the recorder would.
-fn fill_table(uri: &str, table: &str, work: &Path, days: [&str; 2], thin_day: &str) {
-    let yaml = common::tiny_config(work, days[0], "", "")
-        .replace(
-            &format!("end_date: \"{}\"", days[0]),
-            &format!("end_date: \"{}\"", days[1]),
-        )
-        .replace("{seed: 7}", "{seed: 7, signal: {strength: 0.3}}");
-    let s = fetch(&common::config(&yaml), false).unwrap();
-    let data = CacheReader::open(&s.cache_dir).unwrap().load().unwrap();
-    let thin = chrono::NaiveDate::parse_from_str(thin_day, "%Y-%m-%d")
-        .unwrap()
-        .and_hms_opt(0, 0, 0)
-        .unwrap()
-        .and_utc()
-        .timestamp();
-    let mut rows = Vec::new();
-    for (symbol, book) in &data.order_books {
-        for (i, &ts_ms) in book.snapshot_timestamps.iter().enumerate() {
-            let ts_s = ts_ms / 1000;
-            // The thin day keeps 2 minutes: fewer steps than one window needs.
-            if (thin + 120..thin + 86_400).contains(&ts_s) {
-                continue;
-            }
-            for level in 0..book.bid_price.cols {
-                let v = |m: &binance_ml::data::Matrix| m.row(i)[level].to_string();
-                rows.push(common::TallRow {
-                    ts_s,
-                    symbol: symbol.to_string(),
-                    level: level as u32 + 1,
-                    values: [
-                        v(&book.bid_price),
-                        v(&book.bid_qty),
-                        v(&book.ask_price),
-                        v(&book.ask_qty),
-                    ],
-                });
-            }
-        }
-    }
-    common::create_table(uri, table, &rows);
 }
 
 /// Runs one README command line with bash in `cwd`, the binary on PATH.
@@ -167,12 +122,13 @@ fn seven_nights_from_the_readme_run_unattended() {
     };
     let dir = tempfile::tempdir().unwrap();
     let table = common::unique("nightly").replace('-', "_");
-    fill_table(
+    common::synthetic_table(
         &db,
         &table,
         &dir.path().join("generate"),
         ["2024-07-31", "2024-08-10"],
-        "2024-08-09",
+        "{strength: 0.3}",
+        Some("2024-08-09"),
     );
 
     // The user's training configuration: a PostgreSQL source, a small model. The README's

@@ -11,9 +11,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// The tiny synthetic setup over `days` with `signal`, fine-tuned 2 epochs at 0.002.
-fn config(work: &Path, days: [&str; 2], signal: &str) -> String {
-    common::tiny_config(
+/// The tiny setup over `days`, reading a synthetic market with `signal` that was generated
+/// once into a PostgreSQL table (so that every day read is the same market's), fine-tuned 2
+/// epochs at 0.002. `None` (test skipped) without a test database.
+fn config(work: &Path, days: [&str; 2], signal: &str) -> Option<String> {
+    let db = common::database_uri()?;
+    let table = common::unique("replay").replace('-', "_");
+    common::synthetic_table(&db, &table, &work.join("generate"), days, signal, None);
+    let yaml = common::tiny_config(
         work,
         days[0],
         "  epochs: 2\n  fine_tuning: {epochs: 2, learning_rate: 0.002, promotion: {metric: accuracy, min_improvement: 0.0}}",
@@ -23,7 +28,14 @@ fn config(work: &Path, days: [&str; 2], signal: &str) -> String {
         &format!("end_date: \"{}\"", days[0]),
         &format!("end_date: \"{}\"", days[1]),
     )
-    .replace("{seed: 7}", &format!("{{seed: 7, signal: {signal}}}"))
+    .replace(
+        "  source_type: synthetic\n  synthetic: {seed: 7}\n",
+        &format!(
+            "  source_type: database\n  connection: {{database_uri: {db:?}, table_name: {table}}}\n"
+        ),
+    );
+    assert!(yaml.contains("source_type: database"), "{yaml}");
+    Some(yaml)
 }
 
 fn replay(dir: &Path, yaml: &str) -> Value {
@@ -49,11 +61,13 @@ fn after_a_regime_change_the_nightly_policy_beats_the_frozen_model_and_a_kill_re
     let dir = tempfile::tempdir().unwrap();
     let work = dir.path().join("work");
     // The signal flips sign at the start of the second replayed day.
-    let yaml = config(
+    let Some(yaml) = config(
         &work,
         ["2024-08-01", "2024-08-06"],
         "{strength: 0.6, persistence: 0.95, observation_noise: 0.5, change_at: \"2024-08-04\", strength_after: -0.6}",
-    );
+    ) else {
+        return;
+    };
 
     // Killed (-9) once the first day is saved; the rerun keeps it and does the rest.
     let cfg = dir.path().join("replay.yaml");
@@ -127,11 +141,13 @@ fn after_a_regime_change_the_nightly_policy_beats_the_frozen_model_and_a_kill_re
 #[test]
 fn on_an_unchanged_market_the_nightly_policy_does_not_lose_beyond_noise() {
     let dir = tempfile::tempdir().unwrap();
-    let yaml = config(
+    let Some(yaml) = config(
         &dir.path().join("work"),
         ["2024-08-01", "2024-08-04"],
         "{strength: 0.6, persistence: 0.95, observation_noise: 0.5}",
-    );
+    ) else {
+        return;
+    };
     let r = replay(dir.path(), &yaml);
     let days = r["days"].as_array().unwrap();
     assert_eq!(days.len(), 2);

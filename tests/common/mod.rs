@@ -463,3 +463,61 @@ pub fn create_table(uri: &str, name: &str, rows: &[TallRow]) {
     }
     w.finish().unwrap();
 }
+
+/// One synthetic market (data.synthetic.signal = `signal`) over `days`, generated once and
+/// written to the table `table` as the recorder would: every range read from it sees the
+/// same market (the synthetic source itself starts its path at each configured start).
+/// `thin_day` keeps only its first two minutes.
+pub fn synthetic_table(
+    uri: &str,
+    table: &str,
+    work: &Path,
+    days: [&str; 2],
+    signal: &str,
+    thin_day: Option<&str>,
+) {
+    let yaml = tiny_config(work, days[0], "", "")
+        .replace(
+            &format!("end_date: \"{}\"", days[0]),
+            &format!("end_date: \"{}\"", days[1]),
+        )
+        .replace("{seed: 7}", &format!("{{seed: 7, signal: {signal}}}"));
+    let s = binance_ml::data::fetch::fetch(&config(&yaml), false).unwrap();
+    let data = binance_ml::data::cache::CacheReader::open(&s.cache_dir)
+        .unwrap()
+        .load()
+        .unwrap();
+    let thin = thin_day.map_or(i64::MIN / 2, |d| {
+        chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d")
+            .unwrap()
+            .and_hms_opt(0, 0, 0)
+            .unwrap()
+            .and_utc()
+            .timestamp()
+    });
+    let mut rows = Vec::new();
+    for (symbol, book) in &data.order_books {
+        for (i, &ts_ms) in book.snapshot_timestamps.iter().enumerate() {
+            let ts_s = ts_ms / 1000;
+            // The thin day keeps 2 minutes: fewer steps than one window needs.
+            if (thin + 120..thin + 86_400).contains(&ts_s) {
+                continue;
+            }
+            for level in 0..book.bid_price.cols {
+                let v = |m: &binance_ml::data::Matrix| m.row(i)[level].to_string();
+                rows.push(TallRow {
+                    ts_s,
+                    symbol: symbol.to_string(),
+                    level: level as u32 + 1,
+                    values: [
+                        v(&book.bid_price),
+                        v(&book.bid_qty),
+                        v(&book.ask_price),
+                        v(&book.ask_qty),
+                    ],
+                });
+            }
+        }
+    }
+    create_table(uri, table, &rows);
+}
