@@ -17,8 +17,8 @@
 //!    `min_improvement`; otherwise it is tagged `challenger`.
 //!
 //! Idempotent: a fine-tune of the same base (as named: run id or alias) with the same
-//! configuration that already finished is reported, not repeated; runs of an interrupted attempt are marked FAILED and its
-//! checkpoint is resumed.
+//! configuration that already finished is reported, not repeated; runs of an interrupted
+//! attempt are marked FAILED and its checkpoint is resumed.
 
 use serde::Serialize;
 use serde_json::Value;
