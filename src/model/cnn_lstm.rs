@@ -3,10 +3,11 @@
 
 use burn::module::{Module, Param};
 use burn::tensor::activation::{gelu, leaky_relu, relu, silu};
-use burn::tensor::module::{avg_pool2d, conv2d, max_pool2d};
-use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
-use burn::tensor::{Device, Slice, Tensor, TensorData};
+use burn::tensor::module::{avg_pool2d, max_pool2d};
+use burn::tensor::ops::{AvgPoolOptions, MaxPoolOptions};
+use burn::tensor::{Device, Tensor, TensorData};
 
+use super::conv::conv_pool;
 use super::lstm::{Lstm, uniform_param};
 use super::rng::Rng;
 use super::spec::{ConvSpec, ModelSpec};
@@ -108,13 +109,12 @@ fn dropout<const D: usize>(x: Tensor<D>, p: f64, rng: Option<&mut Rng>) -> Tenso
     }
 }
 
-/// "same" padding for one axis, extra cell at the end as TensorFlow does for even kernels.
-fn same_padding(k: usize) -> (usize, usize) {
-    let total = k - 1;
-    (total / 2, total - total / 2)
-}
-
-/// Conv ("same") -> activation -> pooling with Burn's `conv2d` and pooling ops.
+/// Conv ("same") -> activation -> pooling.
+///
+/// Max pooling commutes with a non-decreasing activation, so then the pool is folded into the
+/// conv operation ([`conv_pool`]: one GEMM per sample, the full-resolution map never
+/// materialised) and the activation runs on a map `pool` times smaller. Otherwise (GELU, SiLU,
+/// average pooling) the conv runs alone and Burn pools the activated map.
 fn conv_act_pool(
     x: Tensor<4>,
     conv: &Conv,
@@ -122,96 +122,18 @@ fn conv_act_pool(
     pooling: Pooling,
     act: Activation,
 ) -> Tensor<4> {
-    let options = ConvOptions::new_with_padding(
-        [1, 1],
-        [same_padding(c.kernel[0]), same_padding(c.kernel[1])],
-        [1, 1],
-        1,
-    );
-    let x = conv2d(x, conv.weight.val(), Some(conv.bias.val()), options);
+    let (w, b) = (conv.weight.val(), conv.bias.val());
     match pooling {
-        // Max pooling commutes with a non-decreasing activation, so pool first and activate a
-        // map `pool` times smaller (forward and backward).
-        Pooling::Max if monotone(act) => activate(max_pool2d(x, MaxPoolOptions::new(c.pool)), act),
-        Pooling::Max => max_pool2d(activate(x, act), MaxPoolOptions::new(c.pool)),
-        Pooling::Avg => avg_pool2d(activate(x, act), AvgPoolOptions::new(c.pool)),
-    }
-}
-
-/// The same block for the model INPUT, as GEMMs: one per position inside the pooling window
-/// ("phase"), each computing the conv only where that phase lands, then the pool as an
-/// element-wise max (or mean) over phases.
-///
-/// Why: profiled on flex (reference workload, batch 32), the first block spent most of its
-/// time in `max_pool2d` with indices on the full-resolution map and in `conv2d`'s backward,
-/// whose weight gradient is a convolution with a kernel as large as the output map. The input
-/// needs no gradient, so here the backward is only matmul weight gradients and element-wise
-/// masks, and the full-resolution map is never materialised.
-fn input_conv_pool(
-    x: Tensor<4>,
-    conv: &Conv,
-    c: &ConvSpec,
-    pooling: Pooling,
-    act: Activation,
-) -> Tensor<4> {
-    let [b, ch, t, f] = x.dims();
-    let [kt, kf] = c.kernel;
-    let [pt, pf] = c.pool;
-    let (t_out, f_out) = (t / pt, f / pf);
-    let [out, _, _, _] = conv.weight.dims();
-    let k = ch * kt * kf;
-    let padded = x.pad(
-        [(0, 0), (0, 0), same_padding(kt), same_padding(kf)],
-        burn::tensor::ops::PadMode::Constant(0.0),
-    );
-    // [out, ch, kt, kf] -> [1, out, ch*kt*kf]: column order (ch, i, j), as the stack below.
-    let w = conv.weight.val().reshape([1, out, k]);
-    let bias = conv.bias.val().reshape([1, out, 1]);
-    let strided = |start: usize, n: usize, step: usize| Slice {
-        start: start as isize,
-        end: Some((start + (n - 1) * step + 1) as isize),
-        step: step as isize,
-    };
-    let mut phases = Vec::with_capacity(pt * pf);
-    for di in 0..pt {
-        for dj in 0..pf {
-            let mut taps = Vec::with_capacity(kt * kf);
-            for i in 0..kt {
-                for j in 0..kf {
-                    taps.push(padded.clone().slice([
-                        Slice::from(0..b),
-                        Slice::from(0..ch),
-                        strided(di + i, t_out, pt),
-                        strided(dj + j, f_out, pf),
-                    ]));
-                }
-            }
-            let cols = Tensor::stack::<5>(taps, 2).reshape([b, k, t_out * f_out]);
-            phases.push(w.clone().matmul(cols) + bias.clone());
-        }
-    }
-    let n = phases.len();
-    let pooled = match pooling {
-        Pooling::Max if monotone(act) => activate(
-            phases
-                .into_iter()
-                .reduce(Tensor::max_pair)
-                .expect("pool >= 1"),
-            act,
+        Pooling::Max if monotone(act) => activate(conv_pool(x, w, b, c.pool), act),
+        Pooling::Max => max_pool2d(
+            activate(conv_pool(x, w, b, [1, 1]), act),
+            MaxPoolOptions::new(c.pool),
         ),
-        Pooling::Max => phases
-            .into_iter()
-            .map(|p| activate(p, act))
-            .reduce(Tensor::max_pair)
-            .expect("pool >= 1"),
-        Pooling::Avg => phases
-            .into_iter()
-            .map(|p| activate(p, act))
-            .reduce(|a, b| a + b)
-            .expect("pool >= 1")
-            .div_scalar(n as f32),
-    };
-    pooled.reshape([b, out, t_out, f_out])
+        Pooling::Avg => avg_pool2d(
+            activate(conv_pool(x, w, b, [1, 1]), act),
+            AvgPoolOptions::new(c.pool),
+        ),
+    }
 }
 
 impl CnnLstm {
@@ -267,12 +189,8 @@ impl CnnLstm {
         mut x: Tensor<4>,
         mut rng: Option<&mut Rng>,
     ) -> Tensor<3> {
-        for (i, (conv, c)) in branch.layers.iter().zip(&self.spec.conv).enumerate() {
-            x = if i == 0 {
-                input_conv_pool(x, conv, c, self.spec.pooling, self.spec.activation)
-            } else {
-                conv_act_pool(x, conv, c, self.spec.pooling, self.spec.activation)
-            };
+        for (conv, c) in branch.layers.iter().zip(&self.spec.conv) {
+            x = conv_act_pool(x, conv, c, self.spec.pooling, self.spec.activation);
             x = dropout(x, c.dropout, rng.as_deref_mut());
         }
         let [b, ch, t, f] = x.dims();
@@ -366,36 +284,5 @@ mod tests {
             assert_eq!(a, b, "{act:?}");
         }
         assert!(!monotone(Activation::Gelu) && !monotone(Activation::Silu));
-    }
-
-    #[test]
-    fn input_block_as_gemms_equals_conv_then_pool() {
-        let device = Device::flex();
-        let mut rng = Rng::new(4, "x");
-        let cases = [
-            (1, [3, 3], [2, 2], Pooling::Max, Activation::Relu),
-            (3, [4, 2], [3, 1], Pooling::Max, Activation::Gelu),
-            (2, [1, 5], [2, 3], Pooling::Avg, Activation::Tanh),
-            (2, [2, 2], [1, 1], Pooling::Avg, Activation::Silu),
-        ];
-        for (ch, kernel, pool, pooling, act) in cases {
-            let values: Vec<f32> = (0..2 * ch * 11 * 7).map(|_| rng.uniform(1.0)).collect();
-            let x = Tensor::<4>::from_data(TensorData::new(values, [2, ch, 11, 7]), &device);
-            let conv = Conv {
-                weight: uniform_param([5, ch, kernel[0], kernel[1]], 0.5, &mut rng, &device),
-                bias: uniform_param([5], 0.5, &mut rng, &device),
-            };
-            let spec = ConvSpec {
-                filters: 5,
-                kernel,
-                pool,
-                dropout: 0.0,
-            };
-            let want = conv_act_pool(x.clone(), &conv, &spec, pooling, act);
-            let got = input_conv_pool(x, &conv, &spec, pooling, act);
-            assert_eq!(got.dims(), want.dims());
-            let diff = (got - want).abs().max().into_scalar::<f32>();
-            assert!(diff < 1e-5, "{ch} {kernel:?} {pool:?} {pooling:?}: {diff}");
-        }
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod artifact;
 pub mod cnn_lstm;
+pub mod conv;
 pub mod infer;
 pub mod lstm;
 pub mod mlp;

@@ -1,0 +1,427 @@
+//! The conv block's CPU kernels on plain `f32` slices: "same" convolution with the max pool
+//! folded in, as one GEMM per sample over an im2col matrix that holds every pool phase.
+//!
+//! Layouts are row-major and contiguous: `x [n, c, t, f]`, `weight [o, c, kt, kf]`,
+//! `y [n, o, t/pt, f/pf]`. The im2col matrix of one sample is `[c*kt*kf, tc*fc]` over the
+//! conv positions that some pool window reads (`tc = t/pt*pt`, `fc = f/pf*pf`), so each of its
+//! rows is a run of contiguous copies; the pool then reads the GEMM's output, 4.5x smaller for
+//! the reference block. A "phase" is one position `(di, dj)` inside the pool window; the
+//! forward keeps the winning phase of every output for the backward. Nothing of the
+//! full-resolution map outlives a sample.
+//!
+//! Determinism: every sample is computed alone; the weight gradient is summed per fixed chunk of
+//! samples and the chunks are added in order, so thread scheduling never changes a bit.
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// Compiles a loop-heavy function for AVX-512 and AVX2 beside the baseline, and picks one at
+/// run time: the crate is built for baseline x86-64 (SSE2), which left these loops 4-8x
+/// narrower than the CPU (gemm and flex dispatch the same way).
+macro_rules! multiversion {
+    ($(#[$meta:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $(#[$meta])*
+        fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+                fn v4($($arg: $ty),*) $body
+                #[target_feature(enable = "avx2,fma")]
+                fn v3($($arg: $ty),*) $body
+                if std::is_x86_feature_detected!("avx512f")
+                    && std::is_x86_feature_detected!("avx512bw")
+                    && std::is_x86_feature_detected!("avx512vl")
+                {
+                    // SAFETY: the features `v4` was compiled for were just detected.
+                    return unsafe { v4($($arg),*) };
+                }
+                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                    // SAFETY: as above, for `v3`.
+                    return unsafe { v3($($arg),*) };
+                }
+            }
+            #[inline(always)]
+            fn base($($arg: $ty),*) $body
+            base($($arg),*)
+        }
+    };
+}
+
+/// Shapes of one conv block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    /// Batch size.
+    pub n: usize,
+    /// Input channels.
+    pub c: usize,
+    /// Input time steps.
+    pub t: usize,
+    /// Input features.
+    pub f: usize,
+    /// Output channels (filters).
+    pub o: usize,
+    /// Kernel `[time, feature]`.
+    pub kernel: [usize; 2],
+    /// Pool `[time, feature]`; `[1, 1]` is a plain convolution.
+    pub pool: [usize; 2],
+}
+
+impl Geometry {
+    /// Pooled output `[time, feature]` (floor, as Burn's and TensorFlow's "valid" pooling).
+    pub fn out(&self) -> [usize; 2] {
+        [self.t / self.pool[0], self.f / self.pool[1]]
+    }
+
+    /// Positions of one output map.
+    fn positions(&self) -> usize {
+        let [to, fo] = self.out();
+        to * fo
+    }
+
+    /// Pool phases.
+    fn phases(&self) -> usize {
+        self.pool[0] * self.pool[1]
+    }
+
+    /// Rows of the im2col matrix (`c * kt * kf`).
+    fn k(&self) -> usize {
+        self.c * self.kernel[0] * self.kernel[1]
+    }
+
+    /// The conv grid that the pool windows cover, `[tc, fc]`.
+    fn grid(&self) -> [usize; 2] {
+        let [to, fo] = self.out();
+        [to * self.pool[0], fo * self.pool[1]]
+    }
+
+    /// Columns of the im2col matrix (`tc * fc`).
+    fn cols(&self) -> usize {
+        let [tc, fc] = self.grid();
+        tc * fc
+    }
+
+    fn x_len(&self) -> usize {
+        self.c * self.t * self.f
+    }
+
+    fn y_len(&self) -> usize {
+        self.o * self.positions()
+    }
+
+    /// Padding before the first row/column: TensorFlow's "same" puts the odd cell at the end.
+    fn pad(&self) -> [usize; 2] {
+        [(self.kernel[0] - 1) / 2, (self.kernel[1] - 1) / 2]
+    }
+}
+
+/// Samples per weight-gradient chunk: at most 16 chunks, a function of the batch size only.
+fn chunk_len(n: usize) -> usize {
+    n.div_ceil(16).max(1)
+}
+
+/// Inside one sample, let the GEMM use every thread when the batch cannot (one window).
+fn inner_parallelism(n: usize) -> Parallelism {
+    if n < rayon::current_num_threads() {
+        Parallelism::Rayon(0)
+    } else {
+        Parallelism::None
+    }
+}
+
+/// A row-major or transposed view for [`gemm_into`]: element `(r, c)` is at `r*rs + c*cs`.
+#[derive(Clone, Copy)]
+struct View<'a> {
+    data: &'a [f32],
+    rs: usize,
+    cs: usize,
+}
+
+/// `dst [m, n] (+)= a [m, k] * b [k, n]`, `dst` row-major.
+fn gemm_into(
+    dst: &mut [f32],
+    a: View<'_>,
+    b: View<'_>,
+    [m, k, n]: [usize; 3],
+    accumulate: bool,
+    par: Parallelism,
+) {
+    let last = |v: &View<'_>, rows: usize, cols: usize| (rows - 1) * v.rs + (cols - 1) * v.cs;
+    assert!(dst.len() >= m * n, "gemm: destination too small");
+    assert!(last(&a, m, k) < a.data.len(), "gemm: lhs out of bounds");
+    assert!(last(&b, k, n) < b.data.len(), "gemm: rhs out of bounds");
+    // SAFETY: the asserts above keep every element that gemm reads or writes inside the slices;
+    // `dst` is borrowed mutably, so it aliases neither input.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+/// The grid columns `q` whose input column `q + j - pad` lies in `[0, f)`, for kernel column `j`.
+fn valid_columns(fc: usize, f: usize, j: usize, pad: usize) -> std::ops::Range<usize> {
+    let lo = pad.saturating_sub(j).min(fc);
+    let hi = (f + pad).saturating_sub(j).min(fc);
+    lo..hi.max(lo)
+}
+
+multiversion! {
+/// The im2col matrix of one sample `x [c, t, f]` into `cols [k, tc * fc]`.
+fn im2col(x: &[f32], g: &Geometry, cols: &mut [f32]) {
+    let [kt, kf] = g.kernel;
+    let [tc, fc] = g.grid();
+    let [pad_t, pad_f] = g.pad();
+    let width = g.cols();
+    for ch in 0..g.c {
+        let plane = &x[ch * g.t * g.f..(ch + 1) * g.t * g.f];
+        for i in 0..kt {
+            for j in 0..kf {
+                let row = &mut cols[((ch * kt + i) * kf + j) * width..][..width];
+                let r = valid_columns(fc, g.f, j, pad_f);
+                for (tq, out) in row.chunks_exact_mut(fc).enumerate().take(tc) {
+                    let ti = (tq + i).wrapping_sub(pad_t);
+                    if ti >= g.t || r.is_empty() {
+                        out.fill(0.0);
+                        continue;
+                    }
+                    let first = r.start + j - pad_f;
+                    out[..r.start].fill(0.0);
+                    out[r.end..].fill(0.0);
+                    out[r.clone()].copy_from_slice(&plane[ti * g.f + first..][..r.len()]);
+                }
+            }
+        }
+    }
+}
+}
+
+multiversion! {
+/// Add `dcols [k, tc * fc]` back onto the sample's input gradient `dx [c, t, f]`.
+fn col2im(dcols: &[f32], g: &Geometry, dx: &mut [f32]) {
+    let [kt, kf] = g.kernel;
+    let [tc, fc] = g.grid();
+    let [pad_t, pad_f] = g.pad();
+    let width = g.cols();
+    for ch in 0..g.c {
+        let plane = &mut dx[ch * g.t * g.f..(ch + 1) * g.t * g.f];
+        for i in 0..kt {
+            for j in 0..kf {
+                let row = &dcols[((ch * kt + i) * kf + j) * width..][..width];
+                let r = valid_columns(fc, g.f, j, pad_f);
+                if r.is_empty() {
+                    continue;
+                }
+                let first = r.start + j - pad_f;
+                for (tq, src) in row.chunks_exact(fc).enumerate().take(tc) {
+                    let ti = (tq + i).wrapping_sub(pad_t);
+                    if ti >= g.t {
+                        continue;
+                    }
+                    let dst = &mut plane[ti * g.f + first..][..r.len()];
+                    for (d, &v) in dst.iter_mut().zip(&src[r.clone()]) {
+                        *d += v;
+                    }
+                }
+            }
+        }
+    }
+}
+}
+
+multiversion! {
+/// Max pool of one output channel's conv map `conv [tc, fc]` into `y [to, fo]` (+ `bias`),
+/// the winning phase `di * pf + dj` into `arg` (the first phase wins ties).
+fn pool_max(conv: &[f32], g: &Geometry, bias: f32, y: &mut [f32], arg: &mut [i32]) {
+    let [pt, pf] = g.pool;
+    let [_, fo] = g.out();
+    let [_, fc] = g.grid();
+    for ((yr, ar), rows) in y
+        .chunks_exact_mut(fo)
+        .zip(arg.chunks_exact_mut(fo))
+        .zip(conv.chunks_exact(pt * fc))
+    {
+        for (fq, (yv, av)) in yr.iter_mut().zip(ar.iter_mut()).enumerate() {
+            let mut best = rows[fq * pf];
+            let mut phase = 0;
+            for di in 0..pt {
+                for dj in 0..pf {
+                    let v = rows[di * fc + fq * pf + dj];
+                    let win = v > best;
+                    best = if win { v } else { best };
+                    phase = if win { (di * pf + dj) as i32 } else { phase };
+                }
+            }
+            *yv = best + bias;
+            *av = phase;
+        }
+    }
+}
+}
+
+/// Forward: `y [n, o, to, fo]` = max over each pool window of (conv "same" + bias), and the
+/// winning phase of each output (`di * pf + dj`, the first on ties) in `argmax`.
+pub fn forward(
+    x: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    g: &Geometry,
+    y: &mut [f32],
+    argmax: &mut [i32],
+) {
+    let (k, width, npos) = (g.k(), g.cols(), g.positions());
+    let par = inner_parallelism(g.n);
+    let w = View {
+        data: weight,
+        rs: k,
+        cs: 1,
+    };
+    y.par_chunks_mut(g.y_len())
+        .zip(argmax.par_chunks_mut(g.y_len()))
+        .enumerate()
+        .for_each_init(
+            || (vec![0.0f32; k * width], vec![0.0f32; g.o * width]),
+            |(cols, conv), (b, (y, arg))| {
+                im2col(&x[b * g.x_len()..][..g.x_len()], g, cols);
+                let c = View {
+                    data: cols,
+                    rs: width,
+                    cs: 1,
+                };
+                gemm_into(conv, w, c, [g.o, k, width], false, par);
+                for o in 0..g.o {
+                    pool_max(
+                        &conv[o * width..][..width],
+                        g,
+                        bias[o],
+                        &mut y[o * npos..][..npos],
+                        &mut arg[o * npos..][..npos],
+                    );
+                }
+            },
+        );
+}
+
+multiversion! {
+/// The gradient at every conv position of one sample, `[o, tc * fc]`: each output's gradient
+/// routed to the position that won its max, zero elsewhere.
+fn route(grad: &[f32], argmax: &[i32], g: &Geometry, dconv: &mut [f32]) {
+    if g.phases() == 1 {
+        dconv.copy_from_slice(grad);
+        return;
+    }
+    let [_, pf] = g.pool;
+    let [_, fo] = g.out();
+    let [_, fc] = g.grid();
+    let rows = g.pool[0] * fc;
+    dconv.fill(0.0);
+    for ((gr, ar), dst) in grad
+        .chunks_exact(fo)
+        .zip(argmax.chunks_exact(fo))
+        .zip(dconv.chunks_exact_mut(rows))
+    {
+        for (fq, (&gv, &p)) in gr.iter().zip(ar).enumerate() {
+            let (di, dj) = (p as usize / pf, p as usize % pf);
+            dst[di * fc + fq * pf + dj] = gv;
+        }
+    }
+}
+}
+
+/// Weight `[o, c*kt*kf]` and bias `[o]` gradients for the output gradient `grad [n, o, to, fo]`.
+pub fn weight_backward(
+    x: &[f32],
+    grad: &[f32],
+    argmax: &[i32],
+    g: &Geometry,
+) -> (Vec<f32>, Vec<f32>) {
+    let (k, width, npos) = (g.k(), g.cols(), g.positions());
+    let chunk = chunk_len(g.n);
+    let par = inner_parallelism(g.n);
+    let partials: Vec<(Vec<f32>, Vec<f32>)> = (0..g.n.div_ceil(chunk))
+        .into_par_iter()
+        .map(|ci| {
+            let mut dw = vec![0.0f32; g.o * k];
+            let mut db = vec![0.0f32; g.o];
+            let mut cols = vec![0.0f32; k * width];
+            let mut dconv = vec![0.0f32; g.o * width];
+            for b in ci * chunk..((ci + 1) * chunk).min(g.n) {
+                let gb = &grad[b * g.y_len()..][..g.y_len()];
+                for (o, d) in db.iter_mut().enumerate() {
+                    *d += gb[o * npos..][..npos].iter().sum::<f32>();
+                }
+                route(gb, &argmax[b * g.y_len()..][..g.y_len()], g, &mut dconv);
+                im2col(&x[b * g.x_len()..][..g.x_len()], g, &mut cols);
+                // dW [o, k] += dconv [o, width] * cols^T [width, k]
+                let lhs = View {
+                    data: &dconv,
+                    rs: width,
+                    cs: 1,
+                };
+                let rhs = View {
+                    data: &cols,
+                    rs: 1,
+                    cs: width,
+                };
+                gemm_into(&mut dw, lhs, rhs, [g.o, width, k], true, par);
+            }
+            (dw, db)
+        })
+        .collect();
+    let mut parts = partials.into_iter();
+    let (mut dw, mut db) = parts.next().expect("a batch has at least one sample");
+    for (w, b) in parts {
+        dw.iter_mut().zip(&w).for_each(|(a, v)| *a += v);
+        db.iter_mut().zip(&b).for_each(|(a, v)| *a += v);
+    }
+    (dw, db)
+}
+
+/// Input gradient `[n, c, t, f]` for the output gradient `grad [n, o, to, fo]`.
+pub fn x_backward(weight: &[f32], grad: &[f32], argmax: &[i32], g: &Geometry) -> Vec<f32> {
+    let (k, width) = (g.k(), g.cols());
+    let par = inner_parallelism(g.n);
+    let mut dx = vec![0.0f32; g.n * g.x_len()];
+    // W^T [k, o]
+    let wt = View {
+        data: weight,
+        rs: 1,
+        cs: k,
+    };
+    dx.par_chunks_mut(g.x_len()).enumerate().for_each_init(
+        || (vec![0.0f32; g.o * width], vec![0.0f32; k * width]),
+        |(dconv, dcols), (b, dxb)| {
+            route(
+                &grad[b * g.y_len()..][..g.y_len()],
+                &argmax[b * g.y_len()..][..g.y_len()],
+                g,
+                dconv,
+            );
+            let rhs = View {
+                data: dconv,
+                rs: width,
+                cs: 1,
+            };
+            gemm_into(dcols, wt, rhs, [k, g.o, width], false, par);
+            col2im(dcols, g, dxb);
+        },
+    );
+    dx
+}

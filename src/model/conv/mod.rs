@@ -1,0 +1,505 @@
+//! The conv block as one differentiable operation: "same" convolution + bias, with a max pool
+//! folded in (`pool = [1, 1]`: a plain convolution).
+//!
+//! Why its own operation: on Burn's flex backend, `conv2d`'s weight gradient is a convolution
+//! whose kernel is the whole output map and `max_pool2d` with indices walks the full-resolution
+//! map; together they took ~85 % of a training step. Here flex runs forward and both gradients
+//! as one GEMM per sample (`cpu`), and every other backend (libtorch) composes its own `conv2d`
+//! and max-pool primitives, whose backward it already does well.
+//!
+//! The pool indices are opaque: each backend's backward reads only what its own forward wrote.
+
+pub mod cpu;
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::tensor::{FloatTensor, IntTensor};
+use burn::backend::{Autodiff, Backend, Dispatch, Flex, TensorMetadata, backend_extension};
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{DType, FloatDType, IntDType, Shape, Tensor, TensorData};
+
+use cpu::Geometry;
+
+/// "same" padding for one axis, the extra cell at the end as TensorFlow does for even kernels.
+pub(crate) fn same_padding(k: usize) -> (usize, usize) {
+    let total = k - 1;
+    (total / 2, total - total / 2)
+}
+
+/// Burn's `conv2d` options for a stride-1 "same" convolution with `kernel`.
+pub(crate) fn same_options(kernel: [usize; 2]) -> ConvOptions<2> {
+    ConvOptions::new_with_padding(
+        [1, 1],
+        [same_padding(kernel[0]), same_padding(kernel[1])],
+        [1, 1],
+        1,
+    )
+}
+
+/// The block's operations, per backend (see the module doc). The default bodies are
+/// [`reference`]'s composition of Burn primitives.
+#[backend_extension(Flex, Autodiff, LibTorch: cfg(feature = "tch"))]
+pub trait ConvPoolBackend: Backend {
+    /// `x [n, c, t, f]`, `weight [o, c, kt, kf]`, `bias [o]` -> (`[n, o, t/pt, f/pf]`, indices).
+    fn conv_pool(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        pool: [usize; 2],
+    ) -> (FloatTensor<Self>, IntTensor<Self>) {
+        reference::conv_pool::<Self>(x, weight, bias, pool)
+    }
+
+    /// Gradient of `x` for the output gradient `grad`.
+    fn conv_pool_x_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        indices: IntTensor<Self>,
+        grad: FloatTensor<Self>,
+        pool: [usize; 2],
+    ) -> FloatTensor<Self> {
+        reference::conv_pool_x_backward::<Self>(x, weight, indices, grad, pool)
+    }
+
+    /// Gradients of `weight` and `bias` for the output gradient `grad`.
+    fn conv_pool_weight_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        indices: IntTensor<Self>,
+        grad: FloatTensor<Self>,
+        pool: [usize; 2],
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        reference::conv_pool_weight_backward::<Self>(x, weight, indices, grad, pool)
+    }
+}
+
+/// The geometry of a call on flex, or `None` when the kernels do not apply (not f32).
+fn flex_geometry(x: &FlexTensor, weight: &FlexTensor, pool: [usize; 2]) -> Option<Geometry> {
+    if x.dtype() != DType::F32 || weight.dtype() != DType::F32 {
+        return None;
+    }
+    let (s, w) = (x.shape(), weight.shape());
+    Some(Geometry {
+        n: s[0],
+        c: s[1],
+        t: s[2],
+        f: s[3],
+        o: w[0],
+        kernel: [w[2], w[3]],
+        pool,
+    })
+}
+
+/// A contiguous copy (or view) of a flex tensor's f32 values.
+fn values(t: &FlexTensor) -> FlexTensor {
+    t.to_contiguous()
+}
+
+fn slice_f32(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>().expect("contiguous f32 tensor")
+}
+
+impl ConvPoolBackend for Flex {
+    fn conv_pool(
+        x: FlexTensor,
+        weight: FlexTensor,
+        bias: FlexTensor,
+        pool: [usize; 2],
+    ) -> (FlexTensor, FlexTensor) {
+        let Some(g) = flex_geometry(&x, &weight, pool) else {
+            return reference::conv_pool::<Self>(x, weight, bias, pool);
+        };
+        let (x, weight, bias) = (values(&x), values(&weight), values(&bias));
+        let [to, fo] = g.out();
+        let len = g.n * g.o * to * fo;
+        let mut y = vec![0.0f32; len];
+        let mut argmax = vec![0i32; len];
+        cpu::forward(
+            slice_f32(&x),
+            slice_f32(&weight),
+            slice_f32(&bias),
+            &g,
+            &mut y,
+            &mut argmax,
+        );
+        let shape = [g.n, g.o, to, fo];
+        (
+            FlexTensor::from_data(TensorData::new(y, shape)),
+            FlexTensor::from_data(TensorData::new(argmax, shape)),
+        )
+    }
+
+    fn conv_pool_x_backward(
+        x: FlexTensor,
+        weight: FlexTensor,
+        indices: FlexTensor,
+        grad: FlexTensor,
+        pool: [usize; 2],
+    ) -> FlexTensor {
+        let Some(g) = flex_geometry(&x, &weight, pool) else {
+            return reference::conv_pool_x_backward::<Self>(x, weight, indices, grad, pool);
+        };
+        let (weight, grad, indices) = (values(&weight), values(&grad), values(&indices));
+        let dx = cpu::x_backward(
+            slice_f32(&weight),
+            slice_f32(&grad),
+            indices
+                .as_slice::<i32>()
+                .expect("flex pool indices are i32"),
+            &g,
+        );
+        FlexTensor::from_data(TensorData::new(dx, [g.n, g.c, g.t, g.f]))
+    }
+
+    fn conv_pool_weight_backward(
+        x: FlexTensor,
+        weight: FlexTensor,
+        indices: FlexTensor,
+        grad: FlexTensor,
+        pool: [usize; 2],
+    ) -> (FlexTensor, FlexTensor) {
+        let Some(g) = flex_geometry(&x, &weight, pool) else {
+            return reference::conv_pool_weight_backward::<Self>(x, weight, indices, grad, pool);
+        };
+        let (x, grad, indices) = (values(&x), values(&grad), values(&indices));
+        let (dw, db) = cpu::weight_backward(
+            slice_f32(&x),
+            slice_f32(&grad),
+            indices
+                .as_slice::<i32>()
+                .expect("flex pool indices are i32"),
+            &g,
+        );
+        (
+            FlexTensor::from_data(TensorData::new(dw, weight.shape())),
+            FlexTensor::from_data(TensorData::new(db, [g.o])),
+        )
+    }
+}
+
+#[cfg(feature = "tch")]
+#[allow(deprecated)] // burn-tch is deprecated upstream but is the GPU path that builds here.
+impl ConvPoolBackend for burn::backend::LibTorch {}
+
+/// The composed implementation (the trait's default bodies), callable on any backend: flex
+/// falls back to it for non-f32 tensors, and the tests compare the kernels with it.
+pub mod reference {
+    use super::*;
+
+    fn kernel(weight: &Shape) -> [usize; 2] {
+        [weight[2], weight[3]]
+    }
+
+    /// The gradient at the full-resolution conv map from the pooled one.
+    fn unpool<B: Backend>(
+        x: &FloatTensor<B>,
+        out_channels: usize,
+        indices: IntTensor<B>,
+        grad: FloatTensor<B>,
+        pool: [usize; 2],
+    ) -> FloatTensor<B> {
+        if pool == [1, 1] {
+            return grad;
+        }
+        let s = x.shape();
+        // The max-pool backward reads only the shape of its input: an empty map stands in.
+        let conv = B::float_empty(
+            Shape::new([s[0], out_channels, s[2], s[3]]),
+            &x.device(),
+            FloatDType::F32,
+        );
+        B::max_pool2d_with_indices_backward(conv, pool, pool, [0, 0], [1, 1], false, grad, indices)
+            .x_grad
+    }
+
+    /// Conv + bias, then max pool with Burn's indices (a dummy for `pool = [1, 1]`).
+    pub fn conv_pool<B: Backend>(
+        x: FloatTensor<B>,
+        weight: FloatTensor<B>,
+        bias: FloatTensor<B>,
+        pool: [usize; 2],
+    ) -> (FloatTensor<B>, IntTensor<B>) {
+        let options = same_options(kernel(&weight.shape()));
+        let conv = B::conv2d(x, weight, Some(bias), options);
+        if pool == [1, 1] {
+            let device = conv.device();
+            return (conv, B::int_zeros(Shape::new([1]), &device, IntDType::I64));
+        }
+        let out =
+            B::max_pool2d_with_indices(conv, pool, pool, [0, 0], [1, 1], false, IntDType::I64);
+        (out.output, out.indices)
+    }
+
+    /// Max-pool backward, then `conv2d_x_backward`.
+    pub fn conv_pool_x_backward<B: Backend>(
+        x: FloatTensor<B>,
+        weight: FloatTensor<B>,
+        indices: IntTensor<B>,
+        grad: FloatTensor<B>,
+        pool: [usize; 2],
+    ) -> FloatTensor<B> {
+        let w = weight.shape();
+        let grad = unpool::<B>(&x, w[0], indices, grad, pool);
+        B::conv2d_x_backward(x, weight, grad, same_options(kernel(&w)))
+    }
+
+    /// Max-pool backward, then `conv2d_weight_backward` and the bias sum.
+    pub fn conv_pool_weight_backward<B: Backend>(
+        x: FloatTensor<B>,
+        weight: FloatTensor<B>,
+        indices: IntTensor<B>,
+        grad: FloatTensor<B>,
+        pool: [usize; 2],
+    ) -> (FloatTensor<B>, FloatTensor<B>) {
+        let w = weight.shape();
+        let grad = unpool::<B>(&x, w[0], indices, grad, pool);
+        let bias_grad = B::float_reshape(
+            B::float_sum_dims(grad.clone(), &[0, 2, 3]),
+            Shape::new([w[0]]),
+        );
+        let weight_grad = B::conv2d_weight_backward(x, weight, grad, same_options(kernel(&w)));
+        (weight_grad, bias_grad)
+    }
+}
+
+impl<B: Backend + ConvPoolBackend, C: CheckpointStrategy> ConvPoolBackend for Autodiff<B, C> {
+    fn conv_pool(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        pool: [usize; 2],
+    ) -> (FloatTensor<Self>, IntTensor<Self>) {
+        #[derive(Debug)]
+        struct ConvPoolOp;
+
+        impl<B: Backend + ConvPoolBackend> Backward<B, 3> for ConvPoolOp {
+            type State = (FloatTensor<B>, FloatTensor<B>, IntTensor<B>, [usize; 2]);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 3>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                let [node_x, node_weight, node_bias] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                let (x, weight, indices, pool) = ops.state;
+                if let Some(node) = node_x {
+                    let dx = B::conv_pool_x_backward(
+                        x.clone(),
+                        weight.clone(),
+                        indices.clone(),
+                        grad.clone(),
+                        pool,
+                    );
+                    grads.register::<B>(node.id, dx);
+                }
+                if node_weight.is_some() || node_bias.is_some() {
+                    let (dw, db) = B::conv_pool_weight_backward(x, weight, indices, grad, pool);
+                    if let Some(node) = node_weight {
+                        grads.register::<B>(node.id, dw);
+                    }
+                    if let Some(node) = node_bias {
+                        grads.register::<B>(node.id, db);
+                    }
+                }
+            }
+        }
+
+        let (xp, wp, bp) = (
+            x.primitive().clone(),
+            weight.primitive().clone(),
+            bias.primitive().clone(),
+        );
+        match ConvPoolOp
+            .prepare::<C>([x.node(), weight.node(), bias.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (y, indices) = B::conv_pool(xp.clone(), wp.clone(), bp, pool);
+                (prep.finish((xp, wp, indices.clone(), pool), y), indices)
+            }
+            OpsKind::UnTracked(prep) => {
+                let (y, indices) = B::conv_pool(xp, wp, bp, pool);
+                (prep.finish(y), indices)
+            }
+        }
+    }
+}
+
+/// The block on high-level tensors: `x [n, c, t, f]` -> `[n, o, t/pt, f/pf]`, differentiable
+/// on an autodiff device.
+pub fn conv_pool(x: Tensor<4>, weight: Tensor<4>, bias: Tensor<1>, pool: [usize; 2]) -> Tensor<4> {
+    let (y, _indices) = <Dispatch as ConvPoolBackend>::conv_pool(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        bias.into_dispatch(),
+        pool,
+    );
+    Tensor::from_dispatch(y)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Rng;
+    use burn::tensor::module::{conv2d, max_pool2d};
+    use burn::tensor::ops::MaxPoolOptions;
+    use burn::tensor::{Device, Tensor};
+
+    fn random<const D: usize>(shape: [usize; D], rng: &mut Rng, device: &Device) -> Tensor<D> {
+        let n = shape.iter().product();
+        let values: Vec<f32> = (0..n).map(|_| rng.uniform(1.0)).collect();
+        Tensor::from_data(TensorData::new(values, shape), device)
+    }
+
+    /// max |a - b| / max |b|.
+    fn rel_err<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
+        let scale = b.clone().abs().max().into_scalar::<f32>().max(1e-12);
+        (a - b).abs().max().into_scalar::<f32>() / scale
+    }
+
+    struct Case {
+        n: usize,
+        c: usize,
+        o: usize,
+        t: usize,
+        f: usize,
+        kernel: [usize; 2],
+        pool: [usize; 2],
+    }
+
+    /// Batch 1 and more, one and several channels, odd and even kernels, pools that divide the
+    /// map and pools that drop its last rows/columns, and a plain convolution.
+    fn cases() -> Vec<Case> {
+        let mut v = Vec::new();
+        let kernels = [[3, 3], [4, 2], [1, 5], [2, 2], [5, 1], [3, 4]];
+        let pools = [[2, 2], [3, 1], [1, 1], [2, 3], [1, 2]];
+        let mut rng = Rng::new(11, "cases");
+        for (i, kernel) in kernels.into_iter().enumerate() {
+            for (j, pool) in pools.into_iter().enumerate() {
+                v.push(Case {
+                    n: [1, 3, 2][(i + j) % 3],
+                    c: [1, 2, 5][(i * 2 + j) % 3],
+                    o: 1 + rng.below(6),
+                    t: 6 + rng.below(7),
+                    f: 4 + rng.below(7),
+                    kernel,
+                    pool,
+                });
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn forward_and_gradients_equal_burn_conv2d_then_max_pool() {
+        let device = Device::flex().autodiff();
+        let mut rng = Rng::new(5, "conv");
+        for case in cases() {
+            let Case {
+                n,
+                c,
+                o,
+                t,
+                f,
+                kernel,
+                pool,
+            } = case;
+            let x = random([n, c, t, f], &mut rng, &device).require_grad();
+            let w = random([o, c, kernel[0], kernel[1]], &mut rng, &device).require_grad();
+            let b = random([o], &mut rng, &device).require_grad();
+            let r = random([n, o, t / pool[0], f / pool[1]], &mut rng, &device);
+
+            let ours = conv_pool(x.clone(), w.clone(), b.clone(), pool);
+            let g1 = (ours.clone() * r.clone()).sum().backward();
+            let conv = conv2d(x.clone(), w.clone(), Some(b.clone()), same_options(kernel));
+            let want = max_pool2d(conv, MaxPoolOptions::new(pool));
+            let g2 = (want.clone() * r).sum().backward();
+
+            let label = format!("n{n} c{c} o{o} {t}x{f} kernel {kernel:?} pool {pool:?}");
+            assert_eq!(ours.dims(), want.dims(), "{label}");
+            let grads = [
+                ("y", rel_err(ours.inner(), want.inner())),
+                ("dx", rel_err(x.grad(&g1).unwrap(), x.grad(&g2).unwrap())),
+                ("dw", rel_err(w.grad(&g1).unwrap(), w.grad(&g2).unwrap())),
+            ];
+            for (what, err) in grads {
+                assert!(err < 1e-4, "{label}: {what} relative error {err}");
+            }
+            let err = rel_err(b.grad(&g1).unwrap(), b.grad(&g2).unwrap());
+            assert!(err < 1e-4, "{label}: db relative error {err}");
+        }
+    }
+
+    #[test]
+    fn the_composed_path_equals_the_kernels() {
+        // What libtorch runs (the trait's default bodies), checked on flex primitives.
+        let device = Device::flex();
+        let mut rng = Rng::new(6, "composed");
+        for case in cases().into_iter().step_by(3) {
+            let Case {
+                n,
+                c,
+                o,
+                t,
+                f,
+                kernel,
+                pool,
+            } = case;
+            let prim = |t: Tensor<4>| t.try_into_primitive::<Flex>().unwrap();
+            let x = random([n, c, t, f], &mut rng, &device);
+            let w = random([o, c, kernel[0], kernel[1]], &mut rng, &device);
+            let b = random([o], &mut rng, &device)
+                .try_into_primitive::<Flex>()
+                .unwrap();
+            let g = random([n, o, t / pool[0], f / pool[1]], &mut rng, &device);
+            let (x, w, g) = (prim(x), prim(w), prim(g));
+            let wrap = |p: FlexTensor| Tensor::<4>::from_primitive::<Flex>(p);
+            let wrap1 = |p: FlexTensor| Tensor::<1>::from_primitive::<Flex>(p);
+
+            let (y1, i1) = Flex::conv_pool(x.clone(), w.clone(), b.clone(), pool);
+            let (y2, i2) = reference::conv_pool::<Flex>(x.clone(), w.clone(), b.clone(), pool);
+            let dx1 = Flex::conv_pool_x_backward(x.clone(), w.clone(), i1.clone(), g.clone(), pool);
+            let dx2 = reference::conv_pool_x_backward::<Flex>(
+                x.clone(),
+                w.clone(),
+                i2.clone(),
+                g.clone(),
+                pool,
+            );
+            let (dw1, db1) =
+                Flex::conv_pool_weight_backward(x.clone(), w.clone(), i1, g.clone(), pool);
+            let (dw2, db2) = reference::conv_pool_weight_backward::<Flex>(x, w, i2, g, pool);
+            let label = format!("kernel {kernel:?} pool {pool:?}");
+            assert!(rel_err(wrap(y1), wrap(y2)) < 1e-4, "{label}: y");
+            assert!(rel_err(wrap(dx1), wrap(dx2)) < 1e-4, "{label}: dx");
+            assert!(rel_err(wrap(dw1), wrap(dw2)) < 1e-4, "{label}: dw");
+            assert!(rel_err(wrap1(db1), wrap1(db2)) < 1e-4, "{label}: db");
+        }
+    }
+
+    #[test]
+    fn gradients_are_bit_identical_across_runs() {
+        // The weight gradient is summed per fixed chunk of samples: thread scheduling must not
+        // change a bit, or resumed training would drift from uninterrupted training.
+        let device = Device::flex().autodiff();
+        let mut rng = Rng::new(7, "det");
+        let x = random([37, 3, 12, 10], &mut rng, &device);
+        let w = random([8, 3, 3, 3], &mut rng, &device);
+        let b = random([8], &mut rng, &device);
+        let run = || {
+            let w = w.clone().require_grad();
+            let y = conv_pool(x.clone(), w.clone(), b.clone(), [2, 2]);
+            w.grad(&y.sum().backward()).unwrap().into_data()
+        };
+        let first = run();
+        for _ in 0..5 {
+            assert_eq!(run(), first);
+        }
+    }
+}
