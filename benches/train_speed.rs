@@ -1,23 +1,23 @@
 //! Training and inference speed of the reference workload (../shared/bench/README.md) through
-//! binance-ml's own model and training step, on the flex backend.
+//! binance-ml's own model and training step.
 //!
-//! usage: cargo bench --bench train_speed -- [train_steps] [infer_steps] [warmup] [--profile]
-//! Prints one `RESULT backend=burn-flex train_sps=... infer_sps=...` line like the Python
-//! scripts; `--profile` also times the conv block and the LSTM alone, forward + backward.
+//! usage: cargo bench --bench train_speed -- [train_steps] [infer_steps] [warmup]
+//!            [--batch N] [--backend flex|tch] [--device cpu|cuda:N] [--profile]
+//! Prints one `RESULT backend=... train_sps=... infer_sps=...` line like the Python scripts;
+//! `--profile` also times the parts of a step (conv blocks, LSTM, whole step) forward and
+//! forward + backward. `--backend tch` needs a build with `--features tch` (benches/gpu.sh).
 
 use std::time::Instant;
 
-use binance_ml::config::{ModelConfig, TrainingConfig};
+use binance_ml::config::{Backend, ModelConfig, TrainingConfig};
+use binance_ml::model::conv::conv_pool;
 use binance_ml::model::lstm::Lstm;
 use binance_ml::model::{CnnLstm, ModelSpec, Rng, SampleShape, predict_proba};
-use binance_ml::train::{Batch, TrainOptions, Trainer};
+use binance_ml::train::{Batch, TrainOptions, Trainer, select_device};
 use burn::module::Module;
 use burn::tensor::activation::relu;
-use burn::tensor::module::{conv2d, max_pool2d};
-use burn::tensor::ops::{ConvOptions, MaxPoolOptions};
 use burn::tensor::{Device, Tensor, TensorData};
 
-const B: usize = 32;
 const T: usize = 100;
 const F: usize = 40;
 const C: u32 = 8;
@@ -57,80 +57,67 @@ fn time_it(reps: usize, mut f: impl FnMut()) -> f64 {
     t0.elapsed().as_secs_f64() * 1e3 / reps as f64
 }
 
-fn profile(rng: &mut Rng) {
-    let device = Device::flex().autodiff();
+/// Wall time of the parts of one step at batch `b`, ms.
+fn profile(rng: &mut Rng, device: &Device, b: usize) {
+    let device_ad = device.clone().autodiff();
     let spec = reference_spec();
-    let model = CnnLstm::new(&spec, rng, &device);
+    let model = CnnLstm::new(&spec, rng, &device_ad);
+    let sync = |t: Tensor<1>| {
+        let _ = t.into_scalar::<f32>();
+    };
     let x = Tensor::<4>::from_data(
-        TensorData::new(random(B * T * F, rng), [B, 1, T, F]),
-        &device,
+        TensorData::new(random(b * T * F, rng), [b, 1, T, F]),
+        &device_ad,
     );
     let conv = &model.branches[0].layers;
-    let conv_opts = || ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
-    let conv_block = |x: Tensor<4>| {
-        let h = conv2d(
+    let block = |x: Tensor<4>, i: usize| {
+        relu(conv_pool(
             x,
-            conv[0].weight.val(),
-            Some(conv[0].bias.val()),
-            conv_opts(),
-        );
-        let h = max_pool2d(relu(h), MaxPoolOptions::new([2, 2]));
-        let h = conv2d(
-            h,
-            conv[1].weight.val(),
-            Some(conv[1].bias.val()),
-            conv_opts(),
-        );
-        max_pool2d(relu(h), MaxPoolOptions::new([2, 2]))
+            conv[i].weight.val(),
+            conv[i].bias.val(),
+            [2, 2],
+        ))
     };
-    let conv_fwd = time_it(5, || {
-        let _ = conv_block(x.clone()).sum().into_scalar::<f32>();
-    });
+    let conv_fwd = time_it(5, || sync(block(block(x.clone(), 0), 1).sum()));
     let conv_fb = time_it(5, || {
-        let _ = conv_block(x.clone()).sum().backward();
+        let _ = block(block(x.clone(), 0), 1).sum().backward();
     });
-    let conv2_only = time_it(5, || {
-        let h = Tensor::<4>::from_data(
-            TensorData::new(
-                random(B * 64 * 50 * 20, &mut Rng::new(1, "p")),
-                [B, 64, 50, 20],
-            ),
-            &device,
-        )
-        .require_grad();
-        let _ = conv2d(
-            h,
-            conv[1].weight.val(),
-            Some(conv[1].bias.val()),
-            conv_opts(),
-        )
-        .sum()
-        .backward();
+    let h = Tensor::<4>::from_data(
+        TensorData::new(random(b * 64 * 50 * 20, rng), [b, 64, 50, 20]),
+        &device_ad,
+    )
+    .require_grad();
+    let conv2_fb = time_it(5, || {
+        let _ = block(h.clone(), 1).sum().backward();
     });
     let lstm: &Lstm = &model.lstm;
     let seq = Tensor::<3>::from_data(
-        TensorData::new(random(B * 25 * 1280, rng), [B, 25, 1280]),
-        &device,
+        TensorData::new(random(b * 25 * 1280, rng), [b, 25, 1280]),
+        &device_ad,
     )
     .require_grad();
-    let lstm_fwd = time_it(5, || {
-        let _ = lstm.forward(seq.clone(), None).sum().into_scalar::<f32>();
-    });
+    let lstm_fwd = time_it(5, || sync(lstm.forward(seq.clone(), None).sum()));
     let lstm_fb = time_it(5, || {
         let _ = lstm.forward(seq.clone(), None).sum().backward();
     });
     let valid = model.valid();
     let xv = Tensor::<4>::from_data(
-        TensorData::new(random(B * T * F, rng), [B, 1, T, F]),
-        &Device::flex(),
+        TensorData::new(random(b * T * F, rng), [b, 1, T, F]),
+        device,
     );
-    let full_fwd = time_it(5, || {
-        let _ = valid.forward(xv.clone(), None).sum().into_scalar::<f32>();
-    });
+    let full_fwd = time_it(5, || sync(valid.forward(xv.clone(), None).sum()));
     println!(
-        "PROFILE ms/batch32: conv_block fwd={conv_fwd:.1} fwd+bwd={conv_fb:.1} (conv2 alone fwd+bwd={conv2_only:.1}); \
+        "PROFILE ms/batch{b}: conv blocks fwd={conv_fwd:.1} fwd+bwd={conv_fb:.1} (conv2 alone fwd+bwd={conv2_fb:.1}); \
          lstm fwd={lstm_fwd:.1} fwd+bwd={lstm_fb:.1}; whole model inference fwd={full_fwd:.1}"
     );
+}
+
+/// The value after `flag` on the command line.
+fn flag_value<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+    args.iter()
+        .position(|a| a == flag)
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
 }
 
 fn main() {
@@ -146,7 +133,22 @@ fn main() {
         .filter(|a| a != "--bench")
         .collect();
     let want_profile = args.iter().any(|a| a == "--profile");
-    let nums: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
+    let b: usize = flag_value(&args, "--batch").map_or(32, |v| v.parse().expect("--batch N"));
+    let backend = match flag_value(&args, "--backend").unwrap_or("flex") {
+        "flex" => Backend::Flex,
+        "tch" => Backend::Tch,
+        other => panic!("--backend {other}: expected flex or tch"),
+    };
+    let choice = select_device(backend, flag_value(&args, "--device").unwrap_or("cpu"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let device = choice.device;
+    // Positional numbers only: the values after flags are not step counts.
+    let nums: Vec<usize> = args
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i == 0 || !args[i - 1].starts_with("--"))
+        .filter_map(|(_, a)| a.parse().ok())
+        .collect();
     let steps = nums.first().copied().unwrap_or(20);
     let isteps = nums.get(1).copied().unwrap_or(20);
     let warm = nums.get(2).copied().unwrap_or(3);
@@ -154,20 +156,20 @@ fn main() {
     let mut rng = Rng::new(0, "bench");
     let batches: Vec<Batch> = (0..4)
         .map(|_| Batch {
-            x: random(B * T * F, &mut rng),
-            y: (0..B).map(|_| rng.below(C as usize) as u32).collect(),
-            weights: vec![1.0; B],
+            x: random(b * T * F, &mut rng),
+            y: (0..b).map(|_| rng.below(C as usize) as u32).collect(),
+            weights: vec![1.0; b],
         })
         .collect();
     let mut training = TrainingConfig {
-        batch_size: B as u32,
+        batch_size: b as u32,
         ..TrainingConfig::default()
     };
     training.callbacks.early_stopping.enabled = false;
     training.callbacks.reduce_lr.enabled = false;
     let mut opts = TrainOptions::from_config(&ModelConfig::default(), &training).expect("valid");
     opts.progress = false;
-    let mut trainer = Trainer::new(reference_spec(), opts, Device::flex()).expect("fits budget");
+    let mut trainer = Trainer::new(reference_spec(), opts, device.clone()).expect("fits budget");
 
     let mut times = Vec::new();
     let mut t_all = Instant::now();
@@ -185,7 +187,7 @@ fn main() {
             times.push(t0.elapsed().as_secs_f64());
         }
     }
-    let train_sps = (steps * B) as f64 / t_all.elapsed().as_secs_f64();
+    let train_sps = (steps * b) as f64 / t_all.elapsed().as_secs_f64();
 
     let model = trainer.model().valid();
     let mut itimes = Vec::new();
@@ -197,7 +199,7 @@ fn main() {
             itimes.push(t0.elapsed().as_secs_f64());
         }
     }
-    let infer_sps = (isteps * B) as f64 / itimes.iter().sum::<f64>();
+    let infer_sps = (isteps * b) as f64 / itimes.iter().sum::<f64>();
     // `predict` latency: one window, the model already loaded.
     let one = &batches[0].x[..T * F];
     let single: Vec<f64> = (0..warm + isteps)
@@ -209,14 +211,15 @@ fn main() {
         .skip(warm)
         .collect();
     println!(
-        "RESULT backend=burn-flex train_sps={train_sps:.1} train_step_med_ms={:.1} infer_sps={infer_sps:.1} \
+        "RESULT backend={} batch={b} train_sps={train_sps:.1} train_step_med_ms={:.1} infer_sps={infer_sps:.1} \
          infer_step_med_ms={:.2} infer_one_window_med_ms={:.2} loss_last={last:.4} steps={steps} threads={}",
+        choice.description.replace(' ', "-"),
         median(times) * 1e3,
         median(itimes) * 1e3,
         median(single) * 1e3,
         std::thread::available_parallelism().map_or(1, |n| n.get()),
     );
     if want_profile {
-        profile(&mut rng);
+        profile(&mut rng, &device, b);
     }
 }

@@ -1,11 +1,12 @@
 //! The configurable CNN+LSTM: conv blocks over (time x feature) maps, a sequence over time,
 //! an LSTM, dense layers, logits.
 
+use burn::backend::DispatchDevice;
 use burn::module::{Module, Param};
 use burn::tensor::activation::{gelu, leaky_relu, relu, silu};
 use burn::tensor::module::{avg_pool2d, max_pool2d};
 use burn::tensor::ops::{AvgPoolOptions, MaxPoolOptions};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
 
 use super::conv::conv_pool;
 use super::lstm::{Lstm, uniform_param};
@@ -86,15 +87,39 @@ fn monotone(act: Activation) -> bool {
     )
 }
 
-/// A flat inverted-dropout mask: 0 with probability `p`, else 1/(1-p), drawn from `rng`.
+/// A flat inverted-dropout mask: 0 with probability `p`, else 1/(1-p).
+///
+/// On the CPU (flex) it is drawn from `rng` itself: host memory is the device's, and the
+/// stream is exactly resumable. On any other device (a GPU) it is drawn there, from the
+/// backend's generator seeded with the next value of `rng`, so that no mask crosses
+/// host->device and a resumed run still draws what an uninterrupted one would.
 pub(crate) fn dropout_mask(shape: &[usize], p: f64, rng: &mut Rng, device: &Device) -> Tensor<1> {
     let n: usize = shape.iter().product();
     let keep = 1.0 - p as f32;
     let scale = 1.0 / keep;
+    if !on_host(device) {
+        return device_mask(n, keep, rng.next_u64(), device);
+    }
     let values: Vec<f32> = (0..n)
         .map(|_| if rng.next_f32() < keep { scale } else { 0.0 })
         .collect();
     Tensor::from_data(TensorData::new(values, [n]), device)
+}
+
+/// Whether `device` (or the device an autodiff device wraps) computes in host memory.
+fn on_host(device: &Device) -> bool {
+    #[allow(unreachable_patterns)] // without `tch`, flex and autodiff are the only variants
+    match device.as_dispatch() {
+        DispatchDevice::Flex(_) => true,
+        DispatchDevice::Autodiff(inner) => matches!(inner.clone().inner(), DispatchDevice::Flex(_)),
+        _ => false,
+    }
+}
+
+/// A mask of `n` values drawn on `device`: 1/keep with probability `keep`, else 0.
+fn device_mask(n: usize, keep: f32, seed: u64, device: &Device) -> Tensor<1> {
+    device.seed(seed);
+    Tensor::<1>::random([n], Distribution::Bernoulli(f64::from(keep)), device).div_scalar(keep)
 }
 
 /// Inverted dropout; identity when `rng` is `None` (inference) or `p` is zero.
@@ -284,5 +309,25 @@ mod tests {
             assert_eq!(a, b, "{act:?}");
         }
         assert!(!monotone(Activation::Gelu) && !monotone(Activation::Silu));
+    }
+
+    #[test]
+    fn device_drawn_masks_have_the_rate_and_scale_and_repeat_per_seed() {
+        // The GPU path, run on flex: what a non-host device draws.
+        let device = Device::flex();
+        assert!(on_host(&device) && on_host(&device.clone().autodiff()));
+        let n = 200_000;
+        let values = |seed| {
+            device_mask(n, 0.7, seed, &device)
+                .into_data()
+                .iter::<f32>()
+                .collect::<Vec<_>>()
+        };
+        let a = values(9);
+        let kept = a.iter().filter(|&&v| v != 0.0).count() as f64 / n as f64;
+        assert!((kept - 0.7).abs() < 0.005, "kept {kept}");
+        assert!(a.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.7).abs() < 1e-6));
+        assert_eq!(a, values(9));
+        assert_ne!(a, values(10));
     }
 }
