@@ -1,7 +1,6 @@
 //! The configurable CNN+LSTM: conv blocks over (time x feature) maps, a sequence over time,
 //! an LSTM, dense layers, logits.
 
-use burn::backend::DispatchDevice;
 use burn::module::{Module, Param};
 use burn::tensor::activation::{gelu, leaky_relu, relu, silu};
 use burn::tensor::module::{avg_pool2d, max_pool2d};
@@ -10,6 +9,7 @@ use burn::tensor::{Device, Distribution, Tensor, TensorData};
 
 use super::conv::conv_pool;
 use super::lstm::{Lstm, uniform_param};
+use super::on_host;
 use super::rng::Rng;
 use super::spec::{ConvSpec, ModelSpec};
 use crate::config::{Activation, Pooling};
@@ -104,16 +104,6 @@ pub(crate) fn dropout_mask(shape: &[usize], p: f64, rng: &mut Rng, device: &Devi
         .map(|_| if rng.next_f32() < keep { scale } else { 0.0 })
         .collect();
     Tensor::from_data(TensorData::new(values, [n]), device)
-}
-
-/// Whether `device` (or the device an autodiff device wraps) computes in host memory.
-fn on_host(device: &Device) -> bool {
-    #[allow(unreachable_patterns)] // without `tch`, flex and autodiff are the only variants
-    match device.as_dispatch() {
-        DispatchDevice::Flex(_) => true,
-        DispatchDevice::Autodiff(inner) => matches!(inner.clone().inner(), DispatchDevice::Flex(_)),
-        _ => false,
-    }
 }
 
 /// A mask of `n` values drawn on `device`: 1/keep with probability `keep`, else 0.

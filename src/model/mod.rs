@@ -23,6 +23,18 @@ pub use rng::Rng;
 pub use spec::{Architecture, ConvSpec, DenseSpec, ModelSpec, SampleShape};
 pub use summary::{LayerSummary, ModelSummary};
 
+/// Whether `device` (or the device an autodiff device wraps) computes in host memory, where
+/// reading a tensor back costs no transfer.
+pub fn on_host(device: &burn::tensor::Device) -> bool {
+    use burn::backend::DispatchDevice;
+    #[allow(unreachable_patterns)] // without `tch`, flex and autodiff are the only variants
+    match device.as_dispatch() {
+        DispatchDevice::Flex(_) => true,
+        DispatchDevice::Autodiff(inner) => matches!(inner.clone().inner(), DispatchDevice::Flex(_)),
+        _ => false,
+    }
+}
+
 /// Why a model could not be built from its configuration.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ModelError {

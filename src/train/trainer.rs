@@ -18,7 +18,7 @@ use super::memory::check_memory_budget;
 use super::metrics::{ClassificationMetrics, EpochMetrics};
 use super::source::{Batch, BatchSource, Split};
 use crate::config::{ModelConfig, TrainingConfig};
-use crate::model::{ModelSpec, Network, Rng};
+use crate::model::{ModelSpec, Network, Rng, on_host};
 
 /// Everything the loop needs besides the model architecture and the data.
 #[derive(Debug, Clone)]
@@ -105,6 +105,75 @@ pub struct StepResult {
     pub weight_sum: f32,
     /// Predicted class per sample (before the update).
     pub predicted: Vec<u32>,
+}
+
+/// One step's results still on the device.
+struct DeviceStep {
+    /// The weighted mean loss, one element.
+    loss: Tensor<1>,
+    /// Predicted class per sample.
+    predicted: Tensor<1, Int>,
+    weight_sum: f32,
+}
+
+/// Steps whose results are read back together: one transfer for all their losses and one for
+/// all their predictions.
+#[derive(Default)]
+struct PendingSteps {
+    steps: Vec<DeviceStep>,
+}
+
+impl PendingSteps {
+    fn push(&mut self, step: DeviceStep) {
+        self.steps.push(step);
+    }
+
+    fn len(&self) -> usize {
+        self.steps.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    /// Read every pending step back (and forget them); a non-finite loss is an error naming
+    /// the step's index among them.
+    fn read(&mut self) -> Result<Vec<StepResult>, TrainError> {
+        let steps = std::mem::take(&mut self.steps);
+        let sizes: Vec<usize> = steps.iter().map(|s| s.predicted.dims()[0]).collect();
+        let (losses, predicted): (Vec<_>, Vec<_>) = steps
+            .iter()
+            .map(|s| (s.loss.clone(), s.predicted.clone()))
+            .unzip();
+        let losses: Vec<f32> = Tensor::cat(losses, 0).into_data().iter::<f32>().collect();
+        let predicted: Vec<u32> = Tensor::cat(predicted, 0)
+            .into_data()
+            .iter::<i64>()
+            .map(|c| c as u32)
+            .collect();
+        if let Some((batch, &loss)) = losses.iter().enumerate().find(|(_, l)| !l.is_finite()) {
+            return Err(TrainError::NonFiniteLoss {
+                loss,
+                epoch: 0,
+                batch,
+            });
+        }
+        let mut offset = 0;
+        Ok(steps
+            .iter()
+            .zip(sizes)
+            .zip(losses)
+            .map(|((step, n), loss)| {
+                let result = StepResult {
+                    loss,
+                    weight_sum: step.weight_sum,
+                    predicted: predicted[offset..offset + n].to_vec(),
+                };
+                offset += n;
+                result
+            })
+            .collect())
+    }
 }
 
 /// A training run in progress. Create with [`Trainer::new`] or [`Trainer::resume`], then
@@ -304,30 +373,41 @@ impl Trainer {
     }
 
     /// One optimisation step (forward with dropout, weighted loss, backward, Adam at `lr`) on
-    /// one batch. Used by [`Trainer::run_epoch`] and by the speed benchmark.
+    /// one batch, its loss and predictions read back at once. Used by the speed benchmark;
+    /// [`Trainer::run_epoch`] reads several steps back together (see [`PendingSteps`]).
     pub fn train_step(&mut self, batch: &Batch, lr: f64) -> Result<StepResult, TrainError> {
+        let mut pending = PendingSteps::default();
+        pending.push(self.step_on_device(batch, lr)?);
+        let mut steps = pending.read()?;
+        Ok(steps.pop().expect("one step pushed"))
+    }
+
+    /// One optimisation step whose loss and predictions stay on the device.
+    fn step_on_device(&mut self, batch: &Batch, lr: f64) -> Result<DeviceStep, TrainError> {
         self.check_labels(batch)?;
         let ad = self.device.clone().autodiff();
         let (x, y, w, wsum) = self.tensors(batch, &ad);
         let model = self.model.take().expect("model present");
         let logits = model.forward(x, Some(&mut self.state.rng));
         let loss = weighted_cross_entropy(logits.clone(), y, w, wsum);
-        let value = loss.clone().into_scalar::<f32>();
-        if !value.is_finite() {
-            self.model = Some(model);
-            return Err(TrainError::NonFiniteLoss {
-                loss: value,
-                epoch: self.state.epoch + 1,
-                batch: 0,
-            });
-        }
+        let detached = (
+            loss.clone().inner(),
+            logits.inner().argmax(1).reshape([batch.len()]),
+        );
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         self.model = Some(self.optim.step(lr, model, grads));
-        Ok(StepResult {
-            loss: value,
+        Ok(DeviceStep {
+            loss: detached.0,
+            predicted: detached.1,
             weight_sum: wsum,
-            predicted: argmax(logits),
         })
+    }
+
+    /// Steps run between two reads of their losses and predictions: every step on the CPU
+    /// (reading is free there, and a non-finite loss stops the very step), 32 on a GPU, where
+    /// each read is a device synchronisation.
+    fn read_every(&self) -> usize {
+        if on_host(&self.device) { 1 } else { 32 }
     }
 
     /// One epoch: training pass, validation pass, callbacks, checkpoint.
@@ -344,25 +424,45 @@ impl Trainer {
         let mut metrics = ClassificationMetrics::new(self.spec.num_classes);
         let (mut loss_sum, mut weight_sum, mut seen) = (0.0f64, 0.0f64, 0usize);
         let batches = source.batches(Split::Train, epoch, self.opts.seed, self.opts.batch_size)?;
-        for (i, batch) in batches.enumerate() {
-            let batch = batch?;
-            let step = self.train_step(&batch, lr).map_err(|e| match e {
-                TrainError::NonFiniteLoss { loss, .. } => TrainError::NonFiniteLoss {
+        let mut pending = PendingSteps::default();
+        let mut first = 0;
+        let mut labels: Vec<u32> = Vec::new();
+        let mut take = |pending: &mut PendingSteps, labels: &mut Vec<u32>, first: usize| {
+            let steps = pending.read().map_err(|e| match e {
+                TrainError::NonFiniteLoss { loss, batch, .. } => TrainError::NonFiniteLoss {
                     loss,
                     epoch,
-                    batch: i,
+                    batch: first + batch,
                 },
                 other => other,
             })?;
-            metrics.update(&batch.y, &step.predicted);
-            loss_sum += f64::from(step.loss) * f64::from(step.weight_sum);
-            weight_sum += f64::from(step.weight_sum);
-            seen += batch.len();
-            bar.inc(batch.len() as u64);
+            let mut offset = 0;
+            for step in &steps {
+                let n = step.predicted.len();
+                metrics.update(&labels[offset..offset + n], &step.predicted);
+                offset += n;
+                loss_sum += f64::from(step.loss) * f64::from(step.weight_sum);
+                weight_sum += f64::from(step.weight_sum);
+                bar.inc(n as u64);
+            }
+            labels.clear();
             bar.set_message(format!(
                 "loss {:.4}",
                 loss_sum / weight_sum.max(f64::MIN_POSITIVE)
             ));
+            Ok::<usize, TrainError>(steps.len())
+        };
+        for batch in batches {
+            let batch = batch?;
+            pending.push(self.step_on_device(&batch, lr)?);
+            labels.extend_from_slice(&batch.y);
+            seen += batch.len();
+            if pending.len() >= self.read_every() {
+                first += take(&mut pending, &mut labels, first)?;
+            }
+        }
+        if !pending.is_empty() {
+            take(&mut pending, &mut labels, first)?;
         }
         bar.finish_and_clear();
         if seen == 0 {
@@ -492,4 +592,54 @@ fn argmax(logits: Tensor<2>) -> Vec<u32> {
         .iter::<i64>()
         .map(|c| c as u32)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(loss: f32, predicted: &[i64], device: &Device) -> DeviceStep {
+        DeviceStep {
+            loss: Tensor::from_data(TensorData::new(vec![loss], [1]), device),
+            predicted: Tensor::from_data(
+                TensorData::new(predicted.to_vec(), [predicted.len()]),
+                device,
+            ),
+            weight_sum: predicted.len() as f32,
+        }
+    }
+
+    #[test]
+    fn pending_steps_read_back_in_order_and_name_a_non_finite_step() {
+        let device = Device::flex();
+        let mut pending = PendingSteps::default();
+        pending.push(step(0.5, &[1, 2, 0], &device));
+        pending.push(step(0.25, &[3], &device));
+        pending.push(step(1.5, &[2, 2], &device));
+        let read = pending.read().unwrap();
+        assert!(pending.is_empty());
+        let got: Vec<(f32, Vec<u32>, f32)> = read
+            .into_iter()
+            .map(|s| (s.loss, s.predicted, s.weight_sum))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (0.5, vec![1, 2, 0], 3.0),
+                (0.25, vec![3], 1.0),
+                (1.5, vec![2, 2], 2.0)
+            ]
+        );
+
+        pending.push(step(0.5, &[1], &device));
+        pending.push(step(0.5, &[1], &device));
+        pending.push(step(f32::NAN, &[1], &device));
+        match pending.read() {
+            Err(TrainError::NonFiniteLoss { batch, .. }) => assert_eq!(batch, 2),
+            other => panic!(
+                "expected a non-finite loss, got {:?}",
+                other.map(|v| v.len())
+            ),
+        }
+    }
 }
