@@ -19,7 +19,7 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{DType, FloatDType, IntDType, Shape, Tensor, TensorData};
+use burn::tensor::{DType, IntDType, Shape, Tensor, TensorData};
 
 use cpu::Geometry;
 
@@ -209,7 +209,7 @@ pub mod reference {
         let conv = B::float_empty(
             Shape::new([s[0], out_channels, s[2], s[3]]),
             &x.device(),
-            FloatDType::F32,
+            x.dtype().into(),
         );
         B::max_pool2d_with_indices_backward(conv, pool, pool, [0, 0], [1, 1], false, grad, indices)
             .x_grad
