@@ -16,7 +16,7 @@ if [[ -z "$BIN" ]]; then
 fi
 data=$(mktemp)
 trap 'rm -f "$data"' EXIT
-RAYON_NUM_THREADS=${THREADS:-2} perf record -q -o "$data" "$BIN" "$STEPS" 0 2 --bench >/dev/null 2>&1
+RAYON_NUM_THREADS=${THREADS:-2} perf record -q -o "$data" "$BIN" "$STEPS" 1 2 --bench >/dev/null 2>&1
 perf report -i "$data" --no-children --sort symbol --stdio 2>/dev/null |
   awk '/^ +[0-9.]+%/ {
     pct = $1; sub("%", "", pct); $1 = ""; $2 = ""; sym = $0

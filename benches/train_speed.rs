@@ -24,7 +24,7 @@ const C: u32 = 8;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 fn random(n: usize, rng: &mut Rng) -> Vec<f32> {
