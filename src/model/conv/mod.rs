@@ -9,6 +9,9 @@
 //!
 //! The pool indices are opaque: each backend's backward reads only what its own forward wrote.
 
+// burn-tch is deprecated upstream but is the GPU path that builds here; the extension names it.
+#![cfg_attr(feature = "tch", allow(deprecated))]
+
 pub mod cpu;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -181,7 +184,6 @@ impl ConvPoolBackend for Flex {
 }
 
 #[cfg(feature = "tch")]
-#[allow(deprecated)] // burn-tch is deprecated upstream but is the GPU path that builds here.
 impl ConvPoolBackend for burn::backend::LibTorch {}
 
 /// The composed implementation (the trait's default bodies), callable on any backend: flex
