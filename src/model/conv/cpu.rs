@@ -15,37 +15,7 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-/// Compiles a loop-heavy function for AVX-512 and AVX2 beside the baseline, and picks one at
-/// run time: the crate is built for baseline x86-64 (SSE2), which left these loops 4-8x
-/// narrower than the CPU (gemm and flex dispatch the same way).
-macro_rules! multiversion {
-    ($(#[$meta:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
-        $(#[$meta])*
-        fn $name($($arg: $ty),*) {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-                fn v4($($arg: $ty),*) $body
-                #[target_feature(enable = "avx2,fma")]
-                fn v3($($arg: $ty),*) $body
-                if std::is_x86_feature_detected!("avx512f")
-                    && std::is_x86_feature_detected!("avx512bw")
-                    && std::is_x86_feature_detected!("avx512vl")
-                {
-                    // SAFETY: the features `v4` was compiled for were just detected.
-                    return unsafe { v4($($arg),*) };
-                }
-                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                    // SAFETY: as above, for `v3`.
-                    return unsafe { v3($($arg),*) };
-                }
-            }
-            #[inline(always)]
-            fn base($($arg: $ty),*) $body
-            base($($arg),*)
-        }
-    };
-}
+use crate::model::kernels::{View, gemm_into, multiversion};
 
 /// Shapes of one conv block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,54 +95,6 @@ fn inner_parallelism(n: usize) -> Parallelism {
         Parallelism::Rayon(0)
     } else {
         Parallelism::None
-    }
-}
-
-/// A row-major or transposed view for [`gemm_into`]: element `(r, c)` is at `r*rs + c*cs`.
-#[derive(Clone, Copy)]
-struct View<'a> {
-    data: &'a [f32],
-    rs: usize,
-    cs: usize,
-}
-
-/// `dst [m, n] (+)= a [m, k] * b [k, n]`, `dst` row-major.
-fn gemm_into(
-    dst: &mut [f32],
-    a: View<'_>,
-    b: View<'_>,
-    [m, k, n]: [usize; 3],
-    accumulate: bool,
-    par: Parallelism,
-) {
-    let last = |v: &View<'_>, rows: usize, cols: usize| (rows - 1) * v.rs + (cols - 1) * v.cs;
-    assert!(dst.len() >= m * n, "gemm: destination too small");
-    assert!(last(&a, m, k) < a.data.len(), "gemm: lhs out of bounds");
-    assert!(last(&b, k, n) < b.data.len(), "gemm: rhs out of bounds");
-    // SAFETY: the asserts above keep every element that gemm reads or writes inside the slices;
-    // `dst` is borrowed mutably, so it aliases neither input.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.data.as_ptr(),
-            a.cs as isize,
-            a.rs as isize,
-            b.data.as_ptr(),
-            b.cs as isize,
-            b.rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            par,
-        );
     }
 }
 
@@ -288,11 +210,7 @@ pub fn forward(
 ) {
     let (k, width, npos) = (g.k(), g.cols(), g.positions());
     let par = inner_parallelism(g.n);
-    let w = View {
-        data: weight,
-        rs: k,
-        cs: 1,
-    };
+    let w = View::row_major(weight, k);
     y.par_chunks_mut(g.y_len())
         .zip(argmax.par_chunks_mut(g.y_len()))
         .enumerate()
@@ -300,11 +218,7 @@ pub fn forward(
             || (vec![0.0f32; k * width], vec![0.0f32; g.o * width]),
             |(cols, conv), (b, (y, arg))| {
                 im2col(&x[b * g.x_len()..][..g.x_len()], g, cols);
-                let c = View {
-                    data: cols,
-                    rs: width,
-                    cs: 1,
-                };
+                let c = View::row_major(cols, width);
                 gemm_into(conv, w, c, [g.o, k, width], false, par);
                 for o in 0..g.o {
                     pool_max(
@@ -370,16 +284,8 @@ pub fn weight_backward(
                 route(gb, &argmax[b * g.y_len()..][..g.y_len()], g, &mut dconv);
                 im2col(&x[b * g.x_len()..][..g.x_len()], g, &mut cols);
                 // dW [o, k] += dconv [o, width] * cols^T [width, k]
-                let lhs = View {
-                    data: &dconv,
-                    rs: width,
-                    cs: 1,
-                };
-                let rhs = View {
-                    data: &cols,
-                    rs: 1,
-                    cs: width,
-                };
+                let lhs = View::row_major(&dconv, width);
+                let rhs = View::transposed(&cols, width);
                 gemm_into(&mut dw, lhs, rhs, [g.o, width, k], true, par);
             }
             (dw, db)
@@ -400,11 +306,7 @@ pub fn x_backward(weight: &[f32], grad: &[f32], argmax: &[i32], g: &Geometry) ->
     let par = inner_parallelism(g.n);
     let mut dx = vec![0.0f32; g.n * g.x_len()];
     // W^T [k, o]
-    let wt = View {
-        data: weight,
-        rs: 1,
-        cs: k,
-    };
+    let wt = View::transposed(weight, k);
     dx.par_chunks_mut(g.x_len()).enumerate().for_each_init(
         || (vec![0.0f32; g.o * width], vec![0.0f32; k * width]),
         |(dconv, dcols), (b, dxb)| {
@@ -414,11 +316,7 @@ pub fn x_backward(weight: &[f32], grad: &[f32], argmax: &[i32], g: &Geometry) ->
                 g,
                 dconv,
             );
-            let rhs = View {
-                data: dconv,
-                rs: width,
-                cs: 1,
-            };
+            let rhs = View::row_major(dconv, width);
             gemm_into(dcols, wt, rhs, [k, g.o, width], false, par);
             col2im(dcols, g, dxb);
         },

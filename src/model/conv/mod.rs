@@ -24,6 +24,7 @@ use burn::backend::{Autodiff, Backend, Dispatch, Flex, TensorMetadata, backend_e
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, IntDType, Shape, Tensor, TensorData};
 
+use super::kernels::{contiguous, f32_slice};
 use cpu::Geometry;
 
 /// "same" padding for one axis, the extra cell at the end as TensorFlow does for even kernels.
@@ -96,15 +97,6 @@ fn flex_geometry(x: &FlexTensor, weight: &FlexTensor, pool: [usize; 2]) -> Optio
     })
 }
 
-/// A contiguous copy (or view) of a flex tensor's f32 values.
-fn values(t: &FlexTensor) -> FlexTensor {
-    t.to_contiguous()
-}
-
-fn slice_f32(t: &FlexTensor) -> &[f32] {
-    t.as_slice::<f32>().expect("contiguous f32 tensor")
-}
-
 impl ConvPoolBackend for Flex {
     fn conv_pool(
         x: FlexTensor,
@@ -115,15 +107,15 @@ impl ConvPoolBackend for Flex {
         let Some(g) = flex_geometry(&x, &weight, pool) else {
             return reference::conv_pool::<Self>(x, weight, bias, pool);
         };
-        let (x, weight, bias) = (values(&x), values(&weight), values(&bias));
+        let (x, weight, bias) = (contiguous(&x), contiguous(&weight), contiguous(&bias));
         let [to, fo] = g.out();
         let len = g.n * g.o * to * fo;
         let mut y = vec![0.0f32; len];
         let mut argmax = vec![0i32; len];
         cpu::forward(
-            slice_f32(&x),
-            slice_f32(&weight),
-            slice_f32(&bias),
+            f32_slice(&x),
+            f32_slice(&weight),
+            f32_slice(&bias),
             &g,
             &mut y,
             &mut argmax,
@@ -145,10 +137,11 @@ impl ConvPoolBackend for Flex {
         let Some(g) = flex_geometry(&x, &weight, pool) else {
             return reference::conv_pool_x_backward::<Self>(x, weight, indices, grad, pool);
         };
-        let (weight, grad, indices) = (values(&weight), values(&grad), values(&indices));
+        let (weight, grad, indices) =
+            (contiguous(&weight), contiguous(&grad), contiguous(&indices));
         let dx = cpu::x_backward(
-            slice_f32(&weight),
-            slice_f32(&grad),
+            f32_slice(&weight),
+            f32_slice(&grad),
             indices
                 .as_slice::<i32>()
                 .expect("flex pool indices are i32"),
@@ -167,10 +160,10 @@ impl ConvPoolBackend for Flex {
         let Some(g) = flex_geometry(&x, &weight, pool) else {
             return reference::conv_pool_weight_backward::<Self>(x, weight, indices, grad, pool);
         };
-        let (x, grad, indices) = (values(&x), values(&grad), values(&indices));
+        let (x, grad, indices) = (contiguous(&x), contiguous(&grad), contiguous(&indices));
         let (dw, db) = cpu::weight_backward(
-            slice_f32(&x),
-            slice_f32(&grad),
+            f32_slice(&x),
+            f32_slice(&grad),
             indices
                 .as_slice::<i32>()
                 .expect("flex pool indices are i32"),
@@ -349,21 +342,10 @@ pub fn conv_pool(x: Tensor<4>, weight: Tensor<4>, bias: Tensor<1>, pool: [usize;
 mod tests {
     use super::*;
     use crate::model::Rng;
+    use crate::model::kernels::testing::{random, rel_err};
     use burn::tensor::module::{conv2d, max_pool2d};
     use burn::tensor::ops::MaxPoolOptions;
     use burn::tensor::{Device, Tensor};
-
-    fn random<const D: usize>(shape: [usize; D], rng: &mut Rng, device: &Device) -> Tensor<D> {
-        let n = shape.iter().product();
-        let values: Vec<f32> = (0..n).map(|_| rng.uniform(1.0)).collect();
-        Tensor::from_data(TensorData::new(values, shape), device)
-    }
-
-    /// max |a - b| / max |b|.
-    fn rel_err<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
-        let scale = b.clone().abs().max().into_scalar::<f32>().max(1e-12);
-        (a - b).abs().max().into_scalar::<f32>() / scale
-    }
 
     struct Case {
         n: usize,
