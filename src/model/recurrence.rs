@@ -120,6 +120,8 @@ fn backward(
     let mut dgates = vec![0.0f32; b * g4];
     let mut fed = vec![0.0f32; bh];
     let part = |step: usize, k: usize| &saved[(step * 5 + k) * bh..][..bh];
+    // The cell state before step 0.
+    let zero_cell = vec![0.0f32; bh];
     for step in (0..t).rev() {
         let (si, sf, so, sg, sc) = (
             part(step, 0),
@@ -128,6 +130,11 @@ fn backward(
             part(step, 3),
             part(step, 4),
         );
+        let sc_prev = if step > 0 {
+            part(step - 1, 4)
+        } else {
+            &zero_cell
+        };
         for s in 0..b {
             let row = &mut dgates[s * g4..(s + 1) * g4];
             for j in 0..h {
@@ -135,9 +142,8 @@ fn backward(
                 let (i, f, o, g, cell) = (si[k], sf[k], so[k], sg[k], sc[k]);
                 let tc = cell.tanh();
                 let dcell = dc[k] + dh[k] * o * (1.0 - tc * tc);
-                let c_prev = if step > 0 { part(step - 1, 4)[k] } else { 0.0 };
                 row[j] = dcell * g * i * (1.0 - i);
-                row[h + j] = dcell * c_prev * f * (1.0 - f);
+                row[h + j] = dcell * sc_prev[k] * f * (1.0 - f);
                 row[2 * h + j] = dh[k] * tc * o * (1.0 - o);
                 row[3 * h + j] = dcell * i * (1.0 - g * g);
                 dc[k] = dcell * f;

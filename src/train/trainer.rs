@@ -109,6 +109,8 @@ pub struct StepResult {
 
 /// One step's results still on the device.
 struct DeviceStep {
+    /// Index of its batch in the epoch (named by a non-finite loss).
+    batch: usize,
     /// The weighted mean loss, one element.
     loss: Tensor<1>,
     /// Predicted class per sample.
@@ -136,9 +138,9 @@ impl PendingSteps {
         self.steps.is_empty()
     }
 
-    /// Read every pending step back (and forget them); a non-finite loss is an error naming
-    /// the step's index among them.
-    fn read(&mut self) -> Result<Vec<StepResult>, TrainError> {
+    /// Read every pending step of `epoch` back (and forget them); a non-finite loss is an
+    /// error naming its epoch and batch.
+    fn read(&mut self, epoch: u32) -> Result<Vec<StepResult>, TrainError> {
         let steps = std::mem::take(&mut self.steps);
         let sizes: Vec<usize> = steps.iter().map(|s| s.predicted.dims()[0]).collect();
         let (losses, predicted): (Vec<_>, Vec<_>) = steps
@@ -151,11 +153,11 @@ impl PendingSteps {
             .iter::<i64>()
             .map(|c| c as u32)
             .collect();
-        if let Some((batch, &loss)) = losses.iter().enumerate().find(|(_, l)| !l.is_finite()) {
+        if let Some((step, &loss)) = steps.iter().zip(&losses).find(|(_, l)| !l.is_finite()) {
             return Err(TrainError::NonFiniteLoss {
                 loss,
-                epoch: 0,
-                batch,
+                epoch,
+                batch: step.batch,
             });
         }
         let mut offset = 0;
@@ -377,19 +379,37 @@ impl Trainer {
     /// [`Trainer::run_epoch`] reads several steps back together (see [`PendingSteps`]).
     pub fn train_step(&mut self, batch: &Batch, lr: f64) -> Result<StepResult, TrainError> {
         let mut pending = PendingSteps::default();
-        pending.push(self.step_on_device(batch, lr)?);
-        let mut steps = pending.read()?;
+        pending.push(self.step_on_device(batch, 0, lr)?);
+        let mut steps = pending.read(self.state.epoch + 1)?;
         Ok(steps.pop().expect("one step pushed"))
     }
 
-    /// One optimisation step whose loss and predictions stay on the device.
-    fn step_on_device(&mut self, batch: &Batch, lr: f64) -> Result<DeviceStep, TrainError> {
+    /// One optimisation step (batch `index` of the epoch) whose loss and predictions stay on
+    /// the device. On the CPU a non-finite loss is caught before the update, which then does
+    /// not happen (the weights stay finite); on a GPU it is caught when the step is read.
+    fn step_on_device(
+        &mut self,
+        batch: &Batch,
+        index: usize,
+        lr: f64,
+    ) -> Result<DeviceStep, TrainError> {
         self.check_labels(batch)?;
         let ad = self.device.clone().autodiff();
         let (x, y, w, wsum) = self.tensors(batch, &ad);
         let model = self.model.take().expect("model present");
         let logits = model.forward(x, Some(&mut self.state.rng));
         let loss = weighted_cross_entropy(logits.clone(), y, w, wsum);
+        if self.read_every() == 1 {
+            let value = loss.clone().into_scalar::<f32>();
+            if !value.is_finite() {
+                self.model = Some(model);
+                return Err(TrainError::NonFiniteLoss {
+                    loss: value,
+                    epoch: self.state.epoch + 1,
+                    batch: index,
+                });
+            }
+        }
         let detached = (
             loss.clone().inner(),
             logits.inner().argmax(1).reshape([batch.len()]),
@@ -397,6 +417,7 @@ impl Trainer {
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         self.model = Some(self.optim.step(lr, model, grads));
         Ok(DeviceStep {
+            batch: index,
             loss: detached.0,
             predicted: detached.1,
             weight_sum: wsum,
@@ -404,8 +425,7 @@ impl Trainer {
     }
 
     /// Steps run between two reads of their losses and predictions: every step on the CPU
-    /// (reading is free there, and a non-finite loss stops the very step), 32 on a GPU, where
-    /// each read is a device synchronisation.
+    /// (reading is free there), 32 on a GPU, where each read is a device synchronisation.
     fn read_every(&self) -> usize {
         if on_host(&self.device) { 1 } else { 32 }
     }
@@ -425,19 +445,10 @@ impl Trainer {
         let (mut loss_sum, mut weight_sum, mut seen) = (0.0f64, 0.0f64, 0usize);
         let batches = source.batches(Split::Train, epoch, self.opts.seed, self.opts.batch_size)?;
         let mut pending = PendingSteps::default();
-        let mut first = 0;
         let mut labels: Vec<u32> = Vec::new();
-        let mut take = |pending: &mut PendingSteps, labels: &mut Vec<u32>, first: usize| {
-            let steps = pending.read().map_err(|e| match e {
-                TrainError::NonFiniteLoss { loss, batch, .. } => TrainError::NonFiniteLoss {
-                    loss,
-                    epoch,
-                    batch: first + batch,
-                },
-                other => other,
-            })?;
+        let mut take = |pending: &mut PendingSteps, labels: &mut Vec<u32>| {
             let mut offset = 0;
-            for step in &steps {
+            for step in pending.read(epoch)? {
                 let n = step.predicted.len();
                 metrics.update(&labels[offset..offset + n], &step.predicted);
                 offset += n;
@@ -450,19 +461,20 @@ impl Trainer {
                 "loss {:.4}",
                 loss_sum / weight_sum.max(f64::MIN_POSITIVE)
             ));
-            Ok::<usize, TrainError>(steps.len())
+            Ok::<(), TrainError>(())
         };
-        for batch in batches {
+        let read_every = self.read_every();
+        for (i, batch) in batches.enumerate() {
             let batch = batch?;
-            pending.push(self.step_on_device(&batch, lr)?);
+            pending.push(self.step_on_device(&batch, i, lr)?);
             labels.extend_from_slice(&batch.y);
             seen += batch.len();
-            if pending.len() >= self.read_every() {
-                first += take(&mut pending, &mut labels, first)?;
+            if pending.len() >= read_every {
+                take(&mut pending, &mut labels)?;
             }
         }
         if !pending.is_empty() {
-            take(&mut pending, &mut labels, first)?;
+            take(&mut pending, &mut labels)?;
         }
         bar.finish_and_clear();
         if seen == 0 {
@@ -598,8 +610,9 @@ fn argmax(logits: Tensor<2>) -> Vec<u32> {
 mod tests {
     use super::*;
 
-    fn step(loss: f32, predicted: &[i64], device: &Device) -> DeviceStep {
+    fn step(batch: usize, loss: f32, predicted: &[i64], device: &Device) -> DeviceStep {
         DeviceStep {
+            batch,
             loss: Tensor::from_data(TensorData::new(vec![loss], [1]), device),
             predicted: Tensor::from_data(
                 TensorData::new(predicted.to_vec(), [predicted.len()]),
@@ -613,10 +626,10 @@ mod tests {
     fn pending_steps_read_back_in_order_and_name_a_non_finite_step() {
         let device = Device::flex();
         let mut pending = PendingSteps::default();
-        pending.push(step(0.5, &[1, 2, 0], &device));
-        pending.push(step(0.25, &[3], &device));
-        pending.push(step(1.5, &[2, 2], &device));
-        let read = pending.read().unwrap();
+        pending.push(step(0, 0.5, &[1, 2, 0], &device));
+        pending.push(step(1, 0.25, &[3], &device));
+        pending.push(step(2, 1.5, &[2, 2], &device));
+        let read = pending.read(1).unwrap();
         assert!(pending.is_empty());
         let got: Vec<(f32, Vec<u32>, f32)> = read
             .into_iter()
@@ -631,15 +644,51 @@ mod tests {
             ]
         );
 
-        pending.push(step(0.5, &[1], &device));
-        pending.push(step(0.5, &[1], &device));
-        pending.push(step(f32::NAN, &[1], &device));
-        match pending.read() {
-            Err(TrainError::NonFiniteLoss { batch, .. }) => assert_eq!(batch, 2),
+        pending.push(step(32, 0.5, &[1], &device));
+        pending.push(step(33, 0.5, &[1], &device));
+        pending.push(step(34, f32::NAN, &[1], &device));
+        match pending.read(4) {
+            Err(TrainError::NonFiniteLoss { epoch, batch, .. }) => {
+                assert_eq!((epoch, batch), (4, 34))
+            }
             other => panic!(
                 "expected a non-finite loss, got {:?}",
                 other.map(|v| v.len())
             ),
         }
+    }
+
+    #[test]
+    fn on_the_cpu_a_non_finite_loss_stops_before_the_update() {
+        let mut model = ModelConfig::default();
+        model.cnn.filters = vec![2, 2];
+        model.lstm.units = 4;
+        let shape = crate::model::SampleShape {
+            assets: 1,
+            time_steps: 8,
+            features: 4,
+        };
+        let spec = ModelSpec::from_config(&model, shape).unwrap();
+        let mut opts = TrainOptions::from_config(&model, &TrainingConfig::default()).unwrap();
+        opts.progress = false;
+        let mut trainer = Trainer::new(spec, opts, Device::flex()).unwrap();
+        let mut x = vec![0.5f32; 2 * 8 * 4];
+        x[3] = f32::NAN;
+        let batch = Batch {
+            x,
+            y: vec![0, 1],
+            weights: vec![1.0; 2],
+        };
+        let before = model_to_bytes(trainer.model()).unwrap();
+        match trainer.train_step(&batch, 1e-3) {
+            Err(TrainError::NonFiniteLoss { epoch, batch, .. }) => {
+                assert_eq!((epoch, batch), (1, 0))
+            }
+            other => panic!(
+                "expected a non-finite loss, got {:?}",
+                other.map(|s| s.loss)
+            ),
+        }
+        assert_eq!(model_to_bytes(trainer.model()).unwrap(), before);
     }
 }

@@ -1,5 +1,5 @@
 //! The conv block's CPU kernels on plain `f32` slices: "same" convolution with the max pool
-//! folded in, as one GEMM per sample over an im2col matrix that holds every pool phase.
+//! folded in, as one GEMM per sample over an im2col matrix.
 //!
 //! Layouts are row-major and contiguous: `x [n, c, t, f]`, `weight [o, c, kt, kf]`,
 //! `y [n, o, t/pt, f/pf]`. The im2col matrix of one sample is `[c*kt*kf, tc*fc]` over the

@@ -28,13 +28,13 @@ use super::kernels::{contiguous, f32_slice};
 use cpu::Geometry;
 
 /// "same" padding for one axis, the extra cell at the end as TensorFlow does for even kernels.
-pub(crate) fn same_padding(k: usize) -> (usize, usize) {
+fn same_padding(k: usize) -> (usize, usize) {
     let total = k - 1;
     (total / 2, total - total / 2)
 }
 
 /// Burn's `conv2d` options for a stride-1 "same" convolution with `kernel`.
-pub(crate) fn same_options(kernel: [usize; 2]) -> ConvOptions<2> {
+fn same_options(kernel: [usize; 2]) -> ConvOptions<2> {
     ConvOptions::new_with_padding(
         [1, 1],
         [same_padding(kernel[0]), same_padding(kernel[1])],
@@ -97,6 +97,11 @@ fn flex_geometry(x: &FlexTensor, weight: &FlexTensor, pool: [usize; 2]) -> Optio
     })
 }
 
+/// The winning phases that flex's forward wrote (i32, contiguous).
+fn pool_indices(t: &FlexTensor) -> &[i32] {
+    t.as_slice::<i32>().expect("flex pool indices are i32")
+}
+
 impl ConvPoolBackend for Flex {
     fn conv_pool(
         x: FlexTensor,
@@ -142,9 +147,7 @@ impl ConvPoolBackend for Flex {
         let dx = cpu::x_backward(
             f32_slice(&weight),
             f32_slice(&grad),
-            indices
-                .as_slice::<i32>()
-                .expect("flex pool indices are i32"),
+            pool_indices(&indices),
             &g,
         );
         FlexTensor::from_data(TensorData::new(dx, [g.n, g.c, g.t, g.f]))
@@ -161,14 +164,8 @@ impl ConvPoolBackend for Flex {
             return reference::conv_pool_weight_backward::<Self>(x, weight, indices, grad, pool);
         };
         let (x, grad, indices) = (contiguous(&x), contiguous(&grad), contiguous(&indices));
-        let (dw, db) = cpu::weight_backward(
-            f32_slice(&x),
-            f32_slice(&grad),
-            indices
-                .as_slice::<i32>()
-                .expect("flex pool indices are i32"),
-            &g,
-        );
+        let (dw, db) =
+            cpu::weight_backward(f32_slice(&x), f32_slice(&grad), pool_indices(&indices), &g);
         (
             FlexTensor::from_data(TensorData::new(dw, weight.shape())),
             FlexTensor::from_data(TensorData::new(db, [g.o])),
