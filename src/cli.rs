@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{Backend, LogFormat};
+use crate::pipeline::Step;
+use crate::record::RecordMode;
 
 /// Turns Binance order-book snapshots into calibrated price-move classifiers.
 ///
@@ -178,15 +180,6 @@ pub struct RecordArgs {
     pub mode: RecordMode,
 }
 
-/// How `record` collects books.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum RecordMode {
-    /// `GET /api/v3/depth` per symbol per tick.
-    Rest,
-    /// Diff-depth stream + snapshot, Binance's local-book procedure.
-    Websocket,
-}
-
 /// `fetch` options.
 #[derive(Debug, Args)]
 pub struct FetchArgs {
@@ -314,21 +307,6 @@ pub struct PredictArgs {
     pub end: Option<String>,
 }
 
-/// Pipeline stages in order, for `run --from/--until`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
-pub enum Stage {
-    /// Data from the source into the shard cache.
-    Fetch,
-    /// Features, labels, splits.
-    Preprocess,
-    /// Data checks.
-    Diagnose,
-    /// Model training (with HPO when enabled).
-    Train,
-    /// Metrics and reports.
-    Evaluate,
-}
-
 /// `run` options.
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -337,8 +315,8 @@ pub struct RunArgs {
     pub backend: BackendArgs,
     /// First stage to execute (earlier ones must have cached outputs).
     #[arg(long, value_enum, value_name = "STAGE")]
-    pub from: Option<Stage>,
+    pub from: Option<Step>,
     /// Last stage to execute.
     #[arg(long, value_enum, value_name = "STAGE")]
-    pub until: Option<Stage>,
+    pub until: Option<Step>,
 }

@@ -4,9 +4,10 @@
 use clap::Parser;
 
 use binance_ml::cli::{Cli, CliLogLevel, Command};
+use binance_ml::commands::Error;
 use binance_ml::config::{self, ConfigError, LogFormat, LogLevel, Overrides};
+use binance_ml::exit::ExitCode;
 use binance_ml::logging::{self, LogSettings};
-use binance_ml::{Error, ExitCode};
 
 fn main() {
     binance_ml::allocator::tune();

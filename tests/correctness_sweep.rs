@@ -8,7 +8,7 @@ mod common;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use binance_ml::preprocess::stage::{read_manifest, verify_store};
+use binance_ml::store::{read_manifest, verify_store};
 use serde_json::Value;
 
 fn json(stdout: &str) -> Value {

@@ -5,10 +5,10 @@ mod common;
 
 use std::path::Path;
 
-use binance_ml::ExitCode;
 use binance_ml::data::DataError;
 use binance_ml::data::cache::{CacheReader, MANIFEST};
 use binance_ml::data::fetch::{cache_dir, fetch, open_cache};
+use binance_ml::exit::ExitCode;
 
 fn synthetic_yaml(workdir: &Path, seed: u64, gap: f64, bad: f64) -> String {
     format!(

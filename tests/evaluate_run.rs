@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 
 use binance_ml::config::{ModelConfig, TrainingConfig};
 use binance_ml::evaluate::saliency::Saliency;
-use binance_ml::model::{ModelSpec, Rng, SampleShape};
-use binance_ml::preprocess::stage::{load_samples, read_manifest};
+use binance_ml::model::{ModelSpec, Rng};
+use binance_ml::store::SampleShape;
+use binance_ml::store::{load_samples, read_manifest};
 use binance_ml::train::{InMemorySource, TrainOptions, Trainer};
 use burn::tensor::Device;
 use serde_json::Value;
@@ -240,8 +241,8 @@ fn saliency_ranks_first_the_one_feature_that_carries_the_signal() {
     );
 
     let ad = Device::flex().autodiff();
-    let bytes = binance_ml::train::checkpoint::model_to_bytes(&out.model).unwrap();
-    let grad_model = binance_ml::train::checkpoint::model_from_bytes(&spec, &bytes, &ad).unwrap();
+    let bytes = binance_ml::model::artifact::model_to_bytes(&out.model).unwrap();
+    let grad_model = binance_ml::model::artifact::model_from_bytes(&spec, &bytes, &ad).unwrap();
     let mut sal = Saliency::new(&grad_model);
     sal.add(&grad_model, &x[..200 * shape.len()], &ad);
     assert_eq!(sal.samples, 200);

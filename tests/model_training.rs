@@ -2,7 +2,8 @@
 //! learning, reproducibility, resume equivalence, memory budget, inference.
 
 use binance_ml::config::{Activation, InputStrategy, ModelConfig, Pooling, TrainingConfig};
-use binance_ml::model::{ModelSpec, ModelSummary, Network, Rng, SampleShape, predict_proba};
+use binance_ml::model::{ModelSpec, ModelSummary, Network, Rng, predict_proba};
+use binance_ml::store::SampleShape;
 use binance_ml::train::{
     EarlyStopping, InMemorySource, TrainError, TrainOptions, Trainer, weighted_cross_entropy,
 };

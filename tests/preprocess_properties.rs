@@ -590,11 +590,9 @@ fn hand_computed_twenty_step_example() {
         &[u32::MAX, u32::MAX],
         "no future for the last two steps"
     );
-    let ends = p.usable.sample_ends(
-        binance_ml::preprocess::split::SplitRange { start: 0, end: 20 },
-        3,
-        2,
-    );
+    let ends = p
+        .usable
+        .sample_ends(binance_ml::store::SplitRange { start: 0, end: 20 }, 3, 2);
     assert_eq!(ends, (4..=17).collect::<Vec<_>>());
 
     // Interpolated label prices: step 8 = (100 + 98) / 2 = 99, so the label at 6 is -1 %.
@@ -610,11 +608,9 @@ fn hand_computed_twenty_step_example() {
     // Skip: step 8 missing; rows 8 and 10 (momentum reads 8) unusable; labels at 6..=8 undefined.
     let p = whole(&hand_spec(GapHandling::Skip), &[s.input("BTCUSDT")]).unwrap();
     assert_eq!(&p.labels[6..9], &[u32::MAX; 3]);
-    let ends = p.usable.sample_ends(
-        binance_ml::preprocess::split::SplitRange { start: 0, end: 20 },
-        3,
-        2,
-    );
+    let ends = p
+        .usable
+        .sample_ends(binance_ml::store::SplitRange { start: 0, end: 20 }, 3, 2);
     assert_eq!(ends, vec![4, 5, 13, 14, 15, 16, 17]);
 }
 

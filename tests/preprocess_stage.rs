@@ -54,7 +54,7 @@ fn quickstart_preprocesses_reuses_and_diagnoses() {
     );
     assert_eq!(manifest["class_counts"][0].as_array().unwrap().len(), 3);
     // Standard scaling fit on train: the train rows of a column have mean ~0, std ~1.
-    let rows = binance_ml::preprocess::stage::read_rows(
+    let rows = binance_ml::store::read_rows(
         &store.join("rows-0000.npz"),
         manifest["columns"].as_array().unwrap().len(),
     )

@@ -638,7 +638,7 @@ fn rest_mode_stops_with_exit_4_when_every_symbol_is_banned() {
         return;
     };
     let e = result.unwrap_err();
-    assert_eq!(e.exit_code(), binance_ml::ExitCode::External, "{e}");
+    assert_eq!(e.exit_code(), binance_ml::exit::ExitCode::External, "{e}");
     assert!(e.to_string().contains("BTCUSDT, ETHUSDT"), "{e}");
     assert_eq!(rows, 0);
 }

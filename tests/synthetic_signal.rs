@@ -9,10 +9,10 @@ use std::path::Path;
 
 use binance_ml::data::DataObject;
 use binance_ml::data::fetch::{fetch, open_cache};
-use binance_ml::data::sources::synthetic::Oracle;
 use binance_ml::evaluate::calibration::calibration;
 use binance_ml::preprocess::PrepareSpec;
-use binance_ml::preprocess::stage::{load_samples, preprocess, read_manifest, store_dir};
+use binance_ml::preprocess::stage::preprocess;
+use binance_ml::store::{load_samples, read_manifest, store_dir};
 
 fn market_yaml(workdir: &Path, days: (&str, &str), signal: &str) -> String {
     format!(
@@ -158,7 +158,10 @@ fn oracle_ece(yaml: &str) -> (usize, f64, f64) {
         .iter()
         .map(|&i| manifest.grid_start_ms + i as i64 * manifest.cadence_ms)
         .collect();
-    let mut oracle = Oracle::new(&config.data, &PrepareSpec::from_config(&config).labels).unwrap();
+    let mut oracle = PrepareSpec::from_config(&config)
+        .labels
+        .oracle(&config.data)
+        .unwrap();
     let k = oracle.classes();
     let probs = oracle.probabilities(&ts).unwrap();
     let labels: Vec<u32> = steps.iter().map(|&i| samples.labels[i] as u32).collect();

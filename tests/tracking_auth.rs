@@ -7,7 +7,7 @@ mod common;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use binance_ml::ExitCode;
+use binance_ml::exit::ExitCode;
 use binance_ml::tracking::*;
 use serde_json::json;
 
@@ -135,7 +135,10 @@ fn wrong_password_is_a_clear_error_with_exit_code_4() {
     );
     assert!(!msg.contains(wrong) && !format!("{err:?}").contains(wrong));
     assert!(!logs.contains(wrong));
-    assert_eq!(binance_ml::Error::from(err).exit_code(), ExitCode::External);
+    assert_eq!(
+        binance_ml::commands::Error::from(err).exit_code(),
+        ExitCode::External
+    );
     // An auth failure is not "unreachable": nothing was journaled.
     let spool = settings.effective_spool_dir();
     let journaled = std::fs::read_dir(&spool)

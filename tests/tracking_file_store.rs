@@ -3,7 +3,7 @@
 
 mod common;
 
-use binance_ml::ExitCode;
+use binance_ml::exit::ExitCode;
 use binance_ml::tracking::rest::RestStore;
 use binance_ml::tracking::*;
 use serde_json::json;

@@ -6,7 +6,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpListener;
 
-use binance_ml::ExitCode;
+use binance_ml::exit::ExitCode;
 use binance_ml::tracking::rest::RestStore;
 use binance_ml::tracking::stage::{TAG_CONFIG_HASH, TAG_INPUT_RUN_PREFIX};
 use binance_ml::tracking::*;
@@ -413,7 +413,10 @@ fn unknown_run_and_deleted_experiment_are_clear_errors() {
         err.to_string().contains("0123456789abcdef0123456789abcdef"),
         "{err}"
     );
-    assert_eq!(binance_ml::Error::from(err).exit_code(), ExitCode::Usage);
+    assert_eq!(
+        binance_ml::commands::Error::from(err).exit_code(),
+        ExitCode::Usage
+    );
 
     let name = common::unique("rest-deleted");
     let exp = tracker.experiment_id(&name).unwrap();
@@ -479,7 +482,10 @@ fn html_instead_of_json_is_a_clear_error() {
         msg.contains("text/html") && msg.contains("<!DOCTYPE html>"),
         "{msg}"
     );
-    assert_eq!(binance_ml::Error::from(err).exit_code(), ExitCode::External);
+    assert_eq!(
+        binance_ml::commands::Error::from(err).exit_code(),
+        ExitCode::External
+    );
 }
 
 #[test]

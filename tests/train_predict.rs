@@ -9,7 +9,7 @@ use std::path::Path;
 use binance_ml::config::{self, LoadedConfig, Origin, Overrides};
 use binance_ml::model::{ModelArtifact, predict_proba};
 use binance_ml::predict::{self, ModelRef};
-use binance_ml::preprocess::stage::{load_samples, read_manifest, read_rows_f32};
+use binance_ml::store::{load_samples, read_manifest, read_rows_f32};
 use binance_ml::train::{BatchSource, Split, StoreSource};
 use serde_json::Value;
 

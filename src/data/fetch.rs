@@ -15,7 +15,6 @@ use super::dataobject::{
     DATA_FORMAT_VERSION, DataObject, ExternalData, Metadata, TemporalFeatures, TimeSpan,
 };
 use super::sources::{self, Source};
-use crate::commands::Outcome;
 use crate::config::{Config, SourceType};
 
 /// What a fetch did.
@@ -332,37 +331,4 @@ pub fn fetch(config: &Config, force: bool) -> Result<FetchSummary, DataError> {
         snapshots,
         quality,
     })
-}
-
-/// The summary as printed: the cache path first (for scripts), then the counts.
-pub fn outcome(s: &FetchSummary) -> Outcome {
-    let q = &s.quality;
-    let mut text = format!(
-        "{}\nshards: {} ({} fetched, {} reused, of which {} from another time range)\n",
-        s.cache_dir.display(),
-        s.shards,
-        s.shards_fetched,
-        s.shards_reused,
-        s.shards_linked
-    );
-    for (symbol, n) in &s.snapshots {
-        text.push_str(&format!("{symbol}: {n} snapshots\n"));
-    }
-    text.push_str(&format!(
-        "quality: {} rows read, {} dropped, {} filtered by the source; {} of {} snapshots dropped \
-         ({} missing levels, {} crossed, {} conflicting duplicates, {} unsorted levels)\n",
-        q.rows_read,
-        q.rows_dropped(),
-        q.rows_filtered_in_source,
-        q.snapshots_dropped(),
-        q.snapshots_read,
-        q.snapshots_dropped_missing_levels,
-        q.snapshots_dropped_crossed,
-        q.snapshots_dropped_conflicting_duplicates,
-        q.snapshots_dropped_unsorted_levels,
-    ));
-    Outcome {
-        text,
-        json: serde_json::to_value(s).expect("summary serialises"),
-    }
 }

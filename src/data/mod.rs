@@ -16,7 +16,7 @@ use std::path::PathBuf;
 
 pub use dataobject::{DataObject, Matrix, Metadata, OrderBook};
 
-use crate::ExitCode;
+use crate::exit::ExitCode;
 
 /// Why data could not be fetched, cached or read. Messages name the file, key, table or row
 /// and never contain a password.

@@ -11,8 +11,9 @@ use serde::Serialize;
 
 use crate::config::DiagnosticsConfig;
 use crate::plot::{self, Chart, Line, PlotError};
-use crate::preprocess::grid::GapCounts;
-use crate::preprocess::scaler::quantile;
+use crate::preprocess::labels::{class_counts, class_names};
+use crate::store::GapCounts;
+use crate::store::scaler::quantile;
 
 /// Spread statistics of one asset, in basis points of the mid price.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -107,18 +108,6 @@ pub struct ClassBalance {
     pub counts: [Vec<u64>; 3],
 }
 
-/// Human-readable class names from the boundaries.
-pub fn class_names(boundaries: &[f64]) -> Vec<String> {
-    let n = boundaries.len();
-    (0..=n)
-        .map(|k| match k {
-            0 => format!("< {}", boundaries[0]),
-            k if k == n => format!(">= {}", boundaries[n - 1]),
-            k => format!("[{}, {})", boundaries[k - 1], boundaries[k]),
-        })
-        .collect()
-}
-
 /// Counts labels of the samples of each split.
 pub fn class_balance(boundaries: &[f64], labels: &[u32], ends: &[Vec<usize>; 3]) -> ClassBalance {
     let classes = class_names(boundaries);
@@ -126,15 +115,6 @@ pub fn class_balance(boundaries: &[f64], labels: &[u32], ends: &[Vec<usize>; 3])
         .each_ref()
         .map(|e| class_counts(classes.len(), e.iter().map(|&i| labels[i])));
     ClassBalance { classes, counts }
-}
-
-/// Samples per class of `labels`.
-pub fn class_counts(n_classes: usize, labels: impl Iterator<Item = u32>) -> Vec<u64> {
-    let mut c = vec![0u64; n_classes];
-    for l in labels {
-        c[l as usize] += 1;
-    }
-    c
 }
 
 /// The balance from counts already made (the preprocessed store's manifest).

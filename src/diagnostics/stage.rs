@@ -13,8 +13,7 @@ use crate::config::Config;
 use crate::data::DataError;
 use crate::data::cache::write_atomic;
 use crate::plot::PlotError;
-use crate::preprocess::split::SplitRange;
-use crate::preprocess::stage::{StageError, StoreManifest, load_samples, read_rows, store_dir};
+use crate::store::{SplitRange, StoreManifest, load_samples, read_manifest, read_rows, store_dir};
 
 /// Rows per split kept for the drift (PSI) estimate.
 const PSI_ROWS: usize = 5_000;
@@ -39,15 +38,19 @@ pub struct DiagnoseOutput {
 pub enum DiagnoseError {
     /// Reading the store.
     #[error(transparent)]
-    Store(#[from] StageError),
+    Store(#[from] DataError),
     /// Drawing or writing artifacts.
     #[error(transparent)]
     Plot(#[from] PlotError),
 }
 
-impl From<DataError> for DiagnoseError {
-    fn from(e: DataError) -> Self {
-        DiagnoseError::Store(e.into())
+impl DiagnoseError {
+    /// Exit code: the store's (3, or 4 for an unreachable source), 3 for the artifacts.
+    pub fn exit_code(&self) -> crate::exit::ExitCode {
+        match self {
+            DiagnoseError::Store(e) => e.exit_code(),
+            DiagnoseError::Plot(_) => crate::exit::ExitCode::Data,
+        }
     }
 }
 
@@ -61,7 +64,7 @@ fn evenly(range: SplitRange, max: usize) -> impl Iterator<Item = usize> {
 pub fn diagnose(config: &Config) -> Result<DiagnoseOutput, DiagnoseError> {
     let _span = tracing::info_span!("diagnose").entered();
     let dir = store_dir(config)?;
-    let m: StoreManifest = crate::preprocess::stage::read_manifest(&dir).ok_or_else(|| {
+    let m: StoreManifest = read_manifest(&dir).ok_or_else(|| {
         DataError::Input(format!(
             "no preprocessed store at {} for this configuration: run `binance-ml preprocess` first",
             dir.display()

@@ -30,14 +30,34 @@ pub enum EvaluateError {
     /// The split has no samples.
     #[error("the {0} split has no samples to evaluate")]
     NoSamples(&'static str),
+    /// Reading the store, the data cache or the source.
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
+    /// Finding the model or logging to MLflow.
+    #[error(transparent)]
+    Tracking(#[from] crate::tracking::TrackingError),
+    /// Choosing the device or reading batches.
+    #[error(transparent)]
+    Train(#[from] crate::train::TrainError),
+    /// Loading the model artifact.
+    #[error(transparent)]
+    Model(#[from] crate::model::ModelError),
+    /// Finding the model or computing rows with its recipe.
+    #[error(transparent)]
+    Predict(#[from] crate::predict::PredictError),
 }
 
 impl EvaluateError {
     /// Exit code: 2 for what the user must change, 3 for data.
-    pub fn exit_code(&self) -> crate::ExitCode {
+    pub fn exit_code(&self) -> crate::exit::ExitCode {
         match self {
-            EvaluateError::NoSamples(_) => crate::ExitCode::Data,
-            _ => crate::ExitCode::Usage,
+            EvaluateError::NoSamples(_) => crate::exit::ExitCode::Data,
+            EvaluateError::Data(e) => e.exit_code(),
+            EvaluateError::Tracking(e) => e.exit_code(),
+            EvaluateError::Train(e) => e.exit_code(),
+            EvaluateError::Model(e) => e.exit_code(),
+            EvaluateError::Predict(e) => e.exit_code(),
+            EvaluateError::StoreMismatch { .. } => crate::exit::ExitCode::Usage,
         }
     }
 }

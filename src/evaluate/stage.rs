@@ -22,14 +22,12 @@ use super::{EvaluateError, baselines, saliency::Saliency};
 use crate::config::{Config, LoadedConfig};
 use crate::data::DataError;
 use crate::data::cache::write_atomic;
-use crate::data::sources::synthetic::Oracle;
 use crate::model::{ModelArtifact, Network, infer};
 use crate::plot::{self, Chart, Line};
 use crate::predict::{ModelInput, ModelRef, locate_model, parse_range};
 use crate::preprocess::PrepareSpec;
-use crate::preprocess::split::SplitRange;
-use crate::preprocess::stage::{
-    StoreManifest, StoreSamples, load_samples, read_manifest, read_rows_f32, store_dir,
+use crate::store::{
+    SplitRange, StoreManifest, StoreSamples, load_samples, read_manifest, read_rows_f32, store_dir,
 };
 use crate::tracking::{Metric, StageRun};
 use crate::train::{BatchSource, Split, StoreSource, TrainError, select_device};
@@ -284,7 +282,7 @@ fn store_set(
     art: &ModelArtifact,
     model_run: &str,
     req: &EvaluateRequest,
-) -> crate::Result<EvalSet> {
+) -> Result<EvalSet, EvaluateError> {
     let c = &loaded.config;
     let split = req.split;
     let store = match &req.store {
@@ -303,8 +301,7 @@ fn store_set(
             model_run: model_run.to_owned(),
             model_store: art.manifest.store_key.clone(),
             store: manifest.key.clone(),
-        }
-        .into());
+        });
     }
     let samples = load_samples(&store, &manifest)?;
     let mut source = StoreSource::with_samples(
@@ -321,7 +318,7 @@ fn store_set(
     };
     let ends = samples.ends[idx].clone();
     if ends.is_empty() {
-        return Err(EvaluateError::NoSamples(name).into());
+        return Err(EvaluateError::NoSamples(name));
     }
     let labels_of =
         |ends: &[usize]| -> Vec<u32> { ends.iter().map(|&e| samples.labels[e] as u32).collect() };
@@ -404,7 +401,7 @@ fn range_set(
     art: &ModelArtifact,
     dir: &Path,
     (start, end): (&str, &str),
-) -> crate::Result<EvalSet> {
+) -> Result<EvalSet, EvaluateError> {
     let c = &loaded.config;
     let (a, b) = parse_range(start, end)?;
     let trained = art.config(dir)?;
@@ -421,7 +418,7 @@ fn range_set(
         .filter(|&k| rows.labels[k] != u32::MAX)
         .collect();
     if ends.is_empty() {
-        return Err(no_samples().into());
+        return Err(no_samples());
     }
     let shape = m.layout.sample_shape(w);
     let ex = &c.evaluation.explainability;
@@ -495,7 +492,7 @@ fn range_set(
 /// The oracle's scores on the samples of `set` when the data is the synthetic market;
 /// `Err` says why there is none. Labels follow the model's training configuration.
 fn oracle_scores(c: &Config, trained: &Config, set: &EvalSet, k: usize) -> Result<Scores, String> {
-    let mut oracle = Oracle::new(&c.data, &PrepareSpec::from_config(trained).labels)?;
+    let mut oracle = PrepareSpec::from_config(trained).labels.oracle(&c.data)?;
     if oracle.classes() != k {
         return Err(format!(
             "the oracle has {} classes, the model {k}",
@@ -528,7 +525,7 @@ pub fn evaluate(
     loaded: &LoadedConfig,
     req: &EvaluateRequest,
     run: &StageRun<'_>,
-) -> crate::Result<EvaluateSummary> {
+) -> Result<EvaluateSummary, EvaluateError> {
     let _span = tracing::info_span!("evaluate").entered();
     let c = &loaded.config;
     let e = &c.evaluation;
@@ -1187,7 +1184,7 @@ fn log_run(
     which: &ModelRef,
     dir: &Path,
     plots: &[PathBuf],
-) -> crate::Result<()> {
+) -> Result<(), EvaluateError> {
     let t = run.tracker();
     let now = chrono::Utc::now().timestamp_millis();
     let mut m: Vec<Metric> = Vec::new();

@@ -14,16 +14,15 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::Device;
+use burn::module::Module;
+use burn::store::ModuleRecord;
+use burn::tensor::{Bytes, Device};
 use serde::{Deserialize, Serialize};
 
-use super::{ModelSpec, Network};
+use super::{ModelError, ModelSpec, Network, Rng};
 use crate::config::{ClassDefinition, Config};
 use crate::data::cache::sha256_hex;
-use crate::preprocess::scaler::Scaler;
-use crate::preprocess::window::RowLayout;
-use crate::train::TrainError;
-use crate::train::checkpoint::{model_from_bytes, model_to_bytes};
+use crate::store::{RowLayout, Scaler};
 
 /// Layout version of the artifact directory.
 pub const ARTIFACT_FORMAT_VERSION: &str = "1";
@@ -93,11 +92,35 @@ pub struct ModelArtifact {
     pub config_yaml: String,
 }
 
-fn art_err(path: &Path, reason: impl ToString) -> TrainError {
-    TrainError::Checkpoint {
+fn art_err(path: &Path, reason: impl ToString) -> ModelError {
+    ModelError::Artifact {
         path: path.to_path_buf(),
         reason: reason.to_string(),
     }
+}
+
+/// Model weights as burnpack bytes (also the model artifact's weights file).
+pub fn model_to_bytes(model: &Network) -> Result<Vec<u8>, ModelError> {
+    let bytes = model
+        .clone()
+        .into_record()
+        .into_bytes()
+        .map_err(|e| art_err(Path::new("<memory>"), e))?;
+    Ok(bytes.to_vec())
+}
+
+/// Rebuild `spec`'s model on `device` and load weights from burnpack bytes.
+pub fn model_from_bytes(
+    spec: &ModelSpec,
+    bytes: &[u8],
+    device: &Device,
+) -> Result<Network, ModelError> {
+    let blank = Network::new(spec, &mut Rng::new(0, "blank"), device);
+    let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes.to_vec()))
+        .map_err(|e| art_err(Path::new("<weights>"), e))?;
+    blank
+        .try_load_record(record)
+        .map_err(|e| art_err(Path::new("<weights>"), e))
 }
 
 impl ModelArtifact {
@@ -107,7 +130,7 @@ impl ModelArtifact {
         manifest: &ModelManifest,
         model: &Network,
         config_yaml: &str,
-    ) -> Result<(), TrainError> {
+    ) -> Result<(), ModelError> {
         let weights = model_to_bytes(model)?;
         let mut manifest = manifest.clone();
         manifest.weights_sha256 = sha256_hex(&weights);
@@ -135,7 +158,7 @@ impl ModelArtifact {
     }
 
     /// Reads and checks the artifact in `dir`, loading the weights onto `device`.
-    pub fn load(dir: &Path, device: &Device) -> Result<Self, TrainError> {
+    pub fn load(dir: &Path, device: &Device) -> Result<Self, ModelError> {
         let path = dir.join(MANIFEST_FILE);
         let text = fs::read_to_string(&path).map_err(|e| {
             art_err(
@@ -170,7 +193,7 @@ impl ModelArtifact {
     }
 
     /// The training configuration, parsed (secrets are masked in it).
-    pub fn config(&self, dir: &Path) -> Result<Config, TrainError> {
+    pub fn config(&self, dir: &Path) -> Result<Config, ModelError> {
         serde_yaml_ng::from_str(&self.config_yaml).map_err(|e| art_err(&dir.join(CONFIG_FILE), e))
     }
 }

@@ -22,7 +22,7 @@ pub use infer::{predict_logits, predict_proba};
 pub use mlp::Mlp;
 pub use network::Network;
 pub use rng::Rng;
-pub use spec::{Architecture, ConvSpec, DenseSpec, ModelSpec, SampleShape};
+pub use spec::{Architecture, ConvSpec, DenseSpec, ModelSpec};
 pub use summary::{LayerSummary, ModelSummary};
 
 /// Whether `device` (or the device an autodiff device wraps) computes in host memory, where
@@ -34,6 +34,16 @@ pub fn on_host(device: &burn::tensor::Device) -> bool {
         DispatchDevice::Flex(_) => true,
         DispatchDevice::Autodiff(inner) => matches!(inner.clone().inner(), DispatchDevice::Flex(_)),
         _ => false,
+    }
+}
+
+impl ModelError {
+    /// Exit code: 5 for unreadable weights or artifact files, 2 for the configuration.
+    pub fn exit_code(&self) -> crate::exit::ExitCode {
+        match self {
+            ModelError::Artifact { .. } => crate::exit::ExitCode::Training,
+            _ => crate::exit::ExitCode::Usage,
+        }
     }
 }
 
@@ -85,10 +95,18 @@ pub enum ModelError {
     },
     /// `model.architecture` names no known family.
     #[error("model.architecture {0:?} is not a known model family")]
-    Architecture(String),
+    UnknownArchitecture(String),
     /// Fewer than two classes.
     #[error("model.output.num_classes must be at least 2, got {0}")]
     Classes(usize),
+    /// A model's weights or artifact files could not be written or read.
+    #[error("checkpoint {}: {reason}", .path.display())]
+    Artifact {
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
     /// A batch whose length does not match the model input.
     #[error("input has {got} values; {batch} samples of {shape} need {want}")]
     InputSize {

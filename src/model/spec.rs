@@ -4,39 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ModelError;
 use crate::config::{Activation, InputStrategy, ModelConfig, Pooling};
-
-/// One sample's shape: `[assets, time_steps, features_per_asset]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SampleShape {
-    /// Assets (target first, then correlated ones): conv input channels when stacked.
-    pub assets: usize,
-    /// Window length T.
-    pub time_steps: usize,
-    /// Features per asset and time step.
-    pub features: usize,
-}
-
-impl SampleShape {
-    /// Values in one sample.
-    pub fn len(&self) -> usize {
-        self.assets * self.time_steps * self.features
-    }
-
-    /// Whether a sample holds no values.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-impl std::fmt::Display for SampleShape {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "[{}, {}, {}]",
-            self.assets, self.time_steps, self.features
-        )
-    }
-}
+use crate::store::SampleShape;
 
 /// One conv block: conv ("same" padding) -> activation -> pooling -> dropout.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -136,7 +104,7 @@ impl ModelSpec {
     /// Resolve `model` config for inputs of `input` shape, checking every list and size.
     pub fn from_config(cfg: &ModelConfig, input: SampleShape) -> Result<Self, ModelError> {
         let architecture = Architecture::from_name(&cfg.architecture)
-            .ok_or_else(|| ModelError::Architecture(cfg.architecture.clone()))?;
+            .ok_or_else(|| ModelError::UnknownArchitecture(cfg.architecture.clone()))?;
         if architecture == Architecture::MlpLastStep {
             // Only the dense head applies; conv and LSTM keys are ignored.
             let mut dense_only = cfg.clone();

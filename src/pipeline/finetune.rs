@@ -23,13 +23,15 @@
 use serde::Serialize;
 use serde_json::Value;
 
+use super::error::{Error, FinetuneError, Result};
 use super::{Pipeline, tracked};
 use crate::config::LoadedConfig;
 use crate::data::cache::sha256_hex;
 use crate::evaluate::stage::{EvaluateRequest, EvaluateSummary};
 use crate::model::ModelArtifact;
 use crate::predict::{ModelRef, locate_model, remember_alias, resolve_alias};
-use crate::preprocess::stage::{preprocess_with, store_dir_with};
+use crate::preprocess::stage::preprocess_with;
+use crate::store::store_dir_with;
 use crate::tracking::{CHAMPION, RunStatus, Stage, Tracker, TrackingSettings, format_model_name};
 use crate::train::stage::{MODEL_NAME, TrainRequest, TrainSummary};
 use crate::train::{Split, TrainError};
@@ -59,25 +61,6 @@ pub const OPERATIONAL_KEYS: &[&str] = &[
 
 /// Tag carrying the idempotency key of a fine-tune.
 pub const TAG_FINETUNE_KEY: &str = "binance_ml.finetune_key";
-
-/// Why a fine-tune cannot start.
-#[derive(Debug, thiserror::Error)]
-pub enum FinetuneError {
-    /// No base model was named.
-    #[error(
-        "finetune needs a base model: --base-run-id or --base-model-alias (or \
-         training.fine_tuning.base_model_run_id / base_model_alias)"
-    )]
-    NoBase,
-    /// The configuration changes keys outside the allowed overrides.
-    #[error(
-        "the configuration differs from the base run's snapshot outside the allowed overrides \
-         ({}):\n  - {}",
-        ALLOWED_OVERRIDES.join(", "),
-        .0.join("\n  - ")
-    )]
-    Forbidden(Vec<String>),
-}
 
 /// What a fine-tune produced.
 #[derive(Debug, Serialize)]
@@ -180,7 +163,7 @@ pub fn finetune(
     parent: Option<&str>,
     base_run_id: Option<&str>,
     base_alias: Option<&str>,
-) -> crate::Result<FinetuneSummary> {
+) -> Result<FinetuneSummary> {
     let _span = tracing::info_span!("finetune").entered();
     let ft = &loaded.config.training.fine_tuning;
     let base_ref = match (
@@ -196,7 +179,11 @@ pub fn finetune(
     let forbidden = forbidden_changes(&base.config_yaml, &loaded.redacted_yaml())
         .map_err(|e| TrainError::Option(format!("reading the base run's snapshot: {e}")))?;
     if !forbidden.is_empty() {
-        return Err(FinetuneError::Forbidden(forbidden).into());
+        return Err(FinetuneError::Forbidden {
+            allowed: ALLOWED_OVERRIDES,
+            differences: forbidden,
+        }
+        .into());
     }
 
     // The effective configuration: the current one (equal to the base on every compared key)
@@ -386,9 +373,9 @@ fn previous(
     settings: &TrackingSettings,
     key: &str,
     status: RunStatus,
-) -> crate::Result<Vec<crate::tracking::Run>> {
+) -> Result<Vec<crate::tracking::Run>> {
     match lookup(tracker, settings, key, status) {
-        Err(crate::Error::Tracking(e)) if e.is_unreachable() => {
+        Err(Error::Tracking(e)) if e.is_unreachable() => {
             tracing::warn!(
                 "MLflow unreachable: cannot check for an earlier run of this fine-tune ({e})"
             );
@@ -403,7 +390,7 @@ fn lookup(
     settings: &TrackingSettings,
     key: &str,
     status: RunStatus,
-) -> crate::Result<Vec<crate::tracking::Run>> {
+) -> Result<Vec<crate::tracking::Run>> {
     let Some(exp) = tracker
         .store()
         .experiment_by_name(settings.experiments.name(Stage::ModelTraining))?

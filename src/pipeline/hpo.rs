@@ -13,10 +13,11 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use super::error::{Error, Result};
 use super::tracked;
 use crate::config::{Config, LoadedConfig};
 use crate::model::ModelSpec;
-use crate::preprocess::stage::{read_manifest, store_dir};
+use crate::store::{read_manifest, store_dir};
 use crate::tracking::{Metric, Stage, StageRun};
 use crate::train::hpo::{
     HpoError, MedianPruner, ParamValue, Params, SearchSpace, Study, TrialState, rolling_folds,
@@ -118,10 +119,7 @@ pub fn apply(config: &mut Config, params: &Params) -> Result<usize, TrainError> 
 
 /// Runs (or resumes) the study of this configuration and returns the configuration with the
 /// best parameters applied.
-pub fn search(
-    loaded: &LoadedConfig,
-    parent: Option<&str>,
-) -> crate::Result<(LoadedConfig, HpoSummary)> {
+pub fn search(loaded: &LoadedConfig, parent: Option<&str>) -> Result<(LoadedConfig, HpoSummary)> {
     let _span = tracing::info_span!("hpo").entered();
     let c = &loaded.config;
     let h = &c.hyperparameter_optimization;
@@ -216,7 +214,7 @@ pub fn search(
                     Ok(()) => {}
                     // A trial whose parameters cannot train (too large for the budget, a
                     // pooled-away map...) fails; the study goes on.
-                    Err(crate::Error::Train(e)) => {
+                    Err(Error::Train(e)) => {
                         tracing::warn!(trial = number, "trial failed: {e}");
                         study.fail(number, &e.to_string())?;
                     }
@@ -280,13 +278,10 @@ fn run_trial(
     number: u32,
     params: &Params,
     full: &StoreSource,
-    folds: &[(
-        crate::preprocess::split::SplitRange,
-        crate::preprocess::split::SplitRange,
-    )],
+    folds: &[(crate::store::SplitRange, crate::store::SplitRange)],
     pruner: &MedianPruner,
     device: &burn::tensor::Device,
-) -> crate::Result<()> {
+) -> Result<()> {
     let h = &loaded.config.hyperparameter_optimization;
     let mut config = loaded.config.clone();
     let window = apply(&mut config, params)?;

@@ -57,6 +57,16 @@ pub struct WorkdirLock {
     _file: File,
 }
 
+impl LockError {
+    /// Exit code: 6 while another process holds the lock, 3 when its file is unusable.
+    pub fn exit_code(&self) -> crate::exit::ExitCode {
+        match self {
+            LockError::Busy { .. } => crate::exit::ExitCode::Locked,
+            LockError::Io { .. } => crate::exit::ExitCode::Data,
+        }
+    }
+}
+
 impl WorkdirLock {
     /// Takes the lock of `workdir` (created if missing) for `command`.
     pub fn acquire(workdir: &Path, command: &str) -> Result<Self, LockError> {

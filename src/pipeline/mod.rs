@@ -1,6 +1,7 @@
 //! The pipeline: each stage inside its own MLflow run (lineage tags, redacted configuration),
 //! and `run`, the stages in order under one parent run.
 
+pub mod error;
 pub mod finetune;
 pub mod hpo;
 pub mod lock;
@@ -8,7 +9,8 @@ pub mod replay;
 
 use serde::Serialize;
 
-use crate::cli::Stage as Step;
+pub use error::{Error, Result};
+
 use crate::config::LoadedConfig;
 use crate::data::fetch::{self, FetchSummary};
 use crate::diagnostics::stage::{DiagnoseOutput, diagnose};
@@ -18,7 +20,6 @@ use crate::preprocess::stage::{PreprocessSummary, preprocess};
 use crate::tracking::{self, Metric, Stage, StageRun, StageRunSpec, Tracker, TrackingSettings};
 use crate::train::Split;
 use crate::train::stage::{MODEL_NAME, TrainRequest, TrainSummary, train};
-use crate::{Error, Result};
 
 /// Runs stages, each in its own MLflow run, optionally nested under a parent run.
 #[derive(Debug, Clone, Copy)]
@@ -113,7 +114,7 @@ impl<'a> Pipeline<'a> {
             Stage::ModelTraining,
             MODEL_NAME,
             &[Stage::Preprocessing, Stage::DataDiagnostics],
-            |run| train(loaded, &req, run),
+            |run| Ok(train(loaded, &req, run)?),
         )
     }
 
@@ -125,9 +126,24 @@ impl<'a> Pipeline<'a> {
             Stage::ModelEvaluation,
             MODEL_NAME,
             &[Stage::ModelTraining],
-            |run| evaluate(self.loaded, req, run),
+            |run| Ok(evaluate(self.loaded, req, run)?),
         )
     }
+}
+
+/// Pipeline stages in order, for `run --from/--until`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Step {
+    /// Data from the source into the shard cache.
+    Fetch,
+    /// Features, labels, splits.
+    Preprocess,
+    /// Data checks.
+    Diagnose,
+    /// Model training (with HPO when enabled).
+    Train,
+    /// Metrics and reports.
+    Evaluate,
 }
 
 /// What `run` produced, stage by stage (absent: the stage was outside `--from`/`--until`).

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use chrono::{Days, NaiveDate};
 use serde::{Deserialize, Serialize};
 
+use super::error::{Error, ReplayError, Result};
 use super::finetune::finetune;
 use super::{Pipeline, tracked};
 use crate::config::{DateBound, LoadedConfig};
@@ -24,28 +25,6 @@ use crate::predict::ModelRef;
 use crate::tracking::{Metric, Stage};
 use crate::train::Split;
 use crate::train::stage::TrainRequest;
-
-/// Why a replay cannot start.
-#[derive(Debug, thiserror::Error)]
-pub enum ReplayError {
-    /// The range holds no day after the training days.
-    #[error(
-        "data.time_range holds {days} UTC day(s); replay needs more than --train-days ({train_days}): \
-         the days after the training days are the ones replayed"
-    )]
-    TooFewDays {
-        /// Days in the range.
-        days: usize,
-        /// Days the base trains on.
-        train_days: u32,
-    },
-    /// A zero-length option.
-    #[error("--{0} must be at least 1")]
-    Zero(&'static str),
-    /// The saved progress cannot be read or written.
-    #[error("{0}")]
-    State(String),
-}
 
 /// What to replay.
 #[derive(Debug, Clone, Copy)]
@@ -151,7 +130,7 @@ fn policy<'a>(row: &'a DayRow, name: &str) -> &'a PolicyScore {
 }
 
 /// `loaded` restricted to the UTC days `from..=to`.
-fn with_days(loaded: &LoadedConfig, from: NaiveDate, to: NaiveDate) -> crate::Result<LoadedConfig> {
+fn with_days(loaded: &LoadedConfig, from: NaiveDate, to: NaiveDate) -> Result<LoadedConfig> {
     let bound = |d: NaiveDate| {
         DateBound::parse(&d.format("%Y-%m-%d").to_string())
             .map_err(|e| ReplayError::State(format!("day {d}: {e}")))
@@ -170,7 +149,7 @@ fn days_of(loaded: &LoadedConfig) -> Vec<NaiveDate> {
     first.iter_days().take_while(|d| *d <= last).collect()
 }
 
-fn load_progress(path: &Path) -> crate::Result<Progress> {
+fn load_progress(path: &Path) -> Result<Progress> {
     match std::fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
             ReplayError::State(format!(
@@ -180,20 +159,20 @@ fn load_progress(path: &Path) -> crate::Result<Progress> {
             .into()
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Progress::default()),
-        Err(e) => Err(crate::Error::Io {
+        Err(e) => Err(Error::Io {
             context: format!("reading {}", path.display()),
             source: e,
         }),
     }
 }
 
-fn save_progress(path: &Path, p: &Progress) -> crate::Result<()> {
+fn save_progress(path: &Path, p: &Progress) -> Result<()> {
     let json = serde_json::to_vec_pretty(p).expect("progress serialises");
     Ok(write_atomic(path, &json)?)
 }
 
 /// Trains a model from scratch on `cfg` (fetch, preprocess, train) under `parent`.
-fn train_fresh(cfg: &LoadedConfig, parent: &str) -> crate::Result<String> {
+fn train_fresh(cfg: &LoadedConfig, parent: &str) -> Result<String> {
     let p = Pipeline {
         loaded: cfg,
         parent: Some(parent),
@@ -208,7 +187,7 @@ fn train_fresh(cfg: &LoadedConfig, parent: &str) -> crate::Result<String> {
 }
 
 /// Runs the replay (see the module docs).
-pub fn replay(loaded: &LoadedConfig, req: ReplayRequest) -> crate::Result<ReplaySummary> {
+pub fn replay(loaded: &LoadedConfig, req: ReplayRequest) -> Result<ReplaySummary> {
     let _span = tracing::info_span!("replay").entered();
     if req.train_days == 0 {
         return Err(ReplayError::Zero("train-days").into());
@@ -236,7 +215,7 @@ pub fn replay(loaded: &LoadedConfig, req: ReplayRequest) -> crate::Result<Replay
     )[..16]
         .to_owned();
     let dir = loaded.config.workdir.join("replay").join(&key);
-    std::fs::create_dir_all(&dir).map_err(|e| crate::Error::Io {
+    std::fs::create_dir_all(&dir).map_err(|e| Error::Io {
         context: format!("creating {}", dir.display()),
         source: e,
     })?;
@@ -299,7 +278,7 @@ pub fn replay(loaded: &LoadedConfig, req: ReplayRequest) -> crate::Result<Replay
                             parent: Some(rid),
                         };
                         let d = day.format("%Y-%m-%d").to_string();
-                        let score = |model: &str| -> crate::Result<PolicyScore> {
+                        let score = |model: &str| -> Result<PolicyScore> {
                             let e = p.evaluate(&EvaluateRequest {
                                 model: ModelRef::Run(model.to_owned()),
                                 split: Split::Test,
@@ -431,7 +410,7 @@ pub fn replay(loaded: &LoadedConfig, req: ReplayRequest) -> crate::Result<Replay
 
 /// `replay.csv` (one line per day and policy), `replay.md` (the table and totals) and
 /// `replay.png` (accuracy per day per policy), each written atomically.
-fn write_outputs(dir: &Path, rows: &[DayRow], totals: &[PolicyTotals]) -> crate::Result<()> {
+fn write_outputs(dir: &Path, rows: &[DayRow], totals: &[PolicyTotals]) -> Result<()> {
     let mut csv = String::from(
         "day,policy,model_run,accuracy,macro_f1,log_loss,backtest_return,decision,champion_after\n",
     );

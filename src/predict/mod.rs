@@ -78,16 +78,45 @@ pub enum PredictError {
         /// What to run instead.
         fix: String,
     },
+    /// Reading the source or the data cache.
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// Looking the model up on MLflow.
+    #[error(transparent)]
+    Tracking(#[from] crate::tracking::TrackingError),
+    /// Choosing the device.
+    #[error(transparent)]
+    Train(#[from] crate::train::TrainError),
+    /// Loading the model artifact.
+    #[error(transparent)]
+    Model(#[from] crate::model::ModelError),
+    /// Computing the model's input rows.
+    #[error(transparent)]
+    Preprocess(#[from] crate::preprocess::stage::StageError),
+    /// Writing the model cache failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done, naming the path.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl PredictError {
     /// Exit code: 2 for usage, 3 for data.
-    pub fn exit_code(&self) -> crate::ExitCode {
+    pub fn exit_code(&self) -> crate::exit::ExitCode {
         match self {
             PredictError::NoModel | PredictError::Range(_) | PredictError::UnknownModel { .. } => {
-                crate::ExitCode::Usage
+                crate::exit::ExitCode::Usage
             }
-            _ => crate::ExitCode::Data,
+            PredictError::Data(e) => e.exit_code(),
+            PredictError::Tracking(e) => e.exit_code(),
+            PredictError::Train(e) => e.exit_code(),
+            PredictError::Model(e) => e.exit_code(),
+            PredictError::Preprocess(e) => e.exit_code(),
+            _ => crate::exit::ExitCode::Data,
         }
     }
 }
@@ -107,7 +136,10 @@ pub enum ModelRef {
 
 /// Finds the model's artifact directory: the work directory's copy when this machine trained
 /// it, otherwise downloaded from the run's `model/` artifacts. Returns `(run_id, dir)`.
-pub fn locate_model(loaded: &LoadedConfig, which: &ModelRef) -> crate::Result<(String, PathBuf)> {
+pub fn locate_model(
+    loaded: &LoadedConfig,
+    which: &ModelRef,
+) -> Result<(String, PathBuf), PredictError> {
     let config = &loaded.config;
     let settings = TrackingSettings::from_config(config);
     let asset = config.data.asset_pairs.target_asset.to_string();
@@ -118,13 +150,11 @@ pub fn locate_model(loaded: &LoadedConfig, which: &ModelRef) -> crate::Result<(S
     let store = &tracker;
     let unknown = |what: String, fix: &'static str| {
         move |e: tracking::TrackingError| match e {
-            tracking::TrackingError::NotFound { .. } => {
-                crate::Error::from(PredictError::UnknownModel {
-                    what,
-                    store: store.describe(),
-                    fix: fix.to_owned(),
-                })
-            }
+            tracking::TrackingError::NotFound { .. } => PredictError::UnknownModel {
+                what,
+                store: store.describe(),
+                fix: fix.to_owned(),
+            },
             e => e.into(),
         }
     };
@@ -189,7 +219,7 @@ pub fn locate_model(loaded: &LoadedConfig, which: &ModelRef) -> crate::Result<(S
                 "check the run id (`binance-ml run`/`train` print it; the MLflow UI lists runs)",
             ))?;
         let _ = std::fs::remove_dir_all(&cache);
-        std::fs::rename(&tmp, &cache).map_err(|e| crate::Error::Io {
+        std::fs::rename(&tmp, &cache).map_err(|e| PredictError::Io {
             context: format!("moving the downloaded model to {}", cache.display()),
             source: e,
         })?;
@@ -263,7 +293,7 @@ fn sanitize_file_name(name: &str) -> String {
 
 /// The newest model under `<workdir>/models/` trained by the configuration whose hash is
 /// `hash`: a model trained while MLflow was unreachable is on disk, its run in the spool.
-fn local_latest(config: &Config, hash: &str, why: &str) -> crate::Result<(String, PathBuf)> {
+fn local_latest(config: &Config, hash: &str, why: &str) -> Result<(String, PathBuf), PredictError> {
     let models = config.workdir.join("models");
     let newest = std::fs::read_dir(&models)
         .into_iter()
@@ -279,7 +309,7 @@ fn local_latest(config: &Config, hash: &str, why: &str) -> crate::Result<(String
         })
         .max();
     let Some((_, run_id, dir)) = newest else {
-        return Err(PredictError::NoModel.into());
+        return Err(PredictError::NoModel);
     };
     tracing::warn!(
         "{why}: using the newest model this configuration trained locally, run {run_id} in {} \
@@ -361,7 +391,11 @@ pub struct ModelInput<'a> {
 
 impl<'a> ModelInput<'a> {
     /// The current configuration's source, the model's recipe (its training configuration).
-    pub fn open(config: &Config, art: &'a ModelArtifact, trained: &Config) -> crate::Result<Self> {
+    pub fn open(
+        config: &Config,
+        art: &'a ModelArtifact,
+        trained: &Config,
+    ) -> Result<Self, PredictError> {
         let symbols = art
             .manifest
             .assets
@@ -427,7 +461,7 @@ impl<'a> ModelInput<'a> {
 
     /// Time of the newest target snapshot in `[floor, end)`, scanning back in growing
     /// chunks (a live database is asked for minutes, not years).
-    pub fn last_snapshot(&mut self, floor: i64, end: i64, chunk: i64) -> crate::Result<i64> {
+    pub fn last_snapshot(&mut self, floor: i64, end: i64, chunk: i64) -> Result<i64, PredictError> {
         let (mut hi, mut len) = (end, chunk.max(1));
         while hi > floor {
             let lo = (hi - len).max(floor);
@@ -442,13 +476,12 @@ impl<'a> ModelInput<'a> {
             symbol: self.art.manifest.assets[0].clone(),
             start: rfc3339(floor),
             end: rfc3339(end),
-        }
-        .into())
+        })
     }
 
     /// Rows of the grid covering the target's snapshots in `[a, b)`; `None` when the span
     /// holds too few steps to compute anything.
-    pub fn rows(&mut self, a: i64, b: i64) -> crate::Result<Option<SourceRows>> {
+    pub fn rows(&mut self, a: i64, b: i64) -> Result<Option<SourceRows>, PredictError> {
         let m = &self.art.manifest;
         let books = self.books(a, b)?;
         let target = &books[0];
@@ -461,8 +494,7 @@ impl<'a> ModelInput<'a> {
                 symbol: m.assets[0].clone(),
                 start: rfc3339(a),
                 end: rfc3339(b),
-            }
-            .into());
+            });
         };
         let grid = Grid::covering(first, last, m.cadence_ms);
         // `prepare` also computes labels, which need more steps than their look-ahead.
@@ -534,7 +566,7 @@ pub fn predict(
     loaded: &LoadedConfig,
     which: &ModelRef,
     range: Option<(&str, &str)>,
-) -> crate::Result<PredictOutput> {
+) -> Result<PredictOutput, PredictError> {
     let _span = tracing::info_span!("predict").entered();
     let config: &Config = &loaded.config;
     let (run_id, dir) = locate_model(loaded, which)?;
@@ -581,11 +613,11 @@ pub fn predict(
     // The label look-ahead also needs steps: read at least that many in front.
     let lookback = span_steps.max(input.future_steps() as i64 + 1) * cadence;
     let Some(rows) = input.rows(from - lookback, to + 1)? else {
-        return Err(not_enough().into());
+        return Err(not_enough());
     };
     let ends = rows.window_ends(w, from, to);
     if ends.is_empty() {
-        return Err(not_enough().into());
+        return Err(not_enough());
     }
     let temperature = m.temperature;
     let classes = m.class_names.len();

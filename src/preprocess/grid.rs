@@ -7,6 +7,7 @@
 //! Under `skip` nothing is filled.
 
 use crate::config::GapHandling;
+use crate::store::GapCounts;
 
 /// Order-book level arrays, row-major: row `i` holds levels 1..=depth of snapshot `i`.
 #[derive(Debug, Clone, Copy)]
@@ -52,17 +53,6 @@ pub struct AlignedAsset {
     pub source: Vec<u32>,
     /// State per step.
     pub state: Vec<StepState>,
-}
-
-/// Counts for the gap report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-pub struct GapCounts {
-    /// Steps holding a snapshot of their own.
-    pub real: usize,
-    /// Steps filled from the past.
-    pub filled: usize,
-    /// Steps left missing (gap longer than `max_gap`, or `skip`).
-    pub missing: usize,
 }
 
 impl AlignedAsset {

@@ -1,7 +1,8 @@
 //! Labels: the price change over the horizon, and its class. Labels are the only values that
 //! read the future, and only up to `lookahead()` steps.
 
-use crate::config::{ClassDefinition, GapHandling};
+use crate::config::{ClassDefinition, DataConfig, GapHandling};
+use crate::data::sources::synthetic::Oracle;
 
 use super::grid::StepState;
 
@@ -29,6 +30,39 @@ impl LabelSpec {
             self.horizon_steps
         }
     }
+
+    /// The Bayes classifier of these labels on the synthetic market `data` describes; `Err`
+    /// says why there is none.
+    pub fn oracle(&self, data: &DataConfig) -> Result<Oracle, String> {
+        Oracle::new(
+            data,
+            self.definition,
+            &self.boundaries,
+            self.lookahead(),
+            self.smoothing_steps > 0,
+        )
+    }
+}
+
+/// Human-readable class names from the boundaries.
+pub fn class_names(boundaries: &[f64]) -> Vec<String> {
+    let n = boundaries.len();
+    (0..=n)
+        .map(|k| match k {
+            0 => format!("< {}", boundaries[0]),
+            k if k == n => format!(">= {}", boundaries[n - 1]),
+            k => format!("[{}, {})", boundaries[k - 1], boundaries[k]),
+        })
+        .collect()
+}
+
+/// Samples per class of `labels`.
+pub fn class_counts(n_classes: usize, labels: impl Iterator<Item = u32>) -> Vec<u64> {
+    let mut c = vec![0u64; n_classes];
+    for l in labels {
+        c[l as usize] += 1;
+    }
+    c
 }
 
 /// Prices the labels are computed from: the (causally filled) mid, except that under

@@ -14,20 +14,18 @@
 pub mod features;
 pub mod grid;
 pub mod labels;
-pub mod scaler;
 pub mod split;
 pub mod stage;
 pub mod temporal;
 pub mod weights;
-pub mod window;
 
 use crate::config::{ClassDefinition, Config, GapHandling, NormalizationMethod};
+use crate::store::{GapCounts, Scaler, SplitRange};
 
 use features::FeatureSpec;
-use grid::{GapCounts, Grid, Levels, StepState};
+use grid::{Grid, Levels, StepState};
 use labels::LabelSpec;
-use scaler::Scaler;
-use split::{SplitRange, Usable};
+use split::Usable;
 
 /// Why preprocessing cannot proceed; each names the asset, feature or key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -502,7 +500,8 @@ pub fn split_and_fit(
     let ends = ranges.map(|r| p.usable.sample_ends(r, window, lookahead));
     let ncols = p.columns.len();
     // per_asset: every column its own group; global: feature f of every asset shares one.
-    let groups = scaler::groups(ncols, p.asset_columns, p.features_per_asset, per_asset);
+    let groups =
+        crate::store::scaler::groups(ncols, p.asset_columns, p.features_per_asset, per_asset);
     let train = ranges[0];
     let scaler = Scaler::fit(method, &p.rows, &groups, train.start..train.end);
     Ok(Samples {

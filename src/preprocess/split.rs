@@ -2,37 +2,7 @@
 //! sample belongs to a split only when its whole window AND its label's look-ahead lie inside
 //! that split, so no training window or label ever touches validation or test time.
 
-/// A half-open range of grid steps `[start, end)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct SplitRange {
-    /// First step.
-    pub start: usize,
-    /// One past the last step.
-    pub end: usize,
-}
-
-impl SplitRange {
-    /// Number of steps.
-    pub fn len(&self) -> usize {
-        self.end - self.start
-    }
-
-    /// True when the range holds no step.
-    pub fn is_empty(&self) -> bool {
-        self.end <= self.start
-    }
-
-    /// Cuts the range into `k` consecutive parts of (nearly) equal length.
-    pub fn slices(&self, k: usize) -> Vec<SplitRange> {
-        let k = k.max(1);
-        (0..k)
-            .map(|i| SplitRange {
-                start: self.start + self.len() * i / k,
-                end: self.start + self.len() * (i + 1) / k,
-            })
-            .collect()
-    }
-}
+use crate::store::SplitRange;
 
 /// Train / validation / test ranges cut by ratio (test takes the remainder).
 pub fn chronological(steps: usize, train_ratio: f64, validation_ratio: f64) -> [SplitRange; 3] {

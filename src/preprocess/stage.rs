@@ -16,85 +16,21 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use super::grid::{GapCounts, Grid, Levels, StepState};
-use super::scaler::{Scaler, ScalerFit};
-use super::split::{self, SplitRange, Usable};
-use super::window::RowLayout;
+use super::grid::{Grid, Levels, StepState};
+use super::split::{self, Usable};
 use super::{AssetInput, PrepareSpec, PreprocessError, weights};
 use crate::config::{Config, SplitMethod};
 use crate::data::cache::{CacheReader, sha256_hex, write_atomic};
 use crate::data::dataobject::OrderBook;
-use crate::data::npz::{Array, NpzReader, NpzWriter};
+use crate::data::npz::NpzWriter;
 use crate::data::{DataError, fetch};
-
-/// Layout version of the preprocessed store.
-pub const STORE_FORMAT_VERSION: &str = "1";
-
-/// One file of rows.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RowShard {
-    /// File name.
-    pub file: String,
-    /// First grid step it holds.
-    pub first_step: usize,
-    /// Steps it holds.
-    pub steps: usize,
-    /// sha256 of its bytes.
-    pub sha256: String,
-}
-
-/// `manifest.json` of the preprocessed store: everything a consumer needs.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StoreManifest {
-    /// Layout version.
-    pub format_version: String,
-    /// Hash of the configuration sections and the data this store was built from.
-    pub key: String,
-    /// The fetch cache it was built from.
-    pub data_cache: PathBuf,
-    /// Symbols, target first.
-    pub assets: Vec<String>,
-    /// Column names: `<SYMBOL>.<feature>` per asset, then temporal features.
-    pub columns: Vec<String>,
-    /// Columns per asset block.
-    pub features_per_asset: usize,
-    /// Columns of all asset blocks (temporal columns follow).
-    pub asset_columns: usize,
-    /// The cadence grid (start, cadence, steps).
-    pub grid_start_ms: i64,
-    /// Milliseconds between steps.
-    pub cadence_ms: i64,
-    /// Steps on the grid.
-    pub steps: usize,
-    /// Window length in steps.
-    pub window_steps: usize,
-    /// Label look-ahead in steps.
-    pub lookahead_steps: usize,
-    /// Train, validation and test step ranges.
-    pub ranges: [SplitRange; 3],
-    /// Walk-forward folds (train, validation) when `train_test_split.method` is walk_forward.
-    pub folds: Vec<(SplitRange, SplitRange)>,
-    /// Consecutive test slices for the degradation report.
-    pub degradation_slices: Vec<SplitRange>,
-    /// Scaler fit on the training rows.
-    pub scaler: Scaler,
-    /// Class names from the boundaries.
-    pub class_names: Vec<String>,
-    /// Samples per class in train, validation, test.
-    pub class_counts: [Vec<u64>; 3],
-    /// Loss weights per class, from the training counts.
-    pub class_weights: Vec<f64>,
-    /// Volatility thresholds between regimes (fit on training samples).
-    pub regime_thresholds: Vec<f64>,
-    /// Grid steps real / filled / missing per asset.
-    pub gaps: Vec<(String, GapCounts)>,
-    /// Row files in step order.
-    pub shards: Vec<RowShard>,
-    /// `samples.npz`'s sha256.
-    pub samples_sha256: String,
-}
+use crate::store::scaler::ScalerFit;
+use crate::store::{
+    GapCounts, RowShard, STORE_FORMAT_VERSION, Scaler, SplitRange, StoreManifest, read_manifest,
+    read_rows, store_key, verify_store,
+};
 
 /// What `preprocess` produced.
 #[derive(Debug, Clone, Serialize)]
@@ -135,7 +71,7 @@ pub enum StageError {
 
 impl StageError {
     /// Exit code: 3 for data problems, 2 for a configuration that cannot fit the data.
-    pub fn exit_code(&self) -> crate::ExitCode {
+    pub fn exit_code(&self) -> crate::exit::ExitCode {
         match self {
             StageError::Data(e) => e.exit_code(),
             StageError::Preprocess(
@@ -144,31 +80,10 @@ impl StageError {
                 | PreprocessError::NoData(_)
                 // Too little data for the configured window: a short day, not a bad config.
                 | PreprocessError::WindowLongerThanSplit { .. },
-            ) => crate::ExitCode::Data,
-            StageError::Preprocess(_) | StageError::FixedScaler { .. } => crate::ExitCode::Usage,
+            ) => crate::exit::ExitCode::Data,
+            StageError::Preprocess(_) | StageError::FixedScaler { .. } => crate::exit::ExitCode::Usage,
         }
     }
-}
-
-/// The store's key: hash of everything that decides its content (a fixed scaler included).
-pub fn store_key(config: &Config, data_key: &str, fixed: Option<&Scaler>) -> String {
-    let relevant = serde_json::json!({
-        "fixed_scaler": fixed,
-        "format": STORE_FORMAT_VERSION,
-        "data": data_key,
-        "targets": config.targets,
-        "temporal": config.data.temporal_features,
-        "max_gap_seconds": config.data.validation.max_gap_seconds,
-        "preprocessing": {
-            "window_steps": config.preprocessing.window_steps,
-            "normalization": config.preprocessing.normalization,
-            "feature_engineering": config.preprocessing.feature_engineering,
-            "train_test_split": config.preprocessing.train_test_split,
-            "time_weighting": config.preprocessing.time_weighting,
-            "regime_detection": config.preprocessing.regime_detection,
-        },
-    });
-    sha256_hex(relevant.to_string().as_bytes())[..16].to_owned()
 }
 
 /// Memory needed to process one shard: three shards of raw books (previous tail, current,
@@ -190,7 +105,7 @@ pub fn memory_needed(
     // Labels, changes, volatility, usability, weights, regimes and sample indices, plus the
     // copies made while `samples.npz` is encoded (measured: ~140 bytes per step).
     let per_step = total_steps as u64 * 160;
-    let robust = columns as u64 * super::scaler::ROBUST_SAMPLE_CAP as u64 * 8;
+    let robust = columns as u64 * crate::store::scaler::ROBUST_SAMPLE_CAP as u64 * 8;
     raw + grid + rows + per_step + robust
 }
 
@@ -225,21 +140,6 @@ fn between(book: &OrderBook, lo: i64, hi: i64) -> OrderBook {
         dst.rows = b - a;
     }
     out
-}
-
-/// The store directory for `config`: `<workdir>/preprocessed/<key>`.
-pub fn store_dir(config: &Config) -> Result<PathBuf, StageError> {
-    store_dir_with(config, None)
-}
-
-/// The store directory for `config` with rows scaled by `fixed` instead of a scaler fit here.
-pub fn store_dir_with(config: &Config, fixed: Option<&Scaler>) -> Result<PathBuf, StageError> {
-    let data_dir = fetch::cache_dir(config)?;
-    let reader = CacheReader::open(&data_dir)?;
-    Ok(config
-        .workdir
-        .join("preprocessed")
-        .join(store_key(config, &reader.manifest().key, fixed)))
 }
 
 /// Runs the stage for `config`, reusing a complete store with the same key unless `force`.
@@ -366,7 +266,7 @@ fn build(
     let degradation_slices = ranges[2].slices(s.degradation_slices as usize);
 
     // The scaler sees training rows only.
-    let groups = super::scaler::groups(
+    let groups = crate::store::scaler::groups(
         pass1.columns.len(),
         pass1.asset_columns,
         pass1.features_per_asset,
@@ -400,9 +300,9 @@ fn build(
         None => fit.finish(),
     };
 
-    let class_names = crate::diagnostics::class_names(&spec.labels.boundaries);
+    let class_names = super::labels::class_names(&spec.labels.boundaries);
     let class_counts = ends.each_ref().map(|e| {
-        crate::diagnostics::class_counts(class_names.len(), e.iter().map(|&i| pass1.labels[i]))
+        super::labels::class_counts(class_names.len(), e.iter().map(|&i| pass1.labels[i]))
     });
     let class_weights = weights::class_weights(&class_counts[0]);
     let tw = &config.preprocessing.time_weighting;
@@ -675,42 +575,6 @@ fn write_rows(path: &Path, rows: &[f64], ncols: usize) -> Result<String, DataErr
     Ok(sha256_hex(&bytes))
 }
 
-/// Reads a row file's values as f64 (row-major, `ncols` columns).
-pub fn read_rows(path: &Path, ncols: usize) -> Result<Vec<f64>, DataError> {
-    Ok(read_rows_f32(path, ncols, None)?
-        .into_iter()
-        .map(f64::from)
-        .collect())
-}
-
-/// Reads a row file's float32 values (row-major, `ncols` columns), checking its sha256 when
-/// `sha256` is given.
-pub fn read_rows_f32(
-    path: &Path,
-    ncols: usize,
-    sha256: Option<&str>,
-) -> Result<Vec<f32>, DataError> {
-    let bytes =
-        std::fs::read(path).map_err(|e| DataError::io(format!("reading {}", path.display()), e))?;
-    let corrupt = |message: String| DataError::CorruptStore {
-        path: path.to_owned(),
-        message,
-    };
-    if let Some(want) = sha256 {
-        check_hash(path, &bytes, want)?;
-    }
-    match NpzReader::new(&bytes)
-        .map_err(corrupt)?
-        .read("rows")
-        .map_err(corrupt)?
-    {
-        Array::F32 { data, cols, .. } if cols == ncols => Ok(data),
-        _ => Err(corrupt(format!(
-            "expected a float32 [steps x {ncols}] array `rows`"
-        ))),
-    }
-}
-
 fn write_samples(
     dir: &Path,
     ends: &[Vec<usize>; 3],
@@ -740,92 +604,4 @@ fn write_samples(
     let bytes = w.finish().map_err(io)?;
     write_atomic(&path, &bytes)?;
     Ok(sha256_hex(&bytes))
-}
-
-impl StoreManifest {
-    /// Where each asset's features sit in a row.
-    pub fn layout(&self) -> RowLayout {
-        RowLayout {
-            assets: self.assets.len(),
-            features_per_asset: self.features_per_asset,
-            columns: self.columns.len(),
-        }
-    }
-}
-
-/// The manifest of a complete store, if there is one.
-pub fn read_manifest(dir: &Path) -> Option<StoreManifest> {
-    let text = std::fs::read_to_string(dir.join("manifest.json")).ok()?;
-    serde_json::from_str(&text).ok()
-}
-
-/// Checks every file of the store at `dir` against `m`'s hashes; returns its samples.
-pub fn verify_store(dir: &Path, m: &StoreManifest) -> Result<StoreSamples, DataError> {
-    for shard in &m.shards {
-        let path = dir.join(&shard.file);
-        let bytes = std::fs::read(&path)
-            .map_err(|e| DataError::io(format!("reading {}", path.display()), e))?;
-        check_hash(&path, &bytes, &shard.sha256)?;
-    }
-    load_samples(dir, m)
-}
-
-/// A store file's bytes must hash to what the manifest recorded.
-fn check_hash(path: &Path, bytes: &[u8], want: &str) -> Result<(), DataError> {
-    if sha256_hex(bytes) == want {
-        return Ok(());
-    }
-    Err(DataError::CorruptStore {
-        path: path.to_owned(),
-        message: "sha256 does not match the store manifest".into(),
-    })
-}
-
-/// Sample indices and per-step arrays of a store.
-#[derive(Debug, Clone)]
-pub struct StoreSamples {
-    /// Window ends of train, validation, test.
-    pub ends: [Vec<usize>; 3],
-    /// Class per step (`-1` where undefined).
-    pub labels: Vec<i64>,
-    /// Relative price change in percent over the horizon.
-    pub price_changes: Vec<f64>,
-    /// Time-decay weight per step.
-    pub weights: Vec<f64>,
-    /// Volatility regime per step.
-    pub regimes: Vec<i64>,
-}
-
-/// Reads `samples.npz`, checking its hash against the manifest.
-pub fn load_samples(dir: &Path, m: &StoreManifest) -> Result<StoreSamples, DataError> {
-    let path = dir.join("samples.npz");
-    let bytes = std::fs::read(&path)
-        .map_err(|e| DataError::io(format!("reading {}", path.display()), e))?;
-    let corrupt = |message: String| DataError::CorruptStore {
-        path: path.clone(),
-        message,
-    };
-    check_hash(&path, &bytes, &m.samples_sha256)?;
-    let mut r = NpzReader::new(&bytes).map_err(corrupt)?;
-    let mut i64s = |name: &str| match r.read(name) {
-        Ok(Array::I64(v)) => Ok(v),
-        Ok(_) => Err(corrupt(format!("{name}: expected int64"))),
-        Err(e) => Err(corrupt(e)),
-    };
-    let ends = [i64s("train")?, i64s("validation")?, i64s("test")?]
-        .map(|v| v.into_iter().map(|x| x as usize).collect());
-    let labels = i64s("label")?;
-    let regimes = i64s("regime")?;
-    let mut f64s = |name: &str| match r.read(name) {
-        Ok(Array::F64(m)) => Ok(m.data),
-        Ok(_) => Err(corrupt(format!("{name}: expected float64"))),
-        Err(e) => Err(corrupt(e)),
-    };
-    Ok(StoreSamples {
-        ends,
-        labels,
-        price_changes: f64s("price_change")?,
-        weights: f64s("weight")?,
-        regimes,
-    })
 }

@@ -13,6 +13,7 @@
 
 pub mod book;
 pub mod engine;
+pub mod error;
 pub mod rest;
 pub mod sink;
 pub mod ws;
@@ -26,30 +27,21 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+pub use error::RecordError;
+
 use self::engine::{BookSample, Engine, SymbolStats, Tick, next_boundary_after};
 use self::rest::{RestClient, RestError};
 use self::sink::{CsvSink, PgSink, Sink, Spill, WriterReport, WriterSettings};
-use crate::ExitCode;
 use crate::config::{Config, RecordMarket, RecordOutput, SourceType, Symbol};
-use crate::data::DataError;
 
-/// How books are collected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// How books are collected (`record --mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum RecordMode {
     /// `GET /api/v3/depth` per symbol per tick.
     Rest,
     /// Diff-depth stream + snapshot, Binance's local-book procedure.
     Websocket,
-}
-
-impl From<crate::cli::RecordMode> for RecordMode {
-    fn from(m: crate::cli::RecordMode) -> Self {
-        match m {
-            crate::cli::RecordMode::Rest => RecordMode::Rest,
-            crate::cli::RecordMode::Websocket => RecordMode::Websocket,
-        }
-    }
 }
 
 /// What to record.
@@ -104,70 +96,6 @@ pub struct RecordSummary {
     pub spill_pending: bool,
     /// The spill file.
     pub spill_file: PathBuf,
-}
-
-/// Why `record` failed.
-#[derive(Debug, thiserror::Error)]
-pub enum RecordError {
-    /// Bad request or configuration (exit 2).
-    #[error("{0}")]
-    Usage(String),
-    /// The database could not be used.
-    #[error(transparent)]
-    Database(DataError),
-    /// A local file could not be written (exit 3).
-    #[error("{context}: {source}")]
-    Io {
-        /// What was being done, naming the path.
-        context: String,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// Binance sent something that is not its documented format (exit 3).
-    #[error("malformed Binance data for {symbol}: {message}")]
-    Malformed {
-        /// Symbol.
-        symbol: String,
-        /// What is wrong.
-        message: String,
-    },
-    /// Every symbol was stopped by HTTP 418 (IP banned) (exit 4).
-    #[error(
-        "every symbol is stopped: Binance answered HTTP 418 (IP banned) for {}; wait for the ban to expire \
-         (record.rest_url {url})", .symbols.join(", ")
-    )]
-    AllBanned {
-        /// The symbols.
-        symbols: Vec<String>,
-        /// The REST base URL.
-        url: String,
-    },
-    /// The writer thread died.
-    #[error("the writer thread failed: {0}")]
-    Writer(String),
-}
-
-impl RecordError {
-    /// 4 when every symbol is banned or the database refuses/cannot be reached, 3 for data
-    /// and files, 2 for usage.
-    pub fn exit_code(&self) -> ExitCode {
-        match self {
-            RecordError::Usage(_) => ExitCode::Usage,
-            RecordError::Database(e) => e.exit_code(),
-            RecordError::AllBanned { .. } => ExitCode::External,
-            RecordError::Io { .. } | RecordError::Malformed { .. } | RecordError::Writer(_) => {
-                ExitCode::Data
-            }
-        }
-    }
-
-    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        RecordError::Io {
-            context: context.into(),
-            source,
-        }
-    }
 }
 
 /// Parses `90s`, `10m`, `24h`, `2d` or plain seconds (`--duration`).
@@ -758,6 +686,7 @@ fn run_ws(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::exit::ExitCode;
 
     #[test]
     fn durations_parse() {

@@ -1,6 +1,6 @@
 //! Errors of the tracking module; each names what failed, where, and what was expected.
 
-use crate::error::ExitCode;
+use crate::exit::ExitCode;
 
 /// Anything that can go wrong while talking to MLflow or writing the local store/spool.
 ///

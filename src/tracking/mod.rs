@@ -114,6 +114,16 @@ impl Default for TrackingSettings {
 }
 
 impl TrackingSettings {
+    /// A plain REST store for `uri` from these settings (no spool); `sync` replays through it.
+    pub(crate) fn rest_store(&self, uri: &str) -> Result<rest::RestStore> {
+        rest::RestStore::new(
+            uri,
+            self.credentials_or_env(),
+            self.timeout,
+            self.retry_policy(),
+        )
+    }
+
     /// The spool directory actually used.
     pub fn effective_spool_dir(&self) -> PathBuf {
         if self.spool_dir.as_os_str().is_empty() {

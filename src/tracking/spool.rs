@@ -29,7 +29,6 @@ use serde::{Deserialize, Serialize};
 use super::error::{Result, TrackingError};
 use super::limits::{Batch, new_id, now_ms};
 use super::rest::RestStore;
-use super::tracker::rest_store;
 use super::types::*;
 use super::{Store, StoreKind, TrackingSettings, store_kind};
 
@@ -642,7 +641,7 @@ pub fn sync(spool_dir: &Path, settings: &TrackingSettings) -> Result<SyncReport>
             ));
         }
     };
-    sync_to(&rest_store(&uri, settings)?, spool_dir)
+    sync_to(&settings.rest_store(&uri)?, spool_dir)
 }
 
 /// [`sync`] through an explicit store.

@@ -7,7 +7,6 @@ use sha2::{Digest, Sha256};
 use super::error::{Result, TrackingError};
 use super::file_store::FileStore;
 use super::limits::{self, MAX_PARAM_VALUE_LEN, MAX_TAG_VALUE_LEN, chunk_batch, sanitize_key};
-use super::rest::RestStore;
 use super::spool::SpoolStore;
 use super::types::*;
 use super::{Store, StoreKind, TrackingSettings, store_kind};
@@ -43,7 +42,7 @@ impl Tracker {
         let store: Box<dyn Store> = match store_kind(&settings.tracking_uri, &settings.workdir)? {
             StoreKind::File(root) => Box::new(FileStore::open(&root)?),
             StoreKind::Rest(uri) => Box::new(SpoolStore::open(
-                rest_store(&uri, settings)?,
+                settings.rest_store(&uri)?,
                 &settings.effective_spool_dir(),
                 settings.offline,
             )?),
@@ -441,16 +440,6 @@ impl Tracker {
     pub fn model_version(&self, name: &str, version: &str) -> Result<ModelVersion> {
         self.store.model_version(name, version)
     }
-}
-
-/// A plain REST store from the settings (no spool); `sync` replays through it.
-pub(crate) fn rest_store(uri: &str, settings: &TrackingSettings) -> Result<RestStore> {
-    RestStore::new(
-        uri,
-        settings.credentials_or_env(),
-        settings.timeout,
-        settings.retry_policy(),
-    )
 }
 
 fn clean_tag(key: &str, value: &str) -> Tag {

@@ -9,15 +9,12 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use burn::module::Module;
-use burn::store::ModuleRecord;
-use burn::tensor::{Bytes, Device};
 use serde::{Deserialize, Serialize};
 
 use super::TrainError;
 use super::callbacks::{EarlyStopping, ReduceLrOnPlateau};
 use super::metrics::EpochMetrics;
-use crate::model::{ModelSpec, Network, Rng};
+use crate::model::{ModelSpec, Rng};
 
 const MAGIC: &[u8; 8] = b"BMLCKPT1";
 
@@ -64,30 +61,6 @@ fn ck_err(path: &Path, reason: impl ToString) -> TrainError {
         path: path.to_path_buf(),
         reason: reason.to_string(),
     }
-}
-
-/// Model weights as burnpack bytes (also the model artifact's weights file).
-pub fn model_to_bytes(model: &Network) -> Result<Vec<u8>, TrainError> {
-    let bytes = model
-        .clone()
-        .into_record()
-        .into_bytes()
-        .map_err(|e| ck_err(Path::new("<memory>"), e))?;
-    Ok(bytes.to_vec())
-}
-
-/// Rebuild `spec`'s model on `device` and load weights from burnpack bytes.
-pub fn model_from_bytes(
-    spec: &ModelSpec,
-    bytes: &[u8],
-    device: &Device,
-) -> Result<Network, TrainError> {
-    let blank = Network::new(spec, &mut Rng::new(0, "blank"), device);
-    let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes.to_vec()))
-        .map_err(|e| ck_err(Path::new("<weights>"), e))?;
-    blank
-        .try_load_record(record)
-        .map_err(|e| ck_err(Path::new("<weights>"), e))
 }
 
 impl Checkpoint {

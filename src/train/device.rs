@@ -122,7 +122,7 @@ mod tests {
     fn bad_devices_and_missing_backends_are_clear() {
         let e = select_device(Backend::Flex, "cuda:0").unwrap_err();
         assert!(e.to_string().contains("CPU only"), "{e}");
-        assert_eq!(e.exit_code(), crate::ExitCode::Usage);
+        assert_eq!(e.exit_code(), crate::exit::ExitCode::Usage);
         let e = select_device(Backend::Flex, "gpu7").unwrap_err();
         assert!(e.to_string().contains("cuda:N"), "{e}");
         let e = select_device(Backend::Flex, "cuda:x").unwrap_err();
@@ -133,7 +133,7 @@ mod tests {
         {
             let e = select_device(Backend::Tch, "cpu").unwrap_err();
             assert!(e.to_string().contains("--features tch"), "{e}");
-            assert_eq!(e.exit_code(), crate::ExitCode::Usage);
+            assert_eq!(e.exit_code(), crate::exit::ExitCode::Usage);
         }
     }
 }

@@ -3,6 +3,7 @@
 pub mod callbacks;
 pub mod checkpoint;
 pub mod device;
+pub mod error;
 pub mod hpo;
 pub mod loss;
 pub mod memory;
@@ -14,110 +15,10 @@ pub mod trainer;
 
 pub use callbacks::{EarlyStopping, Monitor, ReduceLrOnPlateau};
 pub use device::{DeviceChoice, select_device};
+pub use error::TrainError;
 pub use loss::{balanced_class_weights, weighted_cross_entropy};
 pub use memory::{MemoryEstimate, check_memory_budget};
 pub use metrics::{ClassificationMetrics, EpochMetrics};
 pub use source::{Batch, BatchIter, BatchSource, InMemorySource, Split, prefetch};
 pub use store::StoreSource;
 pub use trainer::{StepResult, TrainObserver, TrainOptions, TrainOutcome, Trainer};
-
-/// Why training could not run or finish.
-#[derive(Debug, thiserror::Error)]
-pub enum TrainError {
-    /// The model could not be built from its config.
-    #[error(transparent)]
-    Model(#[from] crate::model::ModelError),
-    /// The requested backend is not in this build.
-    #[error("backend `{backend}` is not compiled into this binary: {hint}")]
-    BackendNotCompiled {
-        /// flex | tch | cuda.
-        backend: String,
-        /// How to get it.
-        hint: String,
-    },
-    /// The device string is malformed or names no usable device.
-    #[error("device `{device}`: {reason}")]
-    Device {
-        /// What was asked for, e.g. `cuda:1`.
-        device: String,
-        /// Why it cannot be used.
-        reason: String,
-    },
-    /// One batch (plus model and optimizer state) does not fit the memory budget.
-    #[error(
-        "training.memory.max_bytes = {budget} bytes cannot hold one training batch: about \
-         {needed} bytes are needed ({detail}); raise the budget or lower training.batch_size"
-    )]
-    MemoryBudget {
-        /// Bytes needed.
-        needed: u64,
-        /// Bytes allowed.
-        budget: u64,
-        /// Breakdown.
-        detail: String,
-    },
-    /// A batch from the source is malformed.
-    #[error("bad batch: {0}")]
-    Batch(String),
-    /// The data source failed.
-    #[error("batch source: {0}")]
-    Source(#[source] Box<dyn std::error::Error + Send + Sync>),
-    /// A training option is invalid.
-    #[error("training option: {0}")]
-    Option(String),
-    /// The loss became NaN or infinite.
-    #[error("loss is not finite ({loss}) at epoch {epoch}, batch {batch}; lower the learning rate")]
-    NonFiniteLoss {
-        /// The value.
-        loss: f32,
-        /// 1-based epoch.
-        epoch: u32,
-        /// 0-based batch index.
-        batch: usize,
-    },
-    /// There is no preprocessed store for this configuration.
-    #[error(
-        "no preprocessed data for this configuration at {}: run `binance-ml preprocess` first",
-        .dir.display()
-    )]
-    NoStore {
-        /// Where the store was looked for.
-        dir: std::path::PathBuf,
-    },
-    /// A plot, summary or model file could not be written.
-    #[error("writing {}: {reason}", .path.display())]
-    Output {
-        /// The file.
-        path: std::path::PathBuf,
-        /// What went wrong.
-        reason: String,
-    },
-    /// Reading or writing a checkpoint failed.
-    #[error("checkpoint {path}: {reason}")]
-    Checkpoint {
-        /// The file.
-        path: std::path::PathBuf,
-        /// What went wrong.
-        reason: String,
-    },
-}
-
-impl TrainError {
-    /// Exit code: 2 for what the user must change in config/flags (backend, device, budget,
-    /// model shape), 3 for a store file that fails its checks, 5 for failures while training.
-    pub fn exit_code(&self) -> crate::ExitCode {
-        match self {
-            TrainError::Model(_)
-            | TrainError::BackendNotCompiled { .. }
-            | TrainError::Device { .. }
-            | TrainError::MemoryBudget { .. }
-            | TrainError::Option(_) => crate::ExitCode::Usage,
-            TrainError::NoStore { .. } => crate::ExitCode::Data,
-            // A damaged store file is bad input (3), not a failed training.
-            TrainError::Source(e) => e
-                .downcast_ref::<crate::data::DataError>()
-                .map_or(crate::ExitCode::Training, |d| d.exit_code()),
-            _ => crate::ExitCode::Training,
-        }
-    }
-}

@@ -2,7 +2,8 @@
 //! store, and an in-memory implementation (tests, small data).
 
 use super::TrainError;
-use crate::model::{Rng, SampleShape};
+use crate::model::Rng;
+use crate::store::SampleShape;
 
 /// One batch, host-side.
 #[derive(Debug, Clone, PartialEq)]

@@ -17,7 +17,7 @@ use crate::config::LoadedConfig;
 use crate::data::cache::sha256_hex;
 use crate::model::{ModelArtifact, ModelManifest, ModelSpec, ModelSummary};
 use crate::plot::{self, Chart, Line};
-use crate::preprocess::stage::{read_manifest, store_dir};
+use crate::store::{read_manifest, store_dir};
 use crate::tracking::{Metric, Param, StageRun, TrackingSettings};
 
 /// Model name used in run names, tags and the registry pattern's `{model}`.
@@ -134,7 +134,7 @@ pub fn train(
     loaded: &LoadedConfig,
     req: &TrainRequest,
     run: &StageRun<'_>,
-) -> crate::Result<TrainSummary> {
+) -> Result<TrainSummary, TrainError> {
     let _span = tracing::info_span!("train").entered();
     let c = &loaded.config;
     let dir = match &req.store {
@@ -182,8 +182,7 @@ pub fn train(
             return Err(TrainError::Option(format!(
                 "--resume: no checkpoint at {} for this configuration; train without --resume",
                 checkpoint.display()
-            ))
-            .into());
+            )));
         }
         Trainer::resume(spec.clone(), opts.clone(), device.device.clone())?
     } else {
@@ -196,8 +195,7 @@ pub fn train(
                         "the base model in {} has another architecture or input shape than \
                          this configuration builds",
                         base.display()
-                    ))
-                    .into());
+                    )));
                 }
                 t.with_weights(&art.model)?
             }
@@ -313,7 +311,7 @@ fn log_setup(
     summary: &ModelSummary,
     opts: &TrainOptions,
     device: &str,
-) -> crate::Result<()> {
+) -> Result<(), TrainError> {
     let t = run.tracker();
     let shape = source.sample_shape();
     let class_weights = opts

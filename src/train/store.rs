@@ -13,10 +13,11 @@ use std::sync::Arc;
 
 use super::source::{Batch, BatchIter, BatchSource, Split, epoch_rng, prefetch};
 use super::{TrainError, check_memory_budget};
-use crate::model::{ModelSpec, Rng, SampleShape};
-use crate::preprocess::split::SplitRange;
-use crate::preprocess::stage::{StoreManifest, StoreSamples, load_samples, read_rows_f32};
-use crate::preprocess::window::RowLayout;
+use crate::model::{ModelSpec, Rng};
+use crate::store::SampleShape;
+use crate::store::{
+    RowLayout, SplitRange, StoreManifest, StoreSamples, load_samples, read_rows_f32,
+};
 
 /// One sample: window end step, class, time weight.
 #[derive(Debug, Clone, Copy, PartialEq)]

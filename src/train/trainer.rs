@@ -12,12 +12,13 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::TrainError;
 use super::callbacks::{EarlyStopping, ReduceLrOnPlateau, StopDecision};
-use super::checkpoint::{Checkpoint, TrainState, model_from_bytes, model_to_bytes};
+use super::checkpoint::{Checkpoint, TrainState};
 use super::loss::{combine_weights, weighted_cross_entropy};
 use super::memory::check_memory_budget;
 use super::metrics::{ClassificationMetrics, EpochMetrics};
 use super::source::{Batch, BatchSource, Split};
 use crate::config::{ModelConfig, TrainingConfig};
+use crate::model::artifact::{model_from_bytes, model_to_bytes};
 use crate::model::{ModelSpec, Network, Rng, on_host};
 
 /// Everything the loop needs besides the model architecture and the data.
@@ -376,7 +377,7 @@ impl Trainer {
 
     /// One optimisation step (forward with dropout, weighted loss, backward, Adam at `lr`) on
     /// one batch, its loss and predictions read back at once. Used by the speed benchmark;
-    /// [`Trainer::run_epoch`] reads several steps back together (see [`PendingSteps`]).
+    /// [`Trainer::run_epoch`] reads several steps back together (see `PendingSteps`).
     pub fn train_step(&mut self, batch: &Batch, lr: f64) -> Result<StepResult, TrainError> {
         let mut pending = PendingSteps::default();
         pending.push(self.step_on_device(batch, 0, lr)?);
@@ -663,7 +664,7 @@ mod tests {
         let mut model = ModelConfig::default();
         model.cnn.filters = vec![2, 2];
         model.lstm.units = 4;
-        let shape = crate::model::SampleShape {
+        let shape = crate::store::SampleShape {
             assets: 1,
             time_steps: 8,
             features: 4,

@@ -21,7 +21,6 @@ use crate::config::{
 };
 use crate::data::DataError;
 use crate::data::assemble::{Assembler, Row};
-use crate::preprocess::labels::LabelSpec;
 
 const SECONDS_PER_YEAR: f64 = 365.0 * 86_400.0;
 // Independent random streams, so a book never depends on how many draws a path made.
@@ -407,13 +406,20 @@ pub struct Oracle {
 }
 
 impl Oracle {
-    /// The oracle of the market `data` describes for `labels`; `Err` says why there is none
-    /// (not the synthetic source, adaptive classes).
-    pub fn new(data: &DataConfig, labels: &LabelSpec) -> Result<Self, String> {
+    /// The oracle of the market `data` describes, for labels of class `definition` with
+    /// `boundaries` that read `lookahead` steps ahead (the mean of those steps' prices when
+    /// `smoothed`); `Err` says why there is none (not the synthetic source, adaptive classes).
+    pub fn new(
+        data: &DataConfig,
+        definition: ClassDefinition,
+        boundaries: &[f64],
+        lookahead: usize,
+        smoothed: bool,
+    ) -> Result<Self, String> {
         if data.source_type != SourceType::Synthetic {
             return Err("the data does not come from the synthetic market".into());
         }
-        let absolute = match labels.definition {
+        let absolute = match definition {
             ClassDefinition::Percentage => false,
             ClassDefinition::Absolute => true,
             ClassDefinition::Adaptive => {
@@ -423,8 +429,8 @@ impl Oracle {
             }
         };
         let path = SyntheticSource::new(data);
-        let h = labels.lookahead().max(1);
-        let weights: Vec<f64> = if labels.smoothing_steps > 0 {
+        let h = lookahead.max(1);
+        let weights: Vec<f64> = if smoothed {
             (1..=h).map(|i| (h - i + 1) as f64 / h as f64).collect()
         } else {
             vec![1.0; h]
@@ -490,7 +496,7 @@ impl Oracle {
         Ok(Self {
             path,
             weights,
-            boundaries: labels.boundaries.clone(),
+            boundaries: boundaries.to_vec(),
             absolute,
             components,
         })

@@ -44,7 +44,7 @@ fn same_options(kernel: [usize; 2]) -> ConvOptions<2> {
 }
 
 /// The block's operations, per backend (see the module doc). The default bodies are
-/// [`reference`]'s composition of Burn primitives.
+/// [`reference`](mod@reference)'s composition of Burn primitives.
 #[backend_extension(Flex, Autodiff, LibTorch: cfg(feature = "tch"))]
 pub trait ConvPoolBackend: Backend {
     /// `x [n, c, t, f]`, `weight [o, c, kt, kf]`, `bias [o]` -> (`[n, o, t/pt, f/pf]`, indices).

@@ -4,76 +4,20 @@
 //! asks the [`Study`] for parameters, trains, reports per-epoch values to the
 //! [`MedianPruner`], and tells the study the outcome.
 
+pub mod error;
 pub mod pruner;
 pub mod space;
 pub mod study;
 pub mod tpe;
 
-use std::path::PathBuf;
-
+pub use error::HpoError;
 pub use pruner::MedianPruner;
 pub use space::{Dist, ParamValue, Params, SearchSpace};
-pub use study::{Study, Trial, TrialState, study_key};
-pub use tpe::{RandomSampler, Sampler, TpeSampler, sampler_from_config};
+pub use study::{Sampler, Study, Trial, TrialState, study_key};
+pub use tpe::{RandomSampler, TpeSampler, sampler_from_config};
 
-use crate::preprocess::split::{SplitRange, walk_forward};
-
-/// Why a search could not be set up or its study file used.
-#[derive(Debug, thiserror::Error)]
-pub enum HpoError {
-    /// A search-space entry is malformed.
-    #[error("hyperparameter_optimization.search_space.{param}: {reason}")]
-    Space {
-        /// The parameter's name.
-        param: String,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// The study file could not be read, parsed or written.
-    #[error("study file {}: {reason}", .path.display())]
-    StudyFile {
-        /// The file.
-        path: PathBuf,
-        /// What went wrong.
-        reason: String,
-    },
-    /// The study file belongs to another search (other space, data, metric or direction).
-    #[error(
-        "study file {} was written for another search ({what}: found `{found}`, expected \
-         `{expected}`); delete it to start a new study, or restore the configuration it was \
-         made with to resume it",
-        .path.display()
-    )]
-    Mismatch {
-        /// The file.
-        path: PathBuf,
-        /// What differs: `key` or `direction`.
-        what: String,
-        /// What the file says.
-        found: String,
-        /// What this run expects.
-        expected: String,
-    },
-    /// A trial number that the study does not hold, or a trial that is no longer running.
-    #[error("trial {number}: {reason}")]
-    Trial {
-        /// The trial's number.
-        number: u32,
-        /// What is wrong.
-        reason: String,
-    },
-}
-
-impl HpoError {
-    /// Exit code: 2 for what the user must change (search space, a study file of another
-    /// search), 5 otherwise.
-    pub fn exit_code(&self) -> crate::ExitCode {
-        match self {
-            HpoError::Space { .. } | HpoError::Mismatch { .. } => crate::ExitCode::Usage,
-            HpoError::StudyFile { .. } | HpoError::Trial { .. } => crate::ExitCode::Training,
-        }
-    }
-}
+use crate::preprocess::split::walk_forward;
+use crate::store::SplitRange;
 
 /// `k` walk-forward folds inside `train` for rolling-window validation: `train` is cut into
 /// `k + 1` consecutive blocks and fold i validates on block i + 1 after training on everything

@@ -13,11 +13,17 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::{HpoError, Params, Sampler, SearchSpace};
+use super::{HpoError, Params, SearchSpace};
 use crate::config::{Direction, HpoConfig};
 
 /// Version of the study file layout, bumped when it changes incompatibly.
 const FORMAT: u32 = 1;
+
+/// Proposes the parameters of the next trial.
+pub trait Sampler {
+    /// Parameters for a new trial, given every trial so far (any state).
+    fn sample(&mut self, space: &SearchSpace, history: &[Trial]) -> Params;
+}
 
 /// Where a trial stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -340,7 +346,23 @@ mod tests {
 
     use super::*;
     use crate::config::SearchParam;
-    use crate::train::hpo::{ParamValue, RandomSampler};
+    use crate::train::hpo::ParamValue;
+
+    /// Proposes `lstm_units = 8 + trials so far`: distinct, in range and deterministic, so
+    /// these tests exercise the study alone.
+    struct Counting;
+
+    impl Sampler for Counting {
+        fn sample(&mut self, _: &SearchSpace, history: &[Trial]) -> Params {
+            Params::from([
+                (
+                    "lstm_units".to_string(),
+                    ParamValue::Int(8 + history.len() as i64),
+                ),
+                ("learning_rate".to_string(), ParamValue::Float(0.001)),
+            ])
+        }
+    }
 
     fn space() -> SearchSpace {
         let map: BTreeMap<String, SearchParam> = serde_yaml_ng::from_str(
@@ -355,7 +377,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("hpo/study.json");
         let space = space();
-        let mut sampler = RandomSampler::new(3);
+        let mut sampler = Counting;
         let mut s = Study::load_or_new(&path, "k1", Direction::Minimize).unwrap();
         let a = s.ask(&mut sampler, &space).unwrap();
         s.report(a, 1, 0.9).unwrap();
@@ -413,14 +435,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("study.json");
         let mut s = Study::load_or_new(&path, "k1", Direction::Maximize).unwrap();
-        s.ask(&mut RandomSampler::new(1), &space()).unwrap();
+        s.ask(&mut Counting, &space()).unwrap();
         let err = Study::load_or_new(&path, "k2", Direction::Maximize).unwrap_err();
         let msg = err.to_string();
         assert!(
             msg.contains("study.json") && msg.contains("k1") && msg.contains("k2"),
             "{msg}"
         );
-        assert_eq!(err.exit_code(), crate::ExitCode::Usage);
+        assert_eq!(err.exit_code(), crate::exit::ExitCode::Usage);
         let err = Study::load_or_new(&path, "k1", Direction::Minimize).unwrap_err();
         assert!(err.to_string().contains("direction"), "{err}");
         // The refused file is left as it was.
@@ -435,7 +457,7 @@ mod tests {
         for (direction, best) in [(Direction::Maximize, 1), (Direction::Minimize, 0)] {
             let path = dir.path().join(format!("{direction:?}.json"));
             let mut s = Study::load_or_new(&path, "k", direction).unwrap();
-            let mut sampler = RandomSampler::new(9);
+            let mut sampler = Counting;
             for v in [0.1, 0.7, f64::INFINITY] {
                 let n = s.ask(&mut sampler, &space).unwrap();
                 s.complete(n, v, vec![v]).unwrap();

@@ -11,15 +11,9 @@
 //! history would.
 
 use super::space::{Dist, ParamValue, Params, SearchSpace};
-use super::study::{Trial, TrialState};
+use super::study::{Sampler, Trial, TrialState};
 use crate::config::{Direction, HpoConfig, SamplerKind};
 use crate::model::Rng;
-
-/// Proposes the parameters of the next trial.
-pub trait Sampler {
-    /// Parameters for a new trial, given every trial so far (any state).
-    fn sample(&mut self, space: &SearchSpace, history: &[Trial]) -> Params;
-}
 
 /// The sampler `hyperparameter_optimization.sampler` names, seeded with its `seed`.
 pub fn sampler_from_config(hpo: &HpoConfig) -> Box<dyn Sampler> {

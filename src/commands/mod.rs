@@ -1,17 +1,20 @@
 //! Dispatch of subcommands to stages, and the commands that are not stages.
 
+pub mod error;
+
 use serde_json::json;
 
-use crate::Result;
-use crate::cli::{Cli, Command, EvalSplit, ModelSelector, Stage as Step, TrackingCommand};
+pub use error::{Error, Result};
+
+use crate::cli::{Cli, Command, EvalSplit, ModelSelector, TrackingCommand};
 use crate::config::{LoadedConfig, Symbol};
-use crate::data::fetch;
+use crate::data::fetch::FetchSummary;
 use crate::diagnostics::stage::DiagnoseOutput;
 use crate::evaluate::stage::{EvaluateRequest, EvaluateSummary};
 use crate::pipeline::finetune::{self, FinetuneSummary};
 use crate::pipeline::lock::WorkdirLock;
 use crate::pipeline::replay::{self, ReplayRequest, ReplaySummary};
-use crate::pipeline::{self, Pipeline, RunSummary};
+use crate::pipeline::{self, Pipeline, RunSummary, Step};
 use crate::predict::{self, ModelRef, PredictOutput};
 use crate::preprocess::stage::PreprocessSummary;
 use crate::record::{self, RecordError, RecordRequest, RecordSummary};
@@ -28,6 +31,16 @@ pub struct Outcome {
     pub json: serde_json::Value,
 }
 
+impl Outcome {
+    /// `text` for people and `summary` serialised for `--json`.
+    fn of(text: String, summary: &impl serde::Serialize) -> Self {
+        Outcome {
+            text,
+            json: serde_json::to_value(summary).expect("summaries serialise"),
+        }
+    }
+}
+
 /// Runs `cli.command` with an already loaded and validated configuration.
 pub fn execute(cli: &Cli, loaded: &LoadedConfig) -> Result<Outcome> {
     let p = Pipeline::new(loaded);
@@ -41,16 +54,16 @@ pub fn execute(cli: &Cli, loaded: &LoadedConfig) -> Result<Outcome> {
         | Command::Finetune(_)
         | Command::Evaluate(_)
         | Command::Run(_)
-        | Command::Replay(_) => Some(WorkdirLock::acquire(
-            &loaded.config.workdir,
-            cli.command.name(),
-        )?),
+        | Command::Replay(_) => Some(
+            WorkdirLock::acquire(&loaded.config.workdir, cli.command.name())
+                .map_err(pipeline::Error::from)?,
+        ),
         _ => None,
     };
     match &cli.command {
         Command::ValidateConfig => Ok(validate_config(loaded)),
         Command::Tracking(TrackingCommand::Sync) => tracking_sync(loaded),
-        Command::Fetch(args) => Ok(fetch::outcome(&p.fetch(args.force)?)),
+        Command::Fetch(args) => Ok(fetch_outcome(&p.fetch(args.force)?)),
         Command::Preprocess(args) => Ok(preprocess_outcome(&p.preprocess(args.force)?)),
         Command::Diagnose => Ok(diagnose_outcome(&p.diagnose()?)),
         Command::Train(args) => Ok(train_outcome(&p.train(TrainRequest {
@@ -118,7 +131,7 @@ pub fn execute(cli: &Cli, loaded: &LoadedConfig) -> Result<Outcome> {
             let req = RecordRequest {
                 duration,
                 symbols,
-                mode: args.mode.into(),
+                mode: args.mode,
             };
             Ok(record_outcome(&record::record(&loaded.config, &req)?))
         }
@@ -153,8 +166,8 @@ fn tracking_sync(loaded: &LoadedConfig) -> Result<Outcome> {
         busy = report.journals_busy,
         "sync finished"
     );
-    Ok(Outcome {
-        text: format!(
+    Ok(Outcome::of(
+        format!(
             "synced {} journal(s) from {}: {} operation(s) replayed, {} already done, {} busy",
             report.journals_completed,
             spool.display(),
@@ -162,13 +175,13 @@ fn tracking_sync(loaded: &LoadedConfig) -> Result<Outcome> {
             report.ops_already_done,
             report.journals_busy
         ),
-        json: serde_json::to_value(&report).expect("report serialises"),
-    })
+        &report,
+    ))
 }
 
 fn preprocess_outcome(s: &PreprocessSummary) -> Outcome {
-    Outcome {
-        text: format!(
+    Outcome::of(
+        format!(
             "{}\n{} steps, {} feature columns; samples: train {}, validation {}, test {}{}",
             s.store_dir.display(),
             s.steps,
@@ -178,8 +191,8 @@ fn preprocess_outcome(s: &PreprocessSummary) -> Outcome {
             s.samples[2],
             if s.reused { " (reused)" } else { "" }
         ),
-        json: serde_json::to_value(s).expect("summary serialises"),
-    }
+        s,
+    )
 }
 
 fn diagnose_outcome(out: &DiagnoseOutput) -> Outcome {
@@ -188,10 +201,7 @@ fn diagnose_outcome(out: &DiagnoseOutput) -> Outcome {
         out.artifacts_dir.display(),
         crate::diagnostics::summary_text(&out.report)
     );
-    Outcome {
-        text,
-        json: serde_json::to_value(out).expect("report serialises"),
-    }
+    Outcome::of(text, out)
 }
 
 fn train_outcome(s: &TrainSummary) -> Outcome {
@@ -225,10 +235,7 @@ fn train_outcome(s: &TrainSummary) -> Outcome {
     if let Some((name, version)) = &s.registered {
         text.push_str(&format!("\nregistered as {name} version {version}"));
     }
-    Outcome {
-        text,
-        json: serde_json::to_value(s).expect("summary serialises"),
-    }
+    Outcome::of(text, s)
 }
 
 fn model_ref(m: &ModelSelector) -> ModelRef {
@@ -295,10 +302,7 @@ fn evaluate_outcome(s: &EvaluateSummary) -> Outcome {
         s.temperature,
         s.degradation_slope,
     );
-    Outcome {
-        text,
-        json: serde_json::to_value(s).expect("summary serialises"),
-    }
+    Outcome::of(text, s)
 }
 
 fn replay_outcome(s: &ReplaySummary) -> Outcome {
@@ -320,10 +324,7 @@ fn replay_outcome(s: &ReplaySummary) -> Outcome {
         ));
     }
     text.push_str(&format!("  table and chart: {}", s.dir.display()));
-    Outcome {
-        text,
-        json: serde_json::to_value(s).expect("summary serialises"),
-    }
+    Outcome::of(text, s)
 }
 
 fn run_outcome(s: &RunSummary) -> Outcome {
@@ -353,10 +354,7 @@ fn run_outcome(s: &RunSummary) -> Outcome {
             evaluate_outcome(e).text.replace('\n', "\n  ")
         ));
     }
-    Outcome {
-        text: parts.join("\n"),
-        json: serde_json::to_value(s).expect("summary serialises"),
-    }
+    Outcome::of(parts.join("\n"), s)
 }
 
 fn finetune_outcome(s: &FinetuneSummary) -> Outcome {
@@ -386,10 +384,7 @@ fn finetune_outcome(s: &FinetuneSummary) -> Outcome {
             },
         )
     };
-    Outcome {
-        text,
-        json: serde_json::to_value(s).expect("summary serialises"),
-    }
+    Outcome::of(text, s)
 }
 
 fn record_outcome(s: &RecordSummary) -> Outcome {
@@ -419,8 +414,35 @@ fn record_outcome(s: &RecordSummary) -> Outcome {
             s.spill_file.display()
         ));
     }
-    Outcome {
-        text,
-        json: serde_json::to_value(s).expect("summary serialises"),
+    Outcome::of(text, s)
+}
+
+/// The summary as printed: the cache path first (for scripts), then the counts.
+fn fetch_outcome(s: &FetchSummary) -> Outcome {
+    let q = &s.quality;
+    let mut text = format!(
+        "{}\nshards: {} ({} fetched, {} reused, of which {} from another time range)\n",
+        s.cache_dir.display(),
+        s.shards,
+        s.shards_fetched,
+        s.shards_reused,
+        s.shards_linked
+    );
+    for (symbol, n) in &s.snapshots {
+        text.push_str(&format!("{symbol}: {n} snapshots\n"));
     }
+    text.push_str(&format!(
+        "quality: {} rows read, {} dropped, {} filtered by the source; {} of {} snapshots dropped \
+         ({} missing levels, {} crossed, {} conflicting duplicates, {} unsorted levels)\n",
+        q.rows_read,
+        q.rows_dropped(),
+        q.rows_filtered_in_source,
+        q.snapshots_dropped(),
+        q.snapshots_read,
+        q.snapshots_dropped_missing_levels,
+        q.snapshots_dropped_crossed,
+        q.snapshots_dropped_conflicting_duplicates,
+        q.snapshots_dropped_unsorted_levels,
+    ));
+    Outcome::of(text, s)
 }

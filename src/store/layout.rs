@@ -7,7 +7,38 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::SampleShape;
+/// One sample's shape: `[assets, time_steps, features_per_asset]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SampleShape {
+    /// Assets (target first, then correlated ones): conv input channels when stacked.
+    pub assets: usize,
+    /// Window length T.
+    pub time_steps: usize,
+    /// Features per asset and time step.
+    pub features: usize,
+}
+
+impl SampleShape {
+    /// Values in one sample.
+    pub fn len(&self) -> usize {
+        self.assets * self.time_steps * self.features
+    }
+
+    /// Whether a sample holds no values.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl std::fmt::Display for SampleShape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "[{}, {}, {}]",
+            self.assets, self.time_steps, self.features
+        )
+    }
+}
 
 /// Where each asset's features sit in a store row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
