@@ -1,10 +1,8 @@
 //! binance-ml: Binance order-book snapshots to calibrated price-move classifiers.
 //!
 //! The binary (`src/main.rs`) is a thin shell over this library; tests and benches use it too.
-//! Layers, from the bottom up (README "Layout"; `tests/layering.rs` holds the code to them):
-//! `exit`, `allocator` -> `config` -> `logging`, `plot`, `tracking` -> `data` -> `store` ->
-//! `preprocess` -> `diagnostics`, `model` -> `train` -> `predict`, `record` -> `evaluate` ->
-//! `pipeline` -> `cli` -> `commands` -> `main`.
+//! The modules form layers that import downward only; README "Layout" lists them and
+//! `tests/layering.rs` holds the code to that list.
 
 pub mod allocator;
 pub mod cli;

@@ -7,11 +7,7 @@
 //! price changes, usability). Then the splits are cut, samples selected, and the scaler is
 //! fit by streaming the training rows. Pass 2 scales each shard into its final file. The
 //! manifest is written last: a killed run never leaves a store that claims missing shards.
-//!
-//! Store layout (`<workdir>/preprocessed/<key>/`): `rows-NNNN.npz` (`rows`: float32
-//! `[steps x columns]`, scaled), `samples.npz` (window ends per split, per-step labels,
-//! price changes, weights, regimes), `manifest.json` (columns, grid, splits, scaler, class
-//! counts and weights, config hash, each file's sha256).
+//! The store's layout, key and readers are [`crate::store`]'s.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
