@@ -7,6 +7,7 @@
 //! facade line itself counts only when the facade's own code uses the item.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
 use std::path::Path;
 
 /// Top-level modules from the bottom up, read from README "Layout" (its table's second
@@ -55,9 +56,45 @@ struct Edge {
 #[derive(Debug)]
 struct SourceFile {
     path: String,
+    /// The text with comments and literals blanked.
     code: String,
-    /// `use` statements: (is a `pub use`, byte offset, tree text).
-    uses: Vec<(bool, usize, String)>,
+    uses: Vec<UseStmt>,
+    /// Names of the `pub` items it defines.
+    items: BTreeSet<String>,
+}
+
+impl SourceFile {
+    fn new(path: &str, text: &str) -> Self {
+        let code = strip(text);
+        SourceFile {
+            path: format!("src/{path}"),
+            uses: use_statements(&code),
+            items: items(&code),
+            code,
+        }
+    }
+
+    /// Whether byte `at` lies inside a `use` statement.
+    fn in_use(&self, at: usize) -> bool {
+        self.uses.iter().any(|u| u.span.contains(&at))
+    }
+
+    /// Whether `name` appears as an identifier in the code outside `use` statements.
+    fn names(&self, name: &str) -> bool {
+        word_starts(&self.code, name)
+            .any(|i| !self.in_use(i) && ident_at(&self.code, i).len() == name.len())
+    }
+}
+
+/// One `use` statement of stripped code.
+#[derive(Debug)]
+struct UseStmt {
+    /// A `pub use` (a re-export).
+    public: bool,
+    /// From `use` to the `;`.
+    span: Range<usize>,
+    /// The tree after `use`.
+    tree: String,
 }
 
 /// Blanks comments, string and char literals (keeping newlines), so only code is scanned.
@@ -229,15 +266,28 @@ fn split_top(s: &str) -> Vec<&str> {
     parts
 }
 
-/// Finds the `use` statements of stripped code: (is `pub use`, offset, tree).
-fn use_statements(code: &str) -> Vec<(bool, usize, String)> {
+/// Offsets where `pat` occurs with no identifier byte before it.
+fn word_starts<'a>(code: &'a str, pat: &'a str) -> impl Iterator<Item = usize> + 'a {
+    code.match_indices(pat)
+        .map(|(i, _)| i)
+        .filter(|&i| !ident_byte(prev(code.as_bytes(), i)))
+}
+
+/// The identifier (letters, digits, `_`) starting at byte `at`.
+fn ident_at(code: &str, at: usize) -> &str {
+    let rest = &code[at..];
+    &rest[..rest
+        .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .unwrap_or(rest.len())]
+}
+
+/// The `use` statements of stripped code.
+fn use_statements(code: &str) -> Vec<UseStmt> {
     let b = code.as_bytes();
-    let mut out = Vec::new();
-    let mut from = 0;
-    while let Some(p) = code[from..].find("use") {
-        let i = from + p;
-        from = i + 3;
-        if ident_byte(prev(b, i)) || !b.get(i + 3).is_some_and(|c| c.is_ascii_whitespace()) {
+    let mut out: Vec<UseStmt> = Vec::new();
+    for i in word_starts(code, "use") {
+        let after_last = out.last().is_none_or(|u| i >= u.span.end);
+        if !after_last || !b.get(i + 3).is_some_and(|c| c.is_ascii_whitespace()) {
             continue;
         }
         let Some(end) = code[i..].find(';') else {
@@ -245,28 +295,23 @@ fn use_statements(code: &str) -> Vec<(bool, usize, String)> {
         };
         let before = code[..i].trim_end();
         let public = before.ends_with("pub") || before.ends_with(')') && before.contains("pub(");
-        out.push((public, i, code[i + 3..i + end].to_string()));
-        from = i + end;
+        out.push(UseStmt {
+            public,
+            span: i..i + end,
+            tree: code[i + 3..i + end].to_string(),
+        });
     }
     out
 }
 
 /// Inline paths such as `crate::data::DataError` outside `use` statements: (offset, segments).
-fn inline_paths(
-    code: &str,
-    uses: &[(bool, usize, String)],
-    roots: &[&str],
-) -> Vec<(usize, Vec<String>)> {
-    let b = code.as_bytes();
-    let in_use = |i: usize| uses.iter().any(|(_, s, t)| i >= *s && i < s + 3 + t.len());
+fn inline_paths(file: &SourceFile, roots: &[&str]) -> Vec<(usize, Vec<String>)> {
+    let (code, b) = (&file.code, file.code.as_bytes());
     let mut out = Vec::new();
     for root in roots {
         let pat = format!("{root}::");
-        let mut from = 0;
-        while let Some(p) = code[from..].find(&pat) {
-            let i = from + p;
-            from = i + pat.len();
-            if ident_byte(prev(b, i)) || prev(b, i) == b'$' || prev(b, i) == b':' || in_use(i) {
+        for i in word_starts(code, &pat) {
+            if prev(b, i) == b'$' || prev(b, i) == b':' || file.in_use(i) {
                 continue;
             }
             let mut j = i;
@@ -311,16 +356,7 @@ impl Graph {
     fn build(sources: &[(String, String)]) -> Graph {
         let mut files = BTreeMap::new();
         for (path, text) in sources {
-            let code = strip(text);
-            let uses = use_statements(&code);
-            files.insert(
-                module_of(path),
-                SourceFile {
-                    path: format!("src/{path}"),
-                    code,
-                    uses,
-                },
-            );
+            files.insert(module_of(path), SourceFile::new(path, text));
         }
         let mut g = Graph {
             files,
@@ -382,18 +418,15 @@ impl Graph {
     /// The file an item re-exported by `module` under `name` comes from, if it is one.
     fn reexport(&self, module: &Module, name: &str, depth: usize) -> Option<Module> {
         let file = &self.files[module];
-        for (public, _, tree) in &file.uses {
-            if !public {
-                continue;
-            }
-            for path in expand_tree(tree) {
+        for u in file.uses.iter().filter(|u| u.public) {
+            for path in expand_tree(&u.tree) {
                 let last = path.last()?;
                 if last == name {
                     return self.resolve(module, &path, depth + 1);
                 }
                 if last == "*"
                     && let Some(target) = self.resolve(module, &path, depth + 1)
-                    && defines(&self.files[&target].code, name)
+                    && self.files[&target].items.contains(name)
                 {
                     return Some(target);
                 }
@@ -436,28 +469,27 @@ impl Graph {
                 });
             }
         };
-        for (public, at, tree) in &file.uses {
-            for path in expand_tree(tree) {
-                let to = self.resolve(&from_at(*at), &path, 0);
+        for u in &file.uses {
+            let at = u.span.start;
+            for path in expand_tree(&u.tree) {
+                let to = self.resolve(&from_at(at), &path, 0);
                 // A facade re-export of a descendant counts only if this file's code uses it.
-                if *public && to.as_ref().is_some_and(|t| t.starts_with(m)) {
+                if u.public && to.as_ref().is_some_and(|t| t.starts_with(m)) {
                     let name = path.last().cloned().unwrap_or_default();
                     let used = if name == "*" {
                         let target = to.clone().unwrap_or_default();
-                        items(&self.files[&target].code)
-                            .iter()
-                            .any(|i| uses_name(&file.code, &file.uses, i))
+                        self.files[&target].items.iter().any(|i| file.names(i))
                     } else {
-                        uses_name(&file.code, &file.uses, &name)
+                        file.names(&name)
                     };
                     if !used {
                         continue;
                     }
                 }
-                push(to, *at, path.join("::"));
+                push(to, at, path.join("::"));
             }
         }
-        for (at, path) in inline_paths(&file.code, &file.uses, roots) {
+        for (at, path) in inline_paths(file, roots) {
             push(self.resolve(&from_at(at), &path, 0), at, path.join("::"));
         }
         edges
@@ -578,19 +610,10 @@ impl Graph {
 fn inline_modules(code: &str) -> Vec<(String, usize, usize)> {
     let b = code.as_bytes();
     let mut out = Vec::new();
-    let mut from = 0;
-    while let Some(p) = code[from..].find("mod ") {
-        let i = from + p;
-        from = i + 4;
-        if ident_byte(prev(b, i)) {
-            continue;
-        }
-        let name: String = code[i + 4..]
-            .trim_start()
-            .chars()
-            .take_while(|c| c.is_alphanumeric() || *c == '_')
-            .collect();
-        let after = code[i + 4..].trim_start()[name.len()..].trim_start();
+    for i in word_starts(code, "mod ") {
+        let rest = code[i + 4..].trim_start();
+        let name = ident_at(rest, 0).to_string();
+        let after = rest[name.len()..].trim_start();
         if name.is_empty() || !after.starts_with('{') {
             continue;
         }
@@ -614,40 +637,11 @@ fn items(code: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for kw in ["struct", "enum", "fn", "type", "const", "static", "trait"] {
         let pat = format!("pub {kw} ");
-        let mut from = 0;
-        while let Some(p) = code[from..].find(&pat) {
-            let s = from + p + pat.len();
-            let name: String = code[s..]
-                .chars()
-                .take_while(|c| c.is_alphanumeric() || *c == '_')
-                .collect();
-            out.insert(name);
-            from = s;
+        for i in word_starts(code, &pat) {
+            out.insert(ident_at(code, i + pat.len()).to_string());
         }
     }
     out
-}
-
-fn defines(code: &str, name: &str) -> bool {
-    items(code).contains(name)
-}
-
-/// Whether `name` appears as an identifier in the code outside `use` statements.
-fn uses_name(code: &str, uses: &[(bool, usize, String)], name: &str) -> bool {
-    let b = code.as_bytes();
-    let mut from = 0;
-    while let Some(p) = code[from..].find(name) {
-        let i = from + p;
-        from = i + name.len();
-        let inside_use = uses.iter().any(|(_, s, t)| i >= *s && i < s + 3 + t.len());
-        if !inside_use
-            && !ident_byte(prev(b, i))
-            && !b.get(i + name.len()).is_some_and(|&c| ident_byte(c))
-        {
-            return true;
-        }
-    }
-    false
 }
 
 fn read_tree(dir: &Path, rel: &str, out: &mut Vec<(String, String)>) {
