@@ -122,6 +122,7 @@ fn backward(
     let part = |step: usize, k: usize| &saved[(step * 5 + k) * bh..][..bh];
     // The cell state before step 0.
     let zero_cell = vec![0.0f32; bh];
+    let w_t = View::transposed(w_rec, g4);
     for step in (0..t).rev() {
         let (si, sf, so, sg, sc) = (
             part(step, 0),
@@ -163,7 +164,6 @@ fn backward(
         let fed_t = View::transposed(&fed, h);
         gemm_into(&mut dw, fed_t, dg, [h, b, g4], true, Parallelism::None);
         // dh_{step-1} = (dgates [B, 4H] * W^T [4H, H]) * mask
-        let w_t = View::transposed(w_rec, g4);
         gemm_into(&mut dh, dg, w_t, [b, g4, h], false, Parallelism::None);
         dh.iter_mut().zip(mask).for_each(|(v, m)| *v *= m);
     }
