@@ -179,6 +179,36 @@ fn tracking_sync(loaded: &LoadedConfig) -> Result<Outcome> {
     ))
 }
 
+/// The summary as printed: the cache path first (for scripts), then the counts.
+fn fetch_outcome(s: &FetchSummary) -> Outcome {
+    let q = &s.quality;
+    let mut text = format!(
+        "{}\nshards: {} ({} fetched, {} reused, of which {} from another time range)\n",
+        s.cache_dir.display(),
+        s.shards,
+        s.shards_fetched,
+        s.shards_reused,
+        s.shards_linked
+    );
+    for (symbol, n) in &s.snapshots {
+        text.push_str(&format!("{symbol}: {n} snapshots\n"));
+    }
+    text.push_str(&format!(
+        "quality: {} rows read, {} dropped, {} filtered by the source; {} of {} snapshots dropped \
+         ({} missing levels, {} crossed, {} conflicting duplicates, {} unsorted levels)\n",
+        q.rows_read,
+        q.rows_dropped(),
+        q.rows_filtered_in_source,
+        q.snapshots_dropped(),
+        q.snapshots_read,
+        q.snapshots_dropped_missing_levels,
+        q.snapshots_dropped_crossed,
+        q.snapshots_dropped_conflicting_duplicates,
+        q.snapshots_dropped_unsorted_levels,
+    ));
+    Outcome::of(text, s)
+}
+
 fn preprocess_outcome(s: &PreprocessSummary) -> Outcome {
     Outcome::of(
         format!(
@@ -414,35 +444,5 @@ fn record_outcome(s: &RecordSummary) -> Outcome {
             s.spill_file.display()
         ));
     }
-    Outcome::of(text, s)
-}
-
-/// The summary as printed: the cache path first (for scripts), then the counts.
-fn fetch_outcome(s: &FetchSummary) -> Outcome {
-    let q = &s.quality;
-    let mut text = format!(
-        "{}\nshards: {} ({} fetched, {} reused, of which {} from another time range)\n",
-        s.cache_dir.display(),
-        s.shards,
-        s.shards_fetched,
-        s.shards_reused,
-        s.shards_linked
-    );
-    for (symbol, n) in &s.snapshots {
-        text.push_str(&format!("{symbol}: {n} snapshots\n"));
-    }
-    text.push_str(&format!(
-        "quality: {} rows read, {} dropped, {} filtered by the source; {} of {} snapshots dropped \
-         ({} missing levels, {} crossed, {} conflicting duplicates, {} unsorted levels)\n",
-        q.rows_read,
-        q.rows_dropped(),
-        q.rows_filtered_in_source,
-        q.snapshots_dropped(),
-        q.snapshots_read,
-        q.snapshots_dropped_missing_levels,
-        q.snapshots_dropped_crossed,
-        q.snapshots_dropped_conflicting_duplicates,
-        q.snapshots_dropped_unsorted_levels,
-    ));
     Outcome::of(text, s)
 }
