@@ -218,3 +218,61 @@ fn the_oracle_follows_smoothed_and_absolute_labels() {
     assert!(n >= 50_000);
     assert!(ece <= 0.02, "oracle ECE {ece} over {n} steps");
 }
+
+/// The target's book of `days`, fetched as its own range.
+fn target_book(days: (&str, &str)) -> binance_ml::data::OrderBook {
+    let dir = tempfile::tempdir().unwrap();
+    let signal = "    signal: {strength: 0.3, persistence: 0.98, lead_lag: 0.2}\n";
+    let config = common::config(&market_yaml(dir.path(), days, signal));
+    fetch(&config, false).unwrap();
+    let mut object = open_cache(&config).unwrap().load().unwrap();
+    object.order_books.remove("BTCUSDT").unwrap()
+}
+
+#[test]
+fn a_day_is_the_same_market_in_every_range_that_contains_it() {
+    let long = target_book(("2024-08-01", "2024-08-03"));
+    let day = target_book(("2024-08-02", "2024-08-02"));
+    let (from, to) = (1_722_556_800_000, 1_722_643_200_000); // 2024-08-02, 08-03
+    let rows: Vec<usize> = (0..long.len())
+        .filter(|&i| (from..to).contains(&long.snapshot_timestamps[i]))
+        .collect();
+    // The same snapshots (gaps and dropped corrupt rows included) and the same queues.
+    let in_long: Vec<i64> = rows.iter().map(|&i| long.snapshot_timestamps[i]).collect();
+    assert_eq!(in_long, day.snapshot_timestamps);
+    assert!(day.len() > 8000, "{} snapshots", day.len());
+    for (j, &i) in rows.iter().enumerate() {
+        assert_eq!(
+            long.bid_qty.row(i),
+            day.bid_qty.row(j),
+            "bid queues at row {j}"
+        );
+        assert_eq!(
+            long.ask_qty.row(i),
+            day.ask_qty.row(j),
+            "ask queues at row {j}"
+        );
+    }
+    // The same returns: only the price level differs (to the tick's rounding, 0.1 / 60k).
+    let mid = |b: &binance_ml::data::OrderBook, i: usize| {
+        (b.bid_price.row(i)[0] + b.ask_price.row(i)[0]) / 2.0
+    };
+    let ratios: Vec<f64> = rows
+        .iter()
+        .enumerate()
+        .map(|(j, &i)| (mid(&long, i) / mid(&day, j)).ln())
+        .collect();
+    let level = ratios[0];
+    let drift = ratios.iter().map(|r| (r - level).abs()).fold(0.0, f64::max);
+    assert!(
+        drift < 1e-5,
+        "the log price gap moves by {drift} over the day"
+    );
+
+    // Consecutive one-day ranges are consecutive days, not the same day again.
+    let next = target_book(("2024-08-03", "2024-08-03"));
+    let same = (0..day.len().min(next.len()))
+        .filter(|&i| day.bid_qty.row(i) == next.bid_qty.row(i))
+        .count();
+    assert!(same < day.len() / 100, "{same} rows of 08-03 repeat 08-02");
+}

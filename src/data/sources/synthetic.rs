@@ -12,6 +12,13 @@
 //! previous return (`lead_lag`), and the strength changes at `change_at` (a regime change).
 //! The signal draws from its own random stream, so without it (or with zero strength, zero
 //! lead-lag and no change) every byte is that of the plain random walk.
+//!
+//! Every draw is keyed by the timestamp it belongs to, and the path starts a burn-in before
+//! the configured range (a day, or longer until the imbalance has forgotten its start), so a
+//! moment of the market is the same whichever range contains it: two ranges that share a day
+//! see the same regimes, imbalance, returns, queues, gaps and corrupt rows there, and only the
+//! price level (where the burn-in's walk left it) differs. Consecutive one-day ranges are
+//! consecutive days of one market, not the same day again.
 
 use indicatif::ProgressBar;
 
@@ -32,6 +39,12 @@ const SIGNAL_STREAM: u64 = 3;
 const CALM_SPELL_SECONDS: f64 = 14_400.0;
 const VOLATILE_SPELL_SECONDS: f64 = 3600.0;
 const VOLATILE_SCALE: f64 = 2.5;
+// The burn-in before a range's start: at least a day (the regime chain has then coalesced
+// with that of any earlier start, P(not) < e^-17), longer while the imbalance still carries
+// more than 1e-12 of its start, at most 30 days.
+const BURN_IN_SECONDS: f64 = 86_400.0;
+const MAX_BURN_IN_SECONDS: f64 = 30.0 * 86_400.0;
+const IMBALANCE_MEMORY: f64 = 1e-12;
 
 fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -115,12 +128,15 @@ struct Asset {
 /// Path state at one grid step.
 #[derive(Debug, Clone)]
 struct State {
+    /// Steps since the path's origin (the burn-in's start).
     step: u64,
     log_price: Vec<f64>,
     volatile: bool,
     /// The latent order-flow imbalance `I` (0 without a signal).
     imbalance: f64,
-    /// The first correlated asset's last log return (what the target follows with lead-lag).
+    /// The first correlated asset's last log return (what the target follows with lead-lag),
+    /// kept as drawn rather than as a difference of log prices, so that it does not depend on
+    /// the price level.
     lead_return: f64,
 }
 
@@ -133,14 +149,14 @@ struct Signal {
 
 impl Signal {
     /// The signal of `synthetic`, or `None` when it would change nothing (the plain walk).
-    fn of(synthetic: &SyntheticConfig, start_ms: i64, cadence_ms: i64) -> Option<Self> {
+    fn of(synthetic: &SyntheticConfig, origin_ms: i64, cadence_ms: i64) -> Option<Self> {
         let config = synthetic.signal.clone()?;
         let after = config.strength_after.unwrap_or(0.0);
         if config.strength == 0.0 && after == 0.0 && config.lead_lag == 0.0 {
             return None;
         }
         let change_step = config.change_at.as_ref().map(|t| {
-            let ms = t.start().timestamp_millis() - start_ms;
+            let ms = t.start().timestamp_millis() - origin_ms;
             (ms.max(0) as u64).div_ceil(cadence_ms as u64)
         });
         Some(Self {
@@ -165,7 +181,8 @@ pub struct SyntheticSource {
     symbols: Vec<Symbol>,
     assets: Vec<Asset>,
     depth: usize,
-    start_ms: i64,
+    /// Where the path starts: the range's start less the burn-in, on the range's grid.
+    origin_ms: i64,
     cadence_ms: i64,
     signal: Option<Signal>,
     state: State,
@@ -199,14 +216,15 @@ impl SyntheticSource {
             .collect();
         let start_ms = data.time_range.start_date.start().timestamp_millis();
         let cadence_ms = i64::from(data.time_range.cadence_seconds.seconds()) * 1000;
+        let origin_ms = start_ms - burn_in_steps(&data.synthetic, cadence_ms) * cadence_ms;
         let mut source = Self {
             config: data.synthetic.clone(),
             symbols,
             assets,
             depth: data.order_book.depth_levels as usize,
-            start_ms,
+            origin_ms,
             cadence_ms,
-            signal: Signal::of(&data.synthetic, start_ms, cadence_ms),
+            signal: Signal::of(&data.synthetic, origin_ms, cadence_ms),
             state: State {
                 step: 0,
                 log_price: Vec::new(),
@@ -219,10 +237,15 @@ impl SyntheticSource {
         source
     }
 
+    /// The random-stream key of `step`: its timestamp.
+    fn key(&self, step: u64) -> u64 {
+        (self.origin_ms + step as i64 * self.cadence_ms) as u64
+    }
+
     fn initial_state(&self) -> State {
-        // I starts from its stationary law.
+        // I starts from its stationary law (a draw of its own: the steps use sub-keys 0, 1).
         let imbalance = match self.signal {
-            Some(_) => Rng::for_key(self.config.seed, SIGNAL_STREAM, u64::MAX, 0).normal(),
+            Some(_) => Rng::for_key(self.config.seed, SIGNAL_STREAM, self.key(0), 2).normal(),
             None => 0.0,
         };
         State {
@@ -250,7 +273,7 @@ impl SyntheticSource {
     fn advance(&mut self) {
         let c = &self.config;
         let dt = self.cadence_seconds();
-        let mut rng = Rng::for_key(c.seed, PATH_STREAM, self.state.step, 0);
+        let mut rng = Rng::for_key(c.seed, PATH_STREAM, self.key(self.state.step), 0);
         let switch = if self.state.volatile {
             dt / VOLATILE_SPELL_SECONDS
         } else {
@@ -264,7 +287,7 @@ impl SyntheticSource {
         } else {
             1.0
         };
-        let lead_before = self.state.log_price.get(1).copied();
+        let mut lead_return = 0.0;
         let common = rng.normal();
         let rho = c.correlation;
         for (i, asset) in self.assets.iter().enumerate() {
@@ -275,7 +298,11 @@ impl SyntheticSource {
             };
             let sigma =
                 c.base_volatility * regime * asset.vol_scale * (dt / SECONDS_PER_YEAR).sqrt();
-            self.state.log_price[i] += -0.5 * sigma * sigma + sigma * z;
+            let r = -0.5 * sigma * sigma + sigma * z;
+            self.state.log_price[i] += r;
+            if i == 1 {
+                lead_return = r;
+            }
         }
         let calm = self.calm_sigma(0);
         if let Some(signal) = &self.signal {
@@ -283,12 +310,10 @@ impl SyntheticSource {
             let step = self.state.step;
             self.state.log_price[0] += signal.strength_at(step) * calm * self.state.imbalance
                 + s.lead_lag * self.state.lead_return;
-            let mut srng = Rng::for_key(c.seed, SIGNAL_STREAM, step, 0);
+            let mut srng = Rng::for_key(c.seed, SIGNAL_STREAM, self.key(step), 0);
             self.state.imbalance = s.persistence * self.state.imbalance
                 + (1.0 - s.persistence * s.persistence).sqrt() * srng.normal();
-            if let Some(before) = lead_before {
-                self.state.lead_return = self.state.log_price[1] - before;
-            }
+            self.state.lead_return = lead_return;
         }
         self.state.step += 1;
     }
@@ -299,7 +324,8 @@ impl SyntheticSource {
         let mut shifts = vec![0.0; self.depth];
         if let (0, Some(signal)) = (i, &self.signal) {
             let s = &signal.config;
-            let mut rng = Rng::for_key(self.config.seed, SIGNAL_STREAM, self.state.step, 1);
+            let key = self.key(self.state.step);
+            let mut rng = Rng::for_key(self.config.seed, SIGNAL_STREAM, key, 1);
             for shift in shifts.iter_mut().take(s.levels as usize) {
                 let observed = self.state.imbalance + s.observation_noise * rng.normal();
                 *shift = 0.5 * s.tilt * observed;
@@ -311,13 +337,13 @@ impl SyntheticSource {
     /// Pushes the rows of every symbol's book at the current step.
     fn emit(&self, asm: &mut Assembler) {
         let c = &self.config;
-        let step = self.state.step;
-        let ts_ms = self.start_ms + step as i64 * self.cadence_ms;
+        let key = self.key(self.state.step);
+        let ts_ms = key as i64;
         for (i, asset) in self.assets.iter().enumerate() {
             let Some(symbol) = asm.symbol_index(self.symbols[i].as_str()) else {
                 continue;
             };
-            let mut rng = Rng::for_key(c.seed, BOOK_STREAM, step, i as u64);
+            let mut rng = Rng::for_key(c.seed, BOOK_STREAM, key, i as u64);
             if rng.uniform() < c.gap_probability {
                 continue;
             }
@@ -554,12 +580,12 @@ impl Oracle {
     }
 
     /// Class probabilities (`classes()` per timestamp) at each of `ts_ms`, which must be
-    /// increasing and on the market's grid; the path is replayed from the start.
+    /// increasing and on the market's grid; the path is replayed from its origin.
     pub fn probabilities(&mut self, ts_ms: &[i64]) -> Result<Vec<f64>, String> {
         let k = self.classes();
         let mut out = Vec::with_capacity(ts_ms.len() * k);
         self.path.state = self.path.initial_state();
-        let (start, cadence) = (self.path.start_ms, self.path.cadence_ms);
+        let (origin, cadence) = (self.path.origin_ms, self.path.cadence_ms);
         let fixed = self.path.signal.as_ref().map_or([(0.0, 0.0); 2], |g| {
             let after = g.config.strength_after.unwrap_or(g.config.strength);
             [
@@ -568,10 +594,10 @@ impl Oracle {
             ]
         });
         for &ts in ts_ms {
-            let offset = ts - start;
+            let offset = ts - origin;
             if offset < 0 || offset % cadence != 0 {
                 return Err(format!(
-                    "timestamp {ts} ms is not on the synthetic grid (start {start} ms, \
+                    "timestamp {ts} ms is not on the synthetic grid (origin {origin} ms, \
                      cadence {cadence} ms)"
                 ));
             }
@@ -614,6 +640,21 @@ impl Oracle {
     }
 }
 
+/// Steps of burn-in before a range's start (see [`BURN_IN_SECONDS`]).
+fn burn_in_steps(config: &SyntheticConfig, cadence_ms: i64) -> i64 {
+    let cadence = cadence_ms as f64 / 1000.0;
+    let memory = config.signal.as_ref().map_or(0.0, |s| {
+        // Steps until persistence^n < IMBALANCE_MEMORY (0 for a memoryless imbalance).
+        if s.persistence > 0.0 {
+            IMBALANCE_MEMORY.ln() / s.persistence.ln() * cadence
+        } else {
+            0.0
+        }
+    });
+    let seconds = memory.clamp(BURN_IN_SECONDS, MAX_BURN_IN_SECONDS);
+    (seconds / cadence).ceil() as i64
+}
+
 /// Standard normal CDF.
 fn normal_cdf(x: f64) -> f64 {
     0.5 * libm::erfc(-x / std::f64::consts::SQRT_2)
@@ -631,8 +672,8 @@ impl Source for SyntheticSource {
         asm: &mut Assembler,
         progress: &ProgressBar,
     ) -> Result<(), DataError> {
-        let first = ((start_ms - self.start_ms).max(0) as u64).div_ceil(self.cadence_ms as u64);
-        let end = ((end_ms - self.start_ms).max(0) as u64).div_ceil(self.cadence_ms as u64);
+        let first = ((start_ms - self.origin_ms).max(0) as u64).div_ceil(self.cadence_ms as u64);
+        let end = ((end_ms - self.origin_ms).max(0) as u64).div_ceil(self.cadence_ms as u64);
         if self.state.step > first {
             // Asked for an earlier span: replay the path from the start.
             self.state = self.initial_state();
