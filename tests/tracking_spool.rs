@@ -4,7 +4,7 @@ mod common;
 
 use std::collections::HashSet;
 
-use binance_ml::tracking::spool::TAG_CLIENT_ID;
+use binance_ml::tracking::TAG_CLIENT_ID;
 use binance_ml::tracking::stage::TAG_INPUT_RUN_PREFIX;
 use binance_ml::tracking::*;
 use serde_json::json;

@@ -26,6 +26,17 @@ pub enum Error {
     /// `tracking sync` failed.
     #[error(transparent)]
     Tracking(#[from] TrackingError),
+    /// `tracking sync` replayed everything it could, but the server refused some operations.
+    #[error(
+        "{summary}\n{failed} operation(s) could not be applied; they stay in the spool for the \
+         next `binance-ml tracking sync`"
+    )]
+    SyncIncomplete {
+        /// What the sync did, failures listed.
+        summary: String,
+        /// How many operations failed.
+        failed: usize,
+    },
 }
 
 impl Error {
@@ -37,6 +48,7 @@ impl Error {
             Error::Predict(e) => e.exit_code(),
             Error::Record(e) => e.exit_code(),
             Error::Tracking(e) => e.exit_code(),
+            Error::SyncIncomplete { .. } => ExitCode::External,
         }
     }
 }

@@ -46,7 +46,7 @@ pub fn execute(cli: &Cli, loaded: &LoadedConfig) -> Result<Outcome> {
     let p = Pipeline::new(loaded);
     // Stages that write to the work directory take its lock (predict and the read-only
     // commands do not; record writes to the database or its own files).
-    let _lock = match &cli.command {
+    let lock = match &cli.command {
         Command::Fetch(_)
         | Command::Preprocess(_)
         | Command::Diagnose
@@ -60,6 +60,33 @@ pub fn execute(cli: &Cli, loaded: &LoadedConfig) -> Result<Outcome> {
         ),
         _ => None,
     };
+    if lock.is_some() {
+        // Runs a killed process of this work directory left RUNNING end FAILED now.
+        tracking::fail_dead_runs(&TrackingSettings::from_config(&loaded.config));
+    }
+    let outcome = dispatch(cli, loaded, &p)?;
+    drop(lock);
+    Ok(note_provisional_ids(outcome))
+}
+
+/// Appends, when this command journaled MLflow writes, that the ids it printed are
+/// provisional and how to learn the server's.
+fn note_provisional_ids(mut outcome: Outcome) -> Outcome {
+    if !tracking::spool::journaled_in_this_process() {
+        return outcome;
+    }
+    outcome.text.push_str(
+        "\nMLflow was not reached: its writes are journaled, and the run ids and model versions \
+         above are provisional. `binance-ml tracking sync` sends them and prints the server id \
+         of each (every synced run carries its provisional id in the tag binance_ml.client_id).",
+    );
+    if let serde_json::Value::Object(map) = &mut outcome.json {
+        map.insert("provisional_ids".into(), json!(true));
+    }
+    outcome
+}
+
+fn dispatch(cli: &Cli, loaded: &LoadedConfig, p: &Pipeline<'_>) -> Result<Outcome> {
     match &cli.command {
         Command::ValidateConfig => Ok(validate_config(loaded)),
         Command::Tracking(TrackingCommand::Sync) => tracking_sync(loaded),
@@ -164,19 +191,42 @@ fn tracking_sync(loaded: &LoadedConfig) -> Result<Outcome> {
         journals = report.journals,
         replayed = report.ops_replayed,
         busy = report.journals_busy,
+        failed = report.failed.len(),
         "sync finished"
     );
-    Ok(Outcome::of(
-        format!(
-            "synced {} journal(s) from {}: {} operation(s) replayed, {} already done, {} busy",
-            report.journals_completed,
-            spool.display(),
-            report.ops_replayed,
-            report.ops_already_done,
-            report.journals_busy
-        ),
-        &report,
-    ))
+    let mut text = format!(
+        "synced {} journal(s) from {}: {} operation(s) replayed, {} already done, {} busy",
+        report.journals_completed,
+        spool.display(),
+        report.ops_replayed,
+        report.ops_already_done,
+        report.journals_busy
+    );
+    if !report.ids.is_empty() {
+        text.push_str("\nprovisional id -> server id:");
+        for m in &report.ids {
+            text.push_str(&format!("\n  {} -> {}", m.local, m.server));
+        }
+    }
+    if report.failed.is_empty() {
+        return Ok(Outcome::of(text, &report));
+    }
+    for f in &report.failed {
+        text.push_str(&format!(
+            "\nnot applied: {} #{} {}: {}",
+            f.journal, f.seq, f.op, f.error
+        ));
+    }
+    if report.ops_waiting_on_failed > 0 {
+        text.push_str(&format!(
+            "\n{} operation(s) wait for one of those",
+            report.ops_waiting_on_failed
+        ));
+    }
+    Err(Error::SyncIncomplete {
+        summary: text,
+        failed: report.failed.len(),
+    })
 }
 
 /// The summary as printed: the cache path first (for scripts), then the counts.

@@ -143,6 +143,15 @@ impl TrackingError {
         matches!(self, TrackingError::Unreachable { .. })
     }
 
+    /// Whether the request may have reached the server and been applied although no answer
+    /// came back (a transport failure, a 5xx): a create must then be looked up, not repeated.
+    pub fn may_have_been_applied(&self) -> bool {
+        matches!(
+            self,
+            TrackingError::Unreachable { .. } | TrackingError::Server { status: 500.., .. }
+        )
+    }
+
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         TrackingError::Io {
             context: context.into(),

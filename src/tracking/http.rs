@@ -189,6 +189,24 @@ impl HttpClient {
         })
     }
 
+    /// This client with `max_retries` retries per request.
+    pub(crate) fn with_retries(&self, max_retries: u32) -> HttpClient {
+        HttpClient {
+            agent: self.agent.clone(),
+            base: self.base.clone(),
+            auth_header: self.auth_header.clone(),
+            retry: RetryPolicy {
+                max_retries,
+                ..self.retry
+            },
+        }
+    }
+
+    /// The retry policy requests follow.
+    pub(crate) fn retry_policy(&self) -> RetryPolicy {
+        self.retry
+    }
+
     /// The server URL without credentials.
     pub(crate) fn base(&self) -> &str {
         &self.base

@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::error::{Result, TrackingError};
 use super::http::{Credentials, HttpClient, Method, RetryPolicy, enc_path};
-use super::limits::{Batch, clean_artifact_path};
+use super::limits::{Batch, backoff_delay, clean_artifact_path, new_id};
 use super::types::*;
 use super::{Store, file_store};
 
@@ -88,6 +88,31 @@ struct ModelsAnswer {
 struct VersionAnswer {
     model_version: ModelVersion,
 }
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct VersionsAnswer {
+    model_versions: Vec<ModelVersion>,
+}
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct ModelOutput {
+    model_id: String,
+}
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RunOutputs {
+    model_outputs: Vec<ModelOutput>,
+}
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RunWithOutputs {
+    outputs: RunOutputs,
+}
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RunOutputsAnswer {
+    run: RunWithOutputs,
+}
 #[derive(Deserialize)]
 struct Empty {}
 
@@ -125,6 +150,130 @@ impl RestStore {
     ) -> Result<T> {
         self.http
             .json(Method::Post, &format!("{API}{path}"), &[], Some(body))
+    }
+
+    /// This store trying every request once: the look-ups between a create's attempts (the
+    /// create's own loop does the waiting).
+    fn single_attempt(&self) -> RestStore {
+        RestStore {
+            http: self.http.with_retries(0),
+            roots: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A create that must not happen twice. The POST is sent one attempt at a time; after a
+    /// failure that may have been applied with its answer lost (transport error, 5xx),
+    /// `existing` looks the entity up by its client key, and only a look-up that finds nothing
+    /// lets the POST go again. Waits between attempts follow the retry policy.
+    fn create_once<T>(
+        &self,
+        what: &str,
+        send: impl Fn(&RestStore) -> Result<T>,
+        existing: impl Fn(&RestStore) -> Result<Option<T>>,
+    ) -> Result<T> {
+        let once = self.single_attempt();
+        let policy = self.http.retry_policy();
+        let mut attempts = 0;
+        let mut unknown = false;
+        loop {
+            let error = if unknown {
+                match existing(&once) {
+                    Ok(Some(v)) => {
+                        tracing::info!(
+                            what,
+                            "MLflow applied a create whose answer was lost; found it by its key"
+                        );
+                        return Ok(v);
+                    }
+                    Ok(None) => {
+                        unknown = false;
+                        continue;
+                    }
+                    Err(e) => e,
+                }
+            } else {
+                match send(&once) {
+                    Ok(v) => return Ok(v),
+                    Err(e) => {
+                        unknown = e.may_have_been_applied();
+                        e
+                    }
+                }
+            };
+            if !error.may_have_been_applied() || attempts >= policy.max_retries {
+                return Err(match error {
+                    TrackingError::Unreachable { url, reason, .. } => TrackingError::Unreachable {
+                        url,
+                        attempts: attempts + 1,
+                        reason,
+                    },
+                    other => other,
+                });
+            }
+            let delay = backoff_delay(attempts, policy.base, policy.cap);
+            tracing::debug!(
+                what,
+                attempts,
+                ?delay,
+                "MLflow create failed; looking it up before retrying"
+            );
+            std::thread::sleep(delay);
+            attempts += 1;
+        }
+    }
+
+    /// The run of `experiment_id` carrying client key `key`, if the server has one.
+    pub(crate) fn find_run(&self, experiment_id: &str, key: &str) -> Result<Option<RunInfo>> {
+        let page = self.search_runs(&SearchRuns {
+            experiment_ids: vec![experiment_id.to_string()],
+            filter: format!("tags.`{TAG_CLIENT_ID}` = '{key}'"),
+            max_results: 1,
+            ..SearchRuns::default()
+        })?;
+        Ok(page.runs.into_iter().next().map(|r| r.info))
+    }
+
+    /// The logged model of `experiment_id` carrying client key `key`, if any.
+    pub(crate) fn find_logged_model(
+        &self,
+        experiment_id: &str,
+        key: &str,
+    ) -> Result<Option<LoggedModel>> {
+        let found = self.search_logged_models(
+            &[experiment_id.to_string()],
+            &format!("tags.`{TAG_CLIENT_ID}` = '{key}'"),
+        )?;
+        Ok(found.into_iter().next())
+    }
+
+    /// The version of registered model `name` made from logged model `model_id` by `run_id`,
+    /// if any (a logged model is registered once, so its source is the version's key).
+    pub(crate) fn find_model_version(
+        &self,
+        name: &str,
+        model_id: &str,
+        run_id: &str,
+    ) -> Result<Option<ModelVersion>> {
+        // Run ids are hex, names may hold anything: filter by the run, match the rest here.
+        let filter = format!("run_id = '{run_id}'");
+        let a: VersionsAnswer = self.get(
+            "/model-versions/search",
+            &[("filter", &filter), ("max_results", "1000")],
+        )?;
+        let source = format!("models:/{model_id}");
+        Ok(a.model_versions
+            .into_iter()
+            .find(|v| v.name == name && v.source == source))
+    }
+
+    /// Whether `model_id` is among `run_id`'s model outputs.
+    fn has_model_output(&self, run_id: &str, model_id: &str) -> Result<bool> {
+        let a: RunOutputsAnswer = self.get("/runs/get", &[("run_id", run_id)])?;
+        Ok(a.run
+            .outputs
+            .model_outputs
+            .iter()
+            .any(|m| m.model_id == model_id))
     }
 
     fn remember_root(&self, id: &str, uri: &str) {
@@ -212,9 +361,31 @@ impl Store for RestStore {
     }
 
     fn create_experiment(&self, name: &str, tags: &[Tag]) -> Result<String> {
-        let a: CreateExperimentAnswer =
-            self.post("/experiments/create", &json!({"name": name, "tags": tags}))?;
-        Ok(a.experiment_id)
+        match self.post::<CreateExperimentAnswer>(
+            "/experiments/create",
+            &json!({"name": name, "tags": tags}),
+        ) {
+            Ok(a) => Ok(a.experiment_id),
+            // Created meanwhile (by another process, or by our own attempt whose answer was
+            // lost): the experiment of that name is the one asked for.
+            Err(TrackingError::Server { error_code, .. })
+                if error_code == "RESOURCE_ALREADY_EXISTS" =>
+            {
+                match self.experiment_by_name(name)? {
+                    Some(e) if e.lifecycle_stage == "deleted" => {
+                        Err(TrackingError::ExperimentDeleted {
+                            name: name.to_string(),
+                            experiment_id: e.experiment_id,
+                        })
+                    }
+                    Some(e) => Ok(e.experiment_id),
+                    None => Err(TrackingError::NotFound {
+                        what: format!("experiment '{name}' after MLflow said it exists"),
+                    }),
+                }
+            }
+            Err(e) => Err(e),
+        }
     }
 
     fn set_experiment_tag(&self, experiment_id: &str, tag: &Tag) -> Result<()> {
@@ -226,12 +397,19 @@ impl Store for RestStore {
     }
 
     fn create_run(&self, req: &CreateRun) -> Result<RunInfo> {
-        let a: RunAnswer = self.post(
-            "/runs/create",
-            &serde_json::to_value(req).unwrap_or_default(),
+        let mut req = req.clone();
+        let key = client_id(&mut req.tags, new_id);
+        let body = serde_json::to_value(&req).unwrap_or_default();
+        let info = self.create_once(
+            "run",
+            |s| {
+                s.post::<RunAnswer>("/runs/create", &body)
+                    .map(|a| a.run.info)
+            },
+            |s| s.find_run(&req.experiment_id, &key),
         )?;
-        self.remember_root(&a.run.info.run_id, &a.run.info.artifact_uri);
-        Ok(a.run.info)
+        self.remember_root(&info.run_id, &info.artifact_uri);
+        Ok(info)
     }
 
     fn update_run(&self, run_id: &str, status: RunStatus, end_time: Option<i64>) -> Result<()> {
@@ -332,11 +510,17 @@ impl Store for RestStore {
     }
 
     fn create_logged_model(&self, req: &CreateLoggedModel) -> Result<LoggedModel> {
-        let a: ModelAnswer = self.post(
-            "/logged-models",
-            &serde_json::to_value(req).unwrap_or_default(),
+        let mut req = req.clone();
+        let key = client_id(&mut req.tags, || format!("m-{}", new_id()));
+        let body = serde_json::to_value(&req).unwrap_or_default();
+        let m = self.create_once(
+            "logged model",
+            |s| {
+                s.post::<ModelAnswer>("/logged-models", &body)
+                    .map(|a| a.model.into_model())
+            },
+            |s| s.find_logged_model(&req.experiment_id, &key),
         )?;
-        let m = a.model.into_model();
         self.remember_root(&m.model_id, &m.artifact_uri);
         Ok(m)
     }
@@ -364,11 +548,22 @@ impl Store for RestStore {
     }
 
     fn link_model_output(&self, run_id: &str, model_id: &str, step: i64) -> Result<()> {
-        self.post::<Empty>(
+        match self.post::<Empty>(
             "/runs/outputs",
             &json!({"run_id": run_id, "models": [{"model_id": model_id, "step": step}]}),
-        )
-        .map(drop)
+        ) {
+            Ok(_) => Ok(()),
+            // A link made before (a replay, a retry after a lost answer) is refused with 400
+            // (UNIQUE constraint); it is done if the run lists the model among its outputs.
+            Err(e @ TrackingError::Server { status: 400, .. }) => {
+                if self.has_model_output(run_id, model_id)? {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
+            Err(e) => Err(e),
+        }
     }
 
     fn search_logged_models(
@@ -413,12 +608,16 @@ impl Store for RestStore {
         model_id: &str,
         run_id: &str,
     ) -> Result<ModelVersion> {
-        let a: VersionAnswer = self.post(
-            "/model-versions/create",
-            &json!({"name": name, "source": format!("models:/{model_id}"), "run_id": run_id,
-                    "model_id": model_id}),
-        )?;
-        Ok(a.model_version)
+        let body = json!({"name": name, "source": format!("models:/{model_id}"),
+                          "run_id": run_id, "model_id": model_id});
+        self.create_once(
+            "model version",
+            |s| {
+                s.post::<VersionAnswer>("/model-versions/create", &body)
+                    .map(|a| a.model_version)
+            },
+            |s| s.find_model_version(name, model_id, run_id),
+        )
     }
 
     fn set_alias(&self, name: &str, alias: &str, version: &str) -> Result<()> {

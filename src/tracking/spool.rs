@@ -32,9 +32,6 @@ use super::rest::RestStore;
 use super::types::*;
 use super::{Store, StoreKind, TrackingSettings, store_kind};
 
-/// Tag carrying the client id of a journaled run or logged model (idempotent replay).
-pub const TAG_CLIENT_ID: &str = "binance_ml.client_id";
-
 /// One journaled operation; ids may be client ids resolved at replay.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -146,6 +143,61 @@ pub enum Op {
     },
 }
 
+impl Op {
+    /// The operation's name in journals and reports.
+    fn name(&self) -> &'static str {
+        match self {
+            Op::CreateExperiment { .. } => "create_experiment",
+            Op::SetExperimentTag { .. } => "set_experiment_tag",
+            Op::CreateRun { .. } => "create_run",
+            Op::UpdateRun { .. } => "update_run",
+            Op::LogBatch { .. } => "log_batch",
+            Op::UploadArtifact { .. } => "upload_artifact",
+            Op::CreateLoggedModel { .. } => "create_logged_model",
+            Op::UploadModelFile { .. } => "upload_model_file",
+            Op::FinalizeLoggedModel { .. } => "finalize_logged_model",
+            Op::LinkModelOutput { .. } => "link_model_output",
+            Op::EnsureRegisteredModel { .. } => "ensure_registered_model",
+            Op::CreateModelVersion { .. } => "create_model_version",
+            Op::SetAlias { .. } => "set_alias",
+        }
+    }
+
+    /// The client id this operation creates, if it is a create.
+    fn creates(&self) -> Option<&str> {
+        match self {
+            Op::CreateExperiment { local_id, .. }
+            | Op::CreateRun { local_id, .. }
+            | Op::CreateLoggedModel { local_id, .. }
+            | Op::CreateModelVersion { local_id, .. } => Some(local_id),
+            _ => None,
+        }
+    }
+
+    /// The ids this operation refers to (experiment, run, model, version).
+    fn refers_to(&self) -> Vec<&str> {
+        match self {
+            Op::CreateExperiment { .. } | Op::EnsureRegisteredModel { .. } => Vec::new(),
+            Op::SetExperimentTag { experiment_id, .. } => vec![experiment_id],
+            Op::CreateRun { req, .. } => vec![&req.experiment_id],
+            Op::UpdateRun { run_id, .. }
+            | Op::LogBatch { run_id, .. }
+            | Op::UploadArtifact { run_id, .. } => vec![run_id],
+            Op::CreateLoggedModel { req, .. } => vec![&req.experiment_id, &req.source_run_id],
+            Op::UploadModelFile { model_id, .. } | Op::FinalizeLoggedModel { model_id, .. } => {
+                vec![model_id]
+            }
+            Op::LinkModelOutput {
+                run_id, model_id, ..
+            }
+            | Op::CreateModelVersion {
+                run_id, model_id, ..
+            } => vec![run_id, model_id],
+            Op::SetAlias { version, .. } => vec![version],
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct Entry {
     seq: u64,
@@ -153,10 +205,13 @@ struct Entry {
     op: Op,
 }
 
-#[derive(Serialize, Deserialize)]
-struct IdMapping {
-    local: String,
-    server: String,
+/// A client id and the server id it stands for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdMapping {
+    /// The client id (what a journaling command printed).
+    pub local: String,
+    /// The server's id.
+    pub server: String,
 }
 
 struct Journal {
@@ -183,6 +238,23 @@ fn writer_alive(journal: &Path) -> bool {
         .ok()
         .and_then(|pid| pid.trim().parse::<u32>().ok())
         .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+}
+
+/// Servers this process found unreachable: a spool opened later (the next stage of the same
+/// command) journals at once instead of waiting out its own retries — one outage, one wait.
+static UNREACHABLE: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Whether this process journaled anything: the run and version ids it printed are then
+/// provisional client ids until `tracking sync` (which prints what each became).
+static JOURNALED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this process wrote to a journal (ids it reported are provisional).
+pub fn journaled_in_this_process() -> bool {
+    JOURNALED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+fn unreachable_servers() -> std::sync::MutexGuard<'static, Vec<String>> {
+    UNREACHABLE.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 struct State {
@@ -218,11 +290,15 @@ impl SpoolStore {
     pub fn open(rest: RestStore, dir: &Path, offline: bool) -> Result<Self> {
         fs::create_dir_all(dir.join("blobs"))
             .map_err(|e| TrackingError::io(format!("creating the spool {}", dir.display()), e))?;
+        let known_down = unreachable_servers().contains(&rest.describe());
+        if known_down && !offline {
+            tracing::info!(server = %rest.describe(), "MLflow was unreachable earlier in this command: journaling");
+        }
         Ok(SpoolStore {
             rest,
             dir: dir.to_path_buf(),
             state: Mutex::new(State {
-                online: !offline,
+                online: !offline && !known_down,
                 journal: None,
                 local_experiments: HashMap::new(),
             }),
@@ -234,7 +310,19 @@ impl SpoolStore {
         self.state.lock().expect("spool state poisoned").online
     }
 
+    /// Journals from now on, and tells later spools of this process to do the same.
+    fn go_offline(&self, st: &mut State, error: &TrackingError) {
+        tracing::warn!(error = %error, "switching to the local MLflow spool");
+        st.online = false;
+        let mut down = unreachable_servers();
+        let server = self.rest.describe();
+        if !down.contains(&server) {
+            down.push(server);
+        }
+    }
+
     fn append(&self, st: &mut State, op: &Op) -> Result<()> {
+        JOURNALED.store(true, std::sync::atomic::Ordering::SeqCst);
         if st.journal.is_none() {
             let path = self
                 .dir
@@ -279,10 +367,7 @@ impl SpoolStore {
         let mut st = self.state.lock().expect("spool state poisoned");
         if st.online {
             match online(&self.rest) {
-                Err(e) if e.is_unreachable() => {
-                    tracing::warn!(error = %e, "switching to the local MLflow spool");
-                    st.online = false;
-                }
+                Err(e) if e.is_unreachable() => self.go_offline(&mut st, &e),
                 other => return other,
             }
         }
@@ -292,8 +377,15 @@ impl SpoolStore {
     }
 
     fn read<T>(&self, f: impl FnOnce(&RestStore) -> Result<T>) -> Result<T> {
-        if self.is_online() {
-            return f(&self.rest);
+        let mut st = self.state.lock().expect("spool state poisoned");
+        if st.online {
+            let answer = f(&self.rest);
+            if let Err(e) = &answer
+                && e.is_unreachable()
+            {
+                self.go_offline(&mut st, e);
+            }
+            return answer;
         }
         Err(TrackingError::Unreachable {
             url: self.rest.describe(),
@@ -316,7 +408,7 @@ impl Store for SpoolStore {
         let mut st = self.state.lock().expect("spool state poisoned");
         if st.online {
             match self.rest.experiment_by_name(name) {
-                Err(e) if e.is_unreachable() => st.online = false,
+                Err(e) if e.is_unreachable() => self.go_offline(&mut st, &e),
                 other => return other,
             }
         }
@@ -362,10 +454,13 @@ impl Store for SpoolStore {
     }
 
     fn create_run(&self, req: &CreateRun) -> Result<RunInfo> {
+        // The key goes with the first attempt, so a create the server applied while the answer
+        // was lost is found again when the journal is replayed.
+        let mut req = req.clone();
+        let id = client_id(&mut req.tags, new_id);
         self.write(
-            |r| r.create_run(req),
+            |r| r.create_run(&req),
             |_, _| {
-                let id = new_id();
                 let info = RunInfo {
                     run_id: id.clone(),
                     experiment_id: req.experiment_id.clone(),
@@ -455,10 +550,11 @@ impl Store for SpoolStore {
     }
 
     fn create_logged_model(&self, req: &CreateLoggedModel) -> Result<LoggedModel> {
+        let mut req = req.clone();
+        let id = client_id(&mut req.tags, || format!("m-{}", new_id()));
         self.write(
-            |r| r.create_logged_model(req),
+            |r| r.create_logged_model(&req),
             |_, _| {
-                let id = format!("m-{}", new_id());
                 let model = LoggedModel {
                     model_id: id.clone(),
                     experiment_id: req.experiment_id.clone(),
@@ -600,6 +696,10 @@ impl Store for SpoolStore {
     fn supports_models(&self) -> bool {
         true
     }
+
+    fn journaling(&self) -> bool {
+        !self.is_online()
+    }
 }
 
 /// What a [`sync`] did.
@@ -625,6 +725,27 @@ pub struct SyncReport {
     pub tags: usize,
     /// Artifact and model files uploaded now.
     pub files: usize,
+    /// Operations the server refused now (not proven applied before): kept in their journal
+    /// for the next sync, while everything else went on.
+    pub failed: Vec<FailedOp>,
+    /// Operations left for the next sync because they refer to a create that failed.
+    pub ops_waiting_on_failed: usize,
+    /// Client id -> server id of every entity created (or found already applied) now: the
+    /// provisional ids a journaling command printed, and what they became.
+    pub ids: Vec<IdMapping>,
+}
+
+/// One operation `sync` could not apply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FailedOp {
+    /// The journal file.
+    pub journal: String,
+    /// Its sequence number there.
+    pub seq: u64,
+    /// The operation, e.g. `log_batch`.
+    pub op: String,
+    /// What the server said.
+    pub error: String,
 }
 
 /// Replays every journal in `spool_dir` to the server of `settings.tracking_uri`.
@@ -668,6 +789,8 @@ pub fn sync_to(rest: &RestStore, spool_dir: &Path) -> Result<SyncReport> {
     // others, until a pass makes no progress.
     let mut pending = journals;
     let mut revisit = std::collections::HashSet::new();
+    // Client ids whose create failed in this sync: what refers to them waits too.
+    let mut failed_ids = HashSet::new();
     loop {
         let mut waiting = Vec::new();
         let mut progressed = false;
@@ -683,6 +806,7 @@ pub fn sync_to(rest: &RestStore, spool_dir: &Path) -> Result<SyncReport> {
             let done = read_done(&done_path)?;
             let mut done_file = open_append(&done_path)?;
             let mut blocked = false;
+            let mut incomplete = false;
             for entry in &entries {
                 if done.contains(&entry.seq) {
                     // Done by an earlier sync (not by this one's previous pass).
@@ -699,19 +823,57 @@ pub fn sync_to(rest: &RestStore, spool_dir: &Path) -> Result<SyncReport> {
                     ids_path: &ids_path,
                     report: &mut report,
                 };
+                if entry
+                    .op
+                    .refers_to()
+                    .iter()
+                    .any(|id| failed_ids.contains(*id))
+                {
+                    report.ops_waiting_on_failed += 1;
+                    incomplete = true;
+                    if let Some(id) = entry.op.creates() {
+                        failed_ids.insert(id.to_string());
+                    }
+                    continue;
+                }
                 if replay.waits_for_another_journal(&entry.op) {
                     blocked = true;
                     break;
                 }
-                replay.apply(&entry.op)?;
-                append_synced(&mut done_file, &entry.seq.to_string(), &done_path)?;
-                report.ops_replayed += 1;
-                progressed = true;
+                match replay.apply(&entry.op) {
+                    Ok(()) => {
+                        append_synced(&mut done_file, &entry.seq.to_string(), &done_path)?;
+                        report.ops_replayed += 1;
+                        progressed = true;
+                    }
+                    // The server is gone or refuses us: stop here; the next sync resumes.
+                    Err(e @ (TrackingError::Unreachable { .. } | TrackingError::Auth { .. })) => {
+                        return Err(e);
+                    }
+                    // Refused, and not found applied before: reported and kept; the rest of
+                    // the spool must not wait behind one operation.
+                    Err(e) => {
+                        tracing::warn!(journal = %journal.display(), seq = entry.seq, op = entry.op.name(), error = %e, "operation not applied; kept for the next sync");
+                        report.failed.push(FailedOp {
+                            journal: journal.display().to_string(),
+                            seq: entry.seq,
+                            op: entry.op.name().into(),
+                            error: e.to_string(),
+                        });
+                        if let Some(id) = entry.op.creates() {
+                            failed_ids.insert(id.to_string());
+                        }
+                        incomplete = true;
+                    }
+                }
             }
             if blocked {
                 report.journals -= 1;
                 revisit.insert(journal.clone());
                 waiting.push(journal);
+                continue;
+            }
+            if incomplete {
                 continue;
             }
             // Everything replayed: archive the journal, drop its blob copies.
@@ -825,6 +987,10 @@ impl Replay<'_> {
         .unwrap_or_default();
         append_synced(self.ids_file, &line, self.ids_path)?;
         self.ids.insert(local.into(), server.into());
+        self.report.ids.push(IdMapping {
+            local: local.into(),
+            server: server.into(),
+        });
         Ok(())
     }
 
@@ -873,17 +1039,11 @@ impl Replay<'_> {
                     return Ok(());
                 }
                 let experiment_id = self.id(&req.experiment_id);
-                let existing = rest.search_runs(&SearchRuns {
-                    experiment_ids: vec![experiment_id.clone()],
-                    filter: format!("tags.`{TAG_CLIENT_ID}` = '{local_id}'"),
-                    max_results: 1,
-                    ..SearchRuns::default()
-                })?;
-                let server_id = match existing.runs.first() {
-                    Some(run) => run.info.run_id.clone(),
+                let server_id = match rest.find_run(&experiment_id, local_id)? {
+                    Some(run) => run.run_id,
                     None => {
                         let mut tags = self.tags(&req.tags);
-                        tags.push(Tag::new(TAG_CLIENT_ID, local_id.clone()));
+                        client_id(&mut tags, || local_id.clone());
                         self.report.runs_created += 1;
                         rest.create_run(&CreateRun {
                             experiment_id,
@@ -929,15 +1089,11 @@ impl Replay<'_> {
                     return Ok(());
                 }
                 let experiment_id = self.id(&req.experiment_id);
-                let found = rest.search_logged_models(
-                    std::slice::from_ref(&experiment_id),
-                    &format!("tags.`{TAG_CLIENT_ID}` = '{local_id}'"),
-                )?;
-                let server_id = match found.first() {
-                    Some(m) => m.model_id.clone(),
+                let server_id = match rest.find_logged_model(&experiment_id, local_id)? {
+                    Some(m) => m.model_id,
                     None => {
                         let mut tags = self.tags(&req.tags);
-                        tags.push(Tag::new(TAG_CLIENT_ID, local_id.clone()));
+                        client_id(&mut tags, || local_id.clone());
                         rest.create_logged_model(&CreateLoggedModel {
                             experiment_id,
                             source_run_id: self.id(&req.source_run_id),
@@ -980,7 +1136,11 @@ impl Replay<'_> {
                 if self.ids.contains_key(local_id) {
                     return Ok(());
                 }
-                let v = rest.create_model_version(name, &self.id(model_id), &self.id(run_id))?;
+                let (model_id, run_id) = (self.id(model_id), self.id(run_id));
+                let v = match rest.find_model_version(name, &model_id, &run_id)? {
+                    Some(v) => v,
+                    None => rest.create_model_version(name, &model_id, &run_id)?,
+                };
                 self.record(local_id, &v.version)
             }
             Op::SetAlias {

@@ -25,6 +25,21 @@ impl Tag {
     }
 }
 
+/// Tag carrying the client-generated key of a run or logged model: a create whose answer was
+/// lost is found by it instead of repeated (online and when a journal is replayed), and a
+/// journaled run's provisional id is this key.
+pub const TAG_CLIENT_ID: &str = "binance_ml.client_id";
+
+/// The client key in `tags` ([`TAG_CLIENT_ID`]); `fresh()` is added when there is none.
+pub fn client_id(tags: &mut Vec<Tag>, fresh: impl FnOnce() -> String) -> String {
+    if let Some(t) = tags.iter().find(|t| t.key == TAG_CLIENT_ID) {
+        return t.value.clone();
+    }
+    let id = fresh();
+    tags.push(Tag::new(TAG_CLIENT_ID, id.clone()));
+    id
+}
+
 /// A run parameter (same shape as a tag, but immutable once logged).
 pub type Param = Tag;
 
