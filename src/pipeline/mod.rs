@@ -249,13 +249,19 @@ pub(crate) fn tracked<T>(
     consumed: &[Stage],
     body: impl FnOnce(&StageRun<'_>) -> Result<T>,
 ) -> Result<T> {
+    if let Some(signal) = crate::interrupt::requested() {
+        return Err(Error::Interrupted {
+            signal,
+            stage: stage.key(),
+        });
+    }
     let settings = TrackingSettings::from_config(&loaded.config);
     let tracker = Tracker::open(&settings)?;
     let config_hash = loaded.config_hash();
     let mut input_ids = Vec::new();
     for s in consumed {
-        match tracking::latest_successful_run(&tracker, &settings, *s, &config_hash) {
-            Ok(Some(run)) => input_ids.push((*s, run.info.run_id)),
+        match tracking::consumed_run_id(&tracker, &settings, *s, &config_hash) {
+            Ok(Some(id)) => input_ids.push((*s, id)),
             Ok(None) => {}
             // Lineage is worth a warning, not a failed stage.
             Err(e) => tracing::warn!(

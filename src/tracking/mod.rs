@@ -15,6 +15,7 @@ pub mod error;
 pub mod file_store;
 mod http;
 pub mod limits;
+pub mod open_runs;
 pub mod rest;
 pub mod spool;
 pub mod stage;
@@ -28,8 +29,11 @@ pub use error::{Result, TrackingError};
 pub(crate) use http::agent as http_agent;
 pub use http::{Credentials, RetryPolicy, Secret};
 pub use limits::Batch;
+pub use open_runs::fail_dead_runs;
 pub use spool::{SyncReport, sync};
-pub use stage::{Stage, StageRun, StageRunSpec, format_model_name, latest_successful_run};
+pub use stage::{
+    Stage, StageRun, StageRunSpec, consumed_run_id, format_model_name, latest_successful_run,
+};
 pub use tracker::Tracker;
 pub use types::*;
 
@@ -237,4 +241,8 @@ pub trait Store: Send + Sync {
     fn model_version(&self, name: &str, version: &str) -> Result<ModelVersion>;
     /// Whether logged models and the registry work here (not on the local file store).
     fn supports_models(&self) -> bool;
+    /// Whether writes go to a journal now (ids created now are client ids).
+    fn journaling(&self) -> bool {
+        false
+    }
 }

@@ -159,6 +159,20 @@ pub struct StageRun<'t> {
     tracker: &'t Tracker,
     info: RunInfo,
     ended: bool,
+    stage: Stage,
+    config_hash: String,
+}
+
+/// A stage run this process finished: where it was tracked, its stage and config hash.
+type FinishedKey = (String, Stage, String);
+
+/// Stage runs finished by this process, so that the next stage of the same command finds its
+/// input run without asking the server — which a journaling command cannot (lineage tags
+/// then carry the client id, which `tracking sync` resolves).
+static FINISHED: std::sync::Mutex<Vec<(FinishedKey, String)>> = std::sync::Mutex::new(Vec::new());
+
+fn finished_runs() -> std::sync::MutexGuard<'static, Vec<(FinishedKey, String)>> {
+    FINISHED.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl<'t> StageRun<'t> {
@@ -199,6 +213,8 @@ impl<'t> StageRun<'t> {
             tracker,
             info,
             ended: false,
+            stage,
+            config_hash: spec.config_hash.to_string(),
         };
         tracker.log_text(run.run_id(), spec.config_yaml, CONFIG_ARTIFACT)?;
         Ok(run)
@@ -268,7 +284,16 @@ impl<'t> StageRun<'t> {
     /// Ends the run FINISHED.
     pub fn finish(mut self) -> Result<()> {
         self.ended = true;
-        self.tracker.end_run(self.run_id(), RunStatus::Finished)
+        self.tracker.end_run(self.run_id(), RunStatus::Finished)?;
+        let key = (
+            self.tracker.describe(),
+            self.stage,
+            self.config_hash.clone(),
+        );
+        let mut finished = finished_runs();
+        finished.retain(|(k, _)| *k != key);
+        finished.push((key, self.info.run_id.clone()));
+        Ok(())
     }
 
     /// Ends the run FAILED.
@@ -287,6 +312,21 @@ impl Drop for StageRun<'_> {
             tracing::warn!(run_id = %self.info.run_id, error = %e, "could not mark the run FAILED");
         }
     }
+}
+
+/// The id of the run of `stage` (with `config_hash`) that a stage consumes: the one this
+/// process finished last, else the most recent FINISHED one in the store.
+pub fn consumed_run_id(
+    tracker: &Tracker,
+    settings: &TrackingSettings,
+    stage: Stage,
+    config_hash: &str,
+) -> Result<Option<String>> {
+    let key = (tracker.describe(), stage, config_hash.to_string());
+    if let Some((_, id)) = finished_runs().iter().rev().find(|(k, _)| *k == key) {
+        return Ok(Some(id.clone()));
+    }
+    Ok(latest_successful_run(tracker, settings, stage, config_hash)?.map(|r| r.info.run_id))
 }
 
 /// The most recent FINISHED run of `stage` whose config hash is `config_hash`, if any.
