@@ -7,6 +7,7 @@ use sha2::{Digest, Sha256};
 use super::error::{Result, TrackingError};
 use super::file_store::FileStore;
 use super::limits::{self, MAX_PARAM_VALUE_LEN, MAX_TAG_VALUE_LEN, chunk_batch, sanitize_key};
+use super::open_runs::OpenRuns;
 use super::spool::SpoolStore;
 use super::types::*;
 use super::{Store, StoreKind, TrackingSettings, store_kind};
@@ -24,6 +25,9 @@ pub const TAG_USER: &str = "mlflow.user";
 /// hands the rest to its store.
 pub struct Tracker {
     store: Box<dyn Store>,
+    /// Where open runs are recorded (so a killed process's runs end FAILED later); `None`
+    /// for a tracker over an explicit store.
+    open_runs: Option<OpenRuns>,
 }
 
 impl std::fmt::Debug for Tracker {
@@ -47,12 +51,18 @@ impl Tracker {
                 settings.offline,
             )?),
         };
-        Ok(Tracker { store })
+        Ok(Tracker {
+            store,
+            open_runs: Some(OpenRuns::of(settings)),
+        })
     }
 
     /// A tracker over an explicit store.
     pub fn with_store(store: Box<dyn Store>) -> Self {
-        Tracker { store }
+        Tracker {
+            store,
+            open_runs: None,
+        }
     }
 
     /// The underlying store.
@@ -108,19 +118,41 @@ impl Tracker {
             all.push(Tag::new(TAG_PARENT_RUN, p));
         }
         all.extend(tags.iter().map(|t| clean_tag(&t.key, &t.value)));
-        self.store.create_run(&CreateRun {
+        // The client key goes on every run: a lost create answer, a replayed journal and a
+        // process killed before it recorded the run id all find the run by it.
+        let key = client_id(&mut all, limits::new_id);
+        let journaling = self.store.journaling();
+        if let Some(open) = &self.open_runs {
+            open.pending(&key, experiment_id, journaling)?;
+        }
+        let created = self.store.create_run(&CreateRun {
             experiment_id: experiment_id.to_string(),
             run_name: run_name.to_string(),
             start_time: limits::now_ms(),
             tags: all,
             user_id: user,
-        })
+        });
+        match (&self.open_runs, &created) {
+            (Some(open), Ok(info)) => open.add(&key, &info.run_id, self.store.journaling())?,
+            (Some(open), Err(_)) => open.abandon(&key),
+            (None, _) => {}
+        }
+        created
     }
 
-    /// Ends a run with `status` now.
+    /// Ends a run with `status` now; a run failing because SIGINT/SIGTERM stopped the process
+    /// ends KILLED.
     pub fn end_run(&self, run_id: &str, status: RunStatus) -> Result<()> {
+        let status = match status {
+            RunStatus::Failed if crate::interrupt::requested().is_some() => RunStatus::Killed,
+            other => other,
+        };
         self.store
-            .update_run(run_id, status, Some(limits::now_ms()))
+            .update_run(run_id, status, Some(limits::now_ms()))?;
+        if let Some(open) = &self.open_runs {
+            open.remove(run_id);
+        }
+        Ok(())
     }
 
     /// Reads a run.
