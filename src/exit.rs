@@ -18,6 +18,10 @@ pub enum ExitCode {
     Training = 5,
     /// Another run holds the work-directory lock.
     Locked = 6,
+    /// Stopped by SIGINT (128 + 2).
+    Interrupted = 130,
+    /// Stopped by SIGTERM (128 + 15).
+    Terminated = 143,
 }
 
 impl ExitCode {

@@ -232,6 +232,84 @@ fn resume_ends_where_an_uninterrupted_run_ends_and_seeds_reproduce() {
     assert_ne!(reference, outputs(&o["model_dir"]));
 }
 
+#[test]
+fn sigterm_stops_training_after_a_batch_with_a_checkpoint_and_resume_matches() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    let three = tiny(&work, "  epochs: 3");
+    ok(dir.path(), &three, &["fetch"]);
+    ok(dir.path(), &three, &["preprocess"]);
+    let full = json(&ok(dir.path(), &three, &["train", "--json"]));
+
+    // SIGTERM a little after epoch 1 ended: training stops after the batch in flight.
+    let config = dir.path().join("config.yaml");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_binance-ml"))
+        .args(["train", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut log = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "train ended early:\n{log}"
+        );
+        log.push_str(&line);
+        if line.contains("epoch done epoch=1 ") {
+            break;
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    std::io::Read::read_to_string(&mut stderr, &mut log).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(143), "{log}");
+    assert!(
+        log.contains("training stopped by SIGTERM in epoch"),
+        "{log}"
+    );
+    assert!(log.contains("--resume"), "{log}");
+    let killed = binance_ml::tracking::Tracker::open(&binance_ml::tracking::TrackingSettings {
+        workdir: work.clone(),
+        ..binance_ml::tracking::TrackingSettings::default()
+    })
+    .unwrap();
+    let exp = killed
+        .store()
+        .experiment_by_name("binance-model-training")
+        .unwrap()
+        .unwrap();
+    let statuses: Vec<_> = killed
+        .search_runs(&[exp.experiment_id], "", &[])
+        .unwrap()
+        .into_iter()
+        .map(|r| r.info.status)
+        .collect();
+    assert!(
+        statuses.contains(&binance_ml::tracking::RunStatus::Killed),
+        "{statuses:?}"
+    );
+    assert!(!statuses.contains(&binance_ml::tracking::RunStatus::Running));
+
+    // Resuming continues the cut epoch from its next batch: the same model, bit for bit.
+    let resumed = json(&ok(dir.path(), &three, &["train", "--resume", "--json"]));
+    assert_eq!(resumed["epochs"], 3);
+    assert_same_files(&full["model_dir"], &resumed["model_dir"]);
+    assert_eq!(
+        without_speed(&resumed["metrics"]),
+        without_speed(&full["metrics"])
+    );
+}
+
 /// Two model directories hold the same `weights.bpk` bytes and `weights_sha256`.
 fn assert_same_files(a: &Value, b: &Value) {
     let read = |d: &Value| {

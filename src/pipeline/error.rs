@@ -60,6 +60,14 @@ pub enum Error {
     /// Prediction (or finding a model) failed.
     #[error(transparent)]
     Predict(#[from] PredictError),
+    /// SIGINT/SIGTERM arrived between two stages: the next one was not started.
+    #[error("stopped by {} before the {stage} stage", .signal.name())]
+    Interrupted {
+        /// The signal.
+        signal: crate::interrupt::Signal,
+        /// The stage that was not started.
+        stage: &'static str,
+    },
     /// Writing a result failed.
     #[error("{context}: {source}")]
     Io {
@@ -76,6 +84,7 @@ impl Error {
     pub fn exit_code(&self) -> ExitCode {
         match self {
             Error::Config(_) | Error::Finetune(_) => ExitCode::Usage,
+            Error::Interrupted { signal, .. } => signal.exit_code(),
             Error::Io { .. } | Error::DiagnosticsFailed(_) => ExitCode::Data,
             Error::Data(e) => e.exit_code(),
             Error::Tracking(e) => e.exit_code(),

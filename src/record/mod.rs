@@ -20,7 +20,6 @@ pub mod ws;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{SyncSender, sync_channel};
 use std::time::{Duration, Instant};
 
@@ -124,39 +123,6 @@ pub fn parse_duration(s: &str) -> Result<Duration, RecordError> {
 // ---------------------------------------------------------------------------------------------
 // shutdown
 
-static SIGNALLED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    SIGNALLED.store(true, Ordering::SeqCst);
-}
-
-/// SIGINT/SIGTERM set a flag the loops poll; the previous handlers come back on drop.
-struct SignalGuard {
-    previous: [(libc::c_int, libc::sighandler_t); 2],
-}
-
-impl SignalGuard {
-    fn install() -> Self {
-        SIGNALLED.store(false, Ordering::SeqCst);
-        let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        let previous =
-            [libc::SIGINT, libc::SIGTERM].map(|sig| (sig, unsafe { libc::signal(sig, handler) }));
-        Self { previous }
-    }
-}
-
-impl Drop for SignalGuard {
-    fn drop(&mut self) {
-        for (sig, h) in self.previous {
-            // SAFETY: restores the handler that was installed before.
-            unsafe {
-                libc::signal(sig, h);
-            }
-        }
-    }
-}
-
 /// When to stop.
 struct Stop {
     deadline: Option<Instant>,
@@ -164,7 +130,8 @@ struct Stop {
 
 impl Stop {
     fn now(&self) -> bool {
-        SIGNALLED.load(Ordering::SeqCst) || self.deadline.is_some_and(|d| Instant::now() >= d)
+        crate::interrupt::requested().is_some()
+            || self.deadline.is_some_and(|d| Instant::now() >= d)
     }
 
     /// Sleeps up to `d`, waking early to stop.
@@ -344,7 +311,7 @@ pub fn record(config: &Config, req: &RecordRequest) -> Result<RecordSummary, Rec
         })
         .map_err(|e| RecordError::io("cannot start the writer thread", e))?;
 
-    let _signals = SignalGuard::install();
+    let _signals = crate::interrupt::Guard::install();
     tracing::info!(
         mode = ?req.mode,
         symbols = %symbols.join(","),
@@ -376,7 +343,7 @@ pub fn record(config: &Config, req: &RecordRequest) -> Result<RecordSummary, Rec
         RecordMode::Rest => run_rest(&mut collector),
         RecordMode::Websocket => run_ws(&mut collector, &ws_url),
     };
-    let stopped_by = if SIGNALLED.load(Ordering::SeqCst) {
+    let stopped_by = if crate::interrupt::requested().is_some() {
         "signal"
     } else {
         "duration"

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::TrainError;
 use super::callbacks::{EarlyStopping, ReduceLrOnPlateau};
-use super::metrics::EpochMetrics;
+use super::metrics::{ClassificationMetrics, EpochMetrics};
 use crate::model::{ModelSpec, Rng};
 
 const MAGIC: &[u8; 8] = b"BMLCKPT1";
@@ -41,6 +41,27 @@ pub struct TrainState {
     pub history: Vec<EpochMetrics>,
     /// Early stopping fired.
     pub stopped: bool,
+    /// The epoch a stop signal cut short after a batch, if any: `--resume` continues it
+    /// from the next batch (the epoch's batch order and the RNG are the same).
+    #[serde(default)]
+    pub partial: Option<PartialEpoch>,
+}
+
+/// How far an interrupted epoch got.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartialEpoch {
+    /// Batches of the epoch done.
+    pub batches: usize,
+    /// Training samples seen.
+    pub seen: usize,
+    /// Sum of the batches' weighted losses times their weights.
+    pub loss_sum: f64,
+    /// Sum of the weights.
+    pub weight_sum: f64,
+    /// Training predictions so far.
+    pub metrics: ClassificationMetrics,
+    /// Seconds the epoch ran before the stop.
+    pub seconds: f64,
 }
 
 /// A checkpoint in memory.

@@ -77,6 +77,29 @@ pub enum TrainError {
     /// Logging the run to MLflow.
     #[error(transparent)]
     Tracking(#[from] crate::tracking::TrackingError),
+    /// SIGINT/SIGTERM stopped training after a batch.
+    #[error(
+        "training stopped by {} in epoch {epoch} after batch {batch}{}",
+        .signal.name(),
+        match .checkpoint {
+            Some(p) => format!(
+                "; the checkpoint {} holds the epoch so far: `binance-ml train --resume` \
+                 continues from the next batch (`finetune` resumes by itself)",
+                p.display()
+            ),
+            None => String::new(),
+        }
+    )]
+    Interrupted {
+        /// The signal.
+        signal: crate::interrupt::Signal,
+        /// 1-based epoch.
+        epoch: u32,
+        /// Batches of it done.
+        batch: usize,
+        /// Where the state was saved.
+        checkpoint: Option<std::path::PathBuf>,
+    },
     /// Reading or writing a checkpoint failed.
     #[error("checkpoint {path}: {reason}")]
     Checkpoint {
@@ -100,6 +123,7 @@ impl TrainError {
             | TrainError::MemoryBudget { .. }
             | TrainError::Option(_) => crate::exit::ExitCode::Usage,
             TrainError::NoStore { .. } => crate::exit::ExitCode::Data,
+            TrainError::Interrupted { signal, .. } => signal.exit_code(),
             // A damaged store file is bad input (3), not a failed training.
             TrainError::Source(e) => e
                 .downcast_ref::<crate::data::DataError>()

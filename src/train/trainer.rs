@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::TrainError;
 use super::callbacks::{EarlyStopping, ReduceLrOnPlateau, StopDecision};
-use super::checkpoint::{Checkpoint, TrainState};
+use super::checkpoint::{Checkpoint, PartialEpoch, TrainState};
 use super::loss::{combine_weights, weighted_cross_entropy};
 use super::memory::check_memory_budget;
 use super::metrics::{ClassificationMetrics, EpochMetrics};
@@ -226,6 +226,7 @@ impl Trainer {
             reduce_lr: opts.reduce_lr.clone(),
             history: Vec::new(),
             stopped: false,
+            partial: None,
         };
         Ok(Self {
             spec,
@@ -442,48 +443,56 @@ impl Trainer {
         let total = source.len(Split::Train);
         let bar = self.progress_bar(epoch, total);
         let started = Instant::now();
-        let mut metrics = ClassificationMetrics::new(self.spec.num_classes);
-        let (mut loss_sum, mut weight_sum, mut seen) = (0.0f64, 0.0f64, 0usize);
+        // An epoch a signal cut short continues after its last batch, with its tallies.
+        let resumed = self.state.partial.take();
+        let skip = resumed.as_ref().map_or(0, |p| p.batches);
+        let earlier = resumed.as_ref().map_or(0.0, |p| p.seconds);
+        let mut tally = resumed.map_or_else(
+            || EpochTally::new(self.spec.num_classes),
+            EpochTally::from_partial,
+        );
+        bar.set_position(tally.seen as u64);
         let batches = source.batches(Split::Train, epoch, self.opts.seed, self.opts.batch_size)?;
         let mut pending = PendingSteps::default();
         let mut labels: Vec<u32> = Vec::new();
-        let mut take = |pending: &mut PendingSteps, labels: &mut Vec<u32>| {
-            let mut offset = 0;
-            for step in pending.read(epoch)? {
-                let n = step.predicted.len();
-                metrics.update(&labels[offset..offset + n], &step.predicted);
-                offset += n;
-                loss_sum += f64::from(step.loss) * f64::from(step.weight_sum);
-                weight_sum += f64::from(step.weight_sum);
-                bar.inc(n as u64);
-            }
-            labels.clear();
-            bar.set_message(format!(
-                "loss {:.4}",
-                loss_sum / weight_sum.max(f64::MIN_POSITIVE)
-            ));
-            Ok::<(), TrainError>(())
-        };
         let read_every = self.read_every();
         for (i, batch) in batches.enumerate() {
             let batch = batch?;
+            if i < skip {
+                continue;
+            }
+            // Polled before each batch: a signal stops the epoch after the batch in flight.
+            if let Some(signal) = crate::interrupt::requested() {
+                if !pending.is_empty() {
+                    tally.take(&mut pending, &mut labels, epoch, &bar)?;
+                }
+                bar.finish_and_clear();
+                let seconds = earlier + started.elapsed().as_secs_f64();
+                return Err(self.stop(signal, epoch, tally.into_partial(i, seconds)));
+            }
             pending.push(self.step_on_device(&batch, i, lr)?);
             labels.extend_from_slice(&batch.y);
-            seen += batch.len();
+            tally.seen += batch.len();
             if pending.len() >= read_every {
-                take(&mut pending, &mut labels)?;
+                tally.take(&mut pending, &mut labels, epoch, &bar)?;
             }
         }
         if !pending.is_empty() {
-            take(&mut pending, &mut labels)?;
+            tally.take(&mut pending, &mut labels, epoch, &bar)?;
         }
         bar.finish_and_clear();
+        let EpochTally {
+            metrics,
+            loss_sum,
+            weight_sum,
+            seen,
+        } = tally;
         if seen == 0 {
             return Err(TrainError::Batch(
                 "the training split yielded no batches".into(),
             ));
         }
-        let elapsed = started.elapsed().as_secs_f64();
+        let elapsed = earlier + started.elapsed().as_secs_f64();
         let (p, r, f1) = metrics.macro_prf();
         let mut m = EpochMetrics {
             epoch,
@@ -508,6 +517,37 @@ impl Trainer {
             observer.on_checkpoint(&path, epoch);
         }
         Ok(m)
+    }
+
+    /// Saves the state after a signal (weights, Adam, RNG, the epoch so far) and names it in
+    /// the error the stage ends with.
+    fn stop(
+        &mut self,
+        signal: crate::interrupt::Signal,
+        epoch: u32,
+        partial: PartialEpoch,
+    ) -> TrainError {
+        let batch = partial.batches;
+        self.state.partial = Some(partial);
+        let checkpoint = match self.opts.checkpoint_path.clone() {
+            Some(path) => match self.checkpoint().save(&path) {
+                Ok(()) => Some(path),
+                Err(e) => return e,
+            },
+            None => None,
+        };
+        tracing::warn!(
+            signal = signal.name(),
+            epoch,
+            batch,
+            "training stopped by a signal"
+        );
+        TrainError::Interrupted {
+            signal,
+            epoch,
+            batch,
+            checkpoint,
+        }
     }
 
     fn validate(
@@ -592,6 +632,71 @@ impl Trainer {
         );
         bar.set_prefix(format!("epoch {epoch}/{}", self.opts.epochs));
         bar
+    }
+}
+
+/// The training pass's running totals: predictions, weighted loss, samples.
+struct EpochTally {
+    metrics: ClassificationMetrics,
+    loss_sum: f64,
+    weight_sum: f64,
+    seen: usize,
+}
+
+impl EpochTally {
+    fn new(classes: usize) -> Self {
+        EpochTally {
+            metrics: ClassificationMetrics::new(classes),
+            loss_sum: 0.0,
+            weight_sum: 0.0,
+            seen: 0,
+        }
+    }
+
+    fn from_partial(p: PartialEpoch) -> Self {
+        EpochTally {
+            metrics: p.metrics,
+            loss_sum: p.loss_sum,
+            weight_sum: p.weight_sum,
+            seen: p.seen,
+        }
+    }
+
+    fn into_partial(self, batches: usize, seconds: f64) -> PartialEpoch {
+        PartialEpoch {
+            batches,
+            seen: self.seen,
+            loss_sum: self.loss_sum,
+            weight_sum: self.weight_sum,
+            metrics: self.metrics,
+            seconds,
+        }
+    }
+
+    /// Reads the pending steps back and adds them (`labels`: their batches' labels).
+    fn take(
+        &mut self,
+        pending: &mut PendingSteps,
+        labels: &mut Vec<u32>,
+        epoch: u32,
+        bar: &ProgressBar,
+    ) -> Result<(), TrainError> {
+        let mut offset = 0;
+        for step in pending.read(epoch)? {
+            let n = step.predicted.len();
+            self.metrics
+                .update(&labels[offset..offset + n], &step.predicted);
+            offset += n;
+            self.loss_sum += f64::from(step.loss) * f64::from(step.weight_sum);
+            self.weight_sum += f64::from(step.weight_sum);
+            bar.inc(n as u64);
+        }
+        labels.clear();
+        bar.set_message(format!(
+            "loss {:.4}",
+            self.loss_sum / self.weight_sum.max(f64::MIN_POSITIVE)
+        ));
+        Ok(())
     }
 }
 
