@@ -72,11 +72,11 @@ fn main() {
     let format = settings.format;
     logging::init(settings, loaded.redactor.clone());
     // SIGINT/SIGTERM: training stops after its batch with a checkpoint, runs end KILLED, and
-    // the exit code is 130/143; a stage that does not poll the flag is stopped 10 s later.
+    // the exit code is 130/143; a stage that does not poll the flag is stopped 5 s later.
     // `record` treats the signal as its normal end and flushes first.
     let _signals = interrupt::Guard::install();
     if !matches!(cli.command, Command::Record(_)) {
-        interrupt::exit_if_still_running_after(std::time::Duration::from_secs(10));
+        interrupt::exit_if_still_running_after(std::time::Duration::from_secs(5));
     }
     for w in &loaded.warnings {
         tracing::warn!("{w}");
