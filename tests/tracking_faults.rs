@@ -524,6 +524,22 @@ fn binary() -> Command {
     Command::new(env!("CARGO_BIN_EXE_binance-ml"))
 }
 
+/// `binance-ml <command...> --config <config>`, which must succeed; its output.
+fn succeed(command: &[&str], config: &Path) -> std::process::Output {
+    let out = binary()
+        .args(command)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{command:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// Runs of every stage experiment in the local store, by status.
 fn local_statuses(work: &Path) -> BTreeMap<String, usize> {
     let settings = TrackingSettings {
@@ -594,32 +610,14 @@ fn runs_a_killed_process_left_running_end_failed_with_the_next_command() {
             "{what}: the killed run is RUNNING in the store before the next command"
         );
         // The next command on the work directory ends them FAILED.
-        let out = binary()
-            .args(["fetch", "--config"])
-            .arg(&config)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        succeed(&["fetch"], &config);
         let statuses = local_statuses(work.path());
         assert_eq!(statuses.get("Running"), None, "{what}: {statuses:?}");
         assert!(statuses.get("Failed").copied().unwrap_or(0) >= ghosts.len());
         assert!(recorded_open(work.path()).is_empty());
     }
     // And the pipeline still completes afterwards.
-    let out = binary()
-        .args(["run", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeed(&["run"], &config);
     assert_eq!(local_statuses(work.path()).get("Running"), None);
 }
 
@@ -639,16 +637,11 @@ fn an_outage_costs_one_wait_and_lineage_survives_the_spool() {
     let config = work.path().join("config.yaml");
     std::fs::write(&config, &yaml).unwrap();
     // Nothing listens on the port: MLflow is down for the whole command.
-    let out = binary()
-        .args(["run", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = succeed(&["run"], &config);
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
     );
-    assert!(out.status.success(), "{stderr}");
     assert_eq!(
         stderr
             .matches("switching to the local MLflow spool")
@@ -661,17 +654,8 @@ fn an_outage_costs_one_wait_and_lineage_survives_the_spool() {
 
     let data = tempfile::tempdir().unwrap();
     let _server = common::Server::start(&python, &data.path().join("srv"), port, false);
-    let out = binary()
-        .args(["tracking", "sync", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = succeed(&["tracking", "sync"], &config);
     let synced = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert!(synced.contains("provisional id -> server id"), "{synced}");
 
     // Lineage: every consuming stage names the server id of the run it consumed.

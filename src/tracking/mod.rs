@@ -29,12 +29,11 @@ pub use error::{Result, TrackingError};
 pub(crate) use http::agent as http_agent;
 pub use http::{Credentials, RetryPolicy, Secret};
 pub use limits::Batch;
-pub use open_runs::fail_dead_runs;
 pub use spool::{SyncReport, sync};
 pub use stage::{
     Stage, StageRun, StageRunSpec, consumed_run_id, format_model_name, latest_successful_run,
 };
-pub use tracker::Tracker;
+pub use tracker::{Tracker, fail_dead_runs};
 pub use types::*;
 
 /// Artifact folder for training plots (loss/accuracy curves, confusion matrix, ...).

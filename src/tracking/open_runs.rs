@@ -1,8 +1,8 @@
 //! Runs a process has open, on disk: `<workdir>/.open-runs/<run id>.json` is written when a
 //! run starts and removed when it ends. A process killed in between (kill -9, power loss)
 //! leaves its files behind, and the next command on the work directory ends those runs
-//! FAILED ([`fail_dead_runs`]) — on the server, in the local store, or in the journal when
-//! the server is away — instead of leaving them RUNNING forever.
+//! FAILED ([`fail_dead_runs`](super::fail_dead_runs)) — on the server, in the local store, or
+//! in the journal when the server is away — instead of leaving them RUNNING forever.
 //!
 //! A file names the tracking URI without credentials (they come from the environment or
 //! the configuration when the run is ended) and the process by pid and start time, so a
@@ -15,29 +15,30 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::TrackingSettings;
 use super::error::{Result, TrackingError};
 use super::http::split_userinfo;
-use super::types::{RunStatus, TAG_CLIENT_ID};
-use super::{Tracker, TrackingSettings};
 
 /// The folder of the records inside the work directory.
 pub const OPEN_RUNS_DIR: &str = ".open-runs";
 
 /// One open run, or one about to be created (`run_id` empty).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct OpenRun {
-    run_id: String,
-    /// The client key the run is tagged with, and its experiment (to find a run whose id was
-    /// never recorded).
+pub(crate) struct OpenRun {
+    /// The run id (empty while the create is pending).
+    pub(crate) run_id: String,
+    /// The client key the run is tagged with (finds a run whose id was never recorded).
     #[serde(default)]
-    key: String,
+    pub(crate) key: String,
+    /// Its experiment.
     #[serde(default)]
-    experiment_id: String,
+    pub(crate) experiment_id: String,
     /// `mlflow.tracking_uri` without user-info.
-    tracking_uri: String,
+    pub(crate) tracking_uri: String,
     /// Whether the run exists only in the journal (its id is a client id).
-    journaled: bool,
-    pid: u32,
+    pub(crate) journaled: bool,
+    /// The writing process.
+    pub(crate) pid: u32,
     /// The process's start time in clock ticks since boot (`/proc/<pid>/stat` field 22).
     started: Option<u64>,
 }
@@ -135,15 +136,12 @@ fn writer_alive(run: &OpenRun) -> bool {
         || (process_start(run.pid).is_some() && process_start(run.pid) == run.started)
 }
 
-/// Ends FAILED every run a dead process of this work directory left open, and returns how
-/// many it ended. A run that cannot be ended now (its server refuses) keeps its record for
-/// the next command; the failure is logged, never fatal.
-pub fn fail_dead_runs(settings: &TrackingSettings) -> usize {
-    let dir = settings.workdir.join(OPEN_RUNS_DIR);
-    let Ok(entries) = fs::read_dir(&dir) else {
-        return 0;
+/// The records of `workdir` whose process is gone: each file with what it says.
+pub(crate) fn left_by_dead_processes(workdir: &Path) -> Vec<(PathBuf, OpenRun)> {
+    let Ok(entries) = fs::read_dir(workdir.join(OPEN_RUNS_DIR)) else {
+        return Vec::new();
     };
-    let mut ended = 0;
+    let mut dead = Vec::new();
     for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
         if path.extension().is_none_or(|e| e != "json") {
             continue;
@@ -155,57 +153,11 @@ pub fn fail_dead_runs(settings: &TrackingSettings) -> usize {
             tracing::warn!(file = %path.display(), "ignoring an unreadable open-run record");
             continue;
         };
-        if writer_alive(&run) {
-            continue;
-        }
-        match fail_run(settings, &run) {
-            Ok(true) => {
-                tracing::warn!(run_id = %run.run_id, key = %run.key, pid = run.pid, "marked FAILED a run its killed process left RUNNING");
-                ended += 1;
-                let _ = fs::remove_file(&path);
-            }
-            Ok(false) => {
-                let _ = fs::remove_file(&path);
-            }
-            Err(e) => {
-                tracing::warn!(run_id = %run.run_id, key = %run.key, error = %e, "could not mark a dead process's run FAILED; trying again next time")
-            }
+        if !writer_alive(&run) {
+            dead.push((path, run));
         }
     }
-    ended
-}
-
-/// Ends `run` FAILED; `Ok(false)` when there is nothing to end (a create that never
-/// happened, a run that ended after all).
-fn fail_run(settings: &TrackingSettings, run: &OpenRun) -> Result<bool> {
-    let mut settings = settings.clone();
-    if split_userinfo(settings.tracking_uri.trim()).0 != run.tracking_uri {
-        // Recorded under another URI: that store, with the environment's credentials.
-        settings.tracking_uri = run.tracking_uri.clone();
-        settings.credentials = None;
-    }
-    // A journaled run exists only as a client id: its end goes to the journal as well, and
-    // reaches the server after the run itself (`tracking sync`).
-    settings.offline |= run.journaled;
-    let tracker = Tracker::open(&settings)?;
-    let run_id = if run.run_id.is_empty() {
-        if run.journaled {
-            // Its create, if it happened, is in the journal under the key: end it there too.
-            run.key.clone()
-        } else {
-            let filter = format!("tags.`{TAG_CLIENT_ID}` = '{}'", run.key);
-            let found =
-                tracker.search_runs(std::slice::from_ref(&run.experiment_id), &filter, &[])?;
-            match found.into_iter().next() {
-                Some(r) if r.info.status == RunStatus::Running => r.info.run_id,
-                _ => return Ok(false),
-            }
-        }
-    } else {
-        run.run_id.clone()
-    };
-    tracker.end_run(&run_id, RunStatus::Failed)?;
-    Ok(true)
+    dead
 }
 
 /// The records of `workdir` (for tests and diagnostics): run ids still recorded open.

@@ -6,8 +6,9 @@ use sha2::{Digest, Sha256};
 
 use super::error::{Result, TrackingError};
 use super::file_store::FileStore;
+use super::http::split_userinfo;
 use super::limits::{self, MAX_PARAM_VALUE_LEN, MAX_TAG_VALUE_LEN, chunk_batch, sanitize_key};
-use super::open_runs::OpenRuns;
+use super::open_runs::{OpenRun, OpenRuns, left_by_dead_processes};
 use super::spool::SpoolStore;
 use super::types::*;
 use super::{Store, StoreKind, TrackingSettings, store_kind};
@@ -529,4 +530,60 @@ fn mlmodel_yaml(model_id: &str, run_id: &str, model_type: &str) -> String {
          run_id: {run_id}\nutc_time_created: '{now}'\n",
         env!("CARGO_PKG_VERSION")
     )
+}
+
+/// Ends FAILED every run a dead process of this work directory left open, and returns how
+/// many it ended. A run that cannot be ended now (its server refuses) keeps its record for
+/// the next command; the failure is logged, never fatal.
+pub fn fail_dead_runs(settings: &TrackingSettings) -> usize {
+    let mut ended = 0;
+    for (path, run) in left_by_dead_processes(&settings.workdir) {
+        match fail_run(settings, &run) {
+            Ok(true) => {
+                tracing::warn!(run_id = %run.run_id, key = %run.key, pid = run.pid, "marked FAILED a run its killed process left RUNNING");
+                ended += 1;
+                let _ = std::fs::remove_file(&path);
+            }
+            Ok(false) => {
+                let _ = std::fs::remove_file(&path);
+            }
+            Err(e) => {
+                tracing::warn!(run_id = %run.run_id, key = %run.key, error = %e, "could not mark a dead process's run FAILED; trying again next time")
+            }
+        }
+    }
+    ended
+}
+
+/// Ends `run` FAILED; `Ok(false)` when there is nothing to end (a create that never
+/// happened, a run that ended after all).
+fn fail_run(settings: &TrackingSettings, run: &OpenRun) -> Result<bool> {
+    let mut settings = settings.clone();
+    if split_userinfo(settings.tracking_uri.trim()).0 != run.tracking_uri {
+        // Recorded under another URI: that store, with the environment's credentials.
+        settings.tracking_uri = run.tracking_uri.clone();
+        settings.credentials = None;
+    }
+    // A journaled run exists only as a client id: its end goes to the journal as well, and
+    // reaches the server after the run itself (`tracking sync`).
+    settings.offline |= run.journaled;
+    let tracker = Tracker::open(&settings)?;
+    let run_id = if run.run_id.is_empty() {
+        if run.journaled {
+            // Its create, if it happened, is in the journal under the key: end it there too.
+            run.key.clone()
+        } else {
+            let filter = format!("tags.`{TAG_CLIENT_ID}` = '{}'", run.key);
+            let found =
+                tracker.search_runs(std::slice::from_ref(&run.experiment_id), &filter, &[])?;
+            match found.into_iter().next() {
+                Some(r) if r.info.status == RunStatus::Running => r.info.run_id,
+                _ => return Ok(false),
+            }
+        }
+    } else {
+        run.run_id.clone()
+    };
+    tracker.end_run(&run_id, RunStatus::Failed)?;
+    Ok(true)
 }
