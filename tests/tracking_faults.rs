@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use binance_ml::tracking::open_runs::recorded_open;
-use binance_ml::tracking::stage::{TAG_INPUT_RUN_PREFIX, TAG_STAGE};
+use binance_ml::tracking::stage::{TAG_INPUT_RUN_PREFIX, TAG_MODEL, TAG_STAGE};
 use binance_ml::tracking::{
     Metric, RunStatus, Stage, StageRun, StageRunSpec, TAG_CLIENT_ID, Tracker, TrackingSettings,
     sync,
@@ -563,6 +563,14 @@ fn local_statuses(work: &Path) -> BTreeMap<String, usize> {
     out
 }
 
+/// Records of created runs (a pending one may name a create that never happened).
+fn created_open(work: &Path) -> Vec<String> {
+    recorded_open(work)
+        .into_iter()
+        .filter(|r| !r.ends_with(".pending"))
+        .collect()
+}
+
 /// When to kill, judged from the work directory.
 type KillPoint = fn(&Path) -> bool;
 
@@ -575,9 +583,9 @@ fn runs_a_killed_process_left_running_end_failed_with_the_next_command() {
     // Kill points: the first open run (fetch), then once training has written a checkpoint
     // directory (the training run is open).
     let points: [(&str, KillPoint); 2] = [
-        ("a stage run open", |w| !recorded_open(w).is_empty()),
+        ("a stage run open", |w| !created_open(w).is_empty()),
         ("training", |w| {
-            w.join("training").exists() && !recorded_open(w).is_empty()
+            w.join("training").exists() && !created_open(w).is_empty()
         }),
     ];
     for (what, ready) in points {
@@ -599,7 +607,7 @@ fn runs_a_killed_process_left_running_end_failed_with_the_next_command() {
         }
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
-        let ghosts = recorded_open(work.path());
+        let ghosts = created_open(work.path());
         assert!(!ghosts.is_empty(), "{what}");
         assert!(
             local_statuses(work.path())
@@ -667,12 +675,13 @@ fn an_outage_costs_one_wait_and_lineage_survives_the_spool() {
             .experiment_by_name(settings.experiments.name(stage))
             .unwrap()
             .unwrap();
-        // The stage's own run (the pipeline's parent run shares an experiment).
+        // The stage's own run (the pipeline's parent run shares its experiment and stage).
         let runs: Vec<_> = tracker
             .search_runs(&[exp.experiment_id], "", &[])
             .unwrap()
             .into_iter()
             .filter(|r| r.data.tag(TAG_STAGE) == Some(stage.key()))
+            .filter(|r| r.data.tag(TAG_MODEL) != Some("pipeline"))
             .collect();
         assert_eq!(runs.len(), 1, "{stage:?}");
         runs.into_iter().next().unwrap()

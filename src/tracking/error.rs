@@ -143,6 +143,12 @@ impl TrackingError {
         matches!(self, TrackingError::Unreachable { .. })
     }
 
+    /// Whether the request timed out (ureq's "timeout: ..."): the server may still be working
+    /// on it, so a look-up must wait for it to finish.
+    pub(crate) fn timed_out(&self) -> bool {
+        matches!(self, TrackingError::Unreachable { reason, .. } if reason.starts_with("timeout"))
+    }
+
     /// Whether the request may have reached the server and been applied although no answer
     /// came back (a transport failure, a 5xx): a create must then be looked up, not repeated.
     pub fn may_have_been_applied(&self) -> bool {

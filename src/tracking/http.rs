@@ -139,6 +139,7 @@ pub(crate) struct HttpClient {
     base: String,
     auth_header: Option<Secret>,
     retry: RetryPolicy,
+    timeout: Duration,
 }
 
 impl fmt::Debug for HttpClient {
@@ -186,6 +187,7 @@ impl HttpClient {
             base,
             auth_header,
             retry,
+            timeout,
         })
     }
 
@@ -199,7 +201,13 @@ impl HttpClient {
                 max_retries,
                 ..self.retry
             },
+            timeout: self.timeout,
         }
+    }
+
+    /// The whole-request timeout.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// The retry policy requests follow.

@@ -160,7 +160,8 @@ pub(crate) fn left_by_dead_processes(workdir: &Path) -> Vec<(PathBuf, OpenRun)> 
     dead
 }
 
-/// The records of `workdir` (for tests and diagnostics): run ids still recorded open.
+/// The records of `workdir` (for tests and diagnostics): run ids still recorded open, and
+/// `<key>.pending` for creates not known to have happened.
 pub fn recorded_open(workdir: &Path) -> Vec<String> {
     let Ok(entries) = fs::read_dir(workdir.join(OPEN_RUNS_DIR)) else {
         return Vec::new();
@@ -171,7 +172,7 @@ pub fn recorded_open(workdir: &Path) -> Vec<String> {
             e.file_name()
                 .to_str()
                 .and_then(|n| n.strip_suffix(".json"))
-                .map(|n| n.trim_end_matches(".pending").to_string())
+                .map(str::to_string)
         })
         .collect();
     ids.sort();

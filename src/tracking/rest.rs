@@ -164,17 +164,22 @@ impl RestStore {
     /// A create that must not happen twice. The POST is sent one attempt at a time; after a
     /// failure that may have been applied with its answer lost (transport error, 5xx),
     /// `existing` looks the entity up by its client key, and only a look-up that finds nothing
-    /// lets the POST go again. Waits between attempts follow the retry policy.
+    /// lets the POST go again. Waits between attempts follow the retry policy; after a timeout
+    /// the look-up first waits one more timeout, as the server may still be working on the
+    /// request. When the POST went out more than once, `remove_twins` deletes any other
+    /// entity with the same key that a slow server created meanwhile.
     fn create_once<T>(
         &self,
         what: &str,
         send: impl Fn(&RestStore) -> Result<T>,
         existing: impl Fn(&RestStore) -> Result<Option<T>>,
+        remove_twins: impl Fn(&RestStore, &T) -> Result<()>,
     ) -> Result<T> {
         let once = self.single_attempt();
         let policy = self.http.retry_policy();
         let mut attempts = 0;
         let mut unknown = false;
+        let mut sends = 0;
         loop {
             let error = if unknown {
                 match existing(&once) {
@@ -192,10 +197,19 @@ impl RestStore {
                     Err(e) => e,
                 }
             } else {
+                sends += 1;
                 match send(&once) {
-                    Ok(v) => return Ok(v),
+                    Ok(v) => {
+                        if sends > 1 {
+                            remove_twins(&once, &v)?;
+                        }
+                        return Ok(v);
+                    }
                     Err(e) => {
                         unknown = e.may_have_been_applied();
+                        if e.timed_out() {
+                            std::thread::sleep(self.http.timeout());
+                        }
                         e
                     }
                 }
@@ -231,6 +245,22 @@ impl RestStore {
             ..SearchRuns::default()
         })?;
         Ok(page.runs.into_iter().next().map(|r| r.info))
+    }
+
+    /// Deletes the runs of `experiment_id` tagged `key` other than `keep` (twins a slow
+    /// server created from a create that was sent twice).
+    fn delete_run_twins(&self, experiment_id: &str, key: &str, keep: &str) -> Result<()> {
+        let page = self.search_runs(&SearchRuns {
+            experiment_ids: vec![experiment_id.to_string()],
+            filter: format!("tags.`{TAG_CLIENT_ID}` = '{key}'"),
+            max_results: 100,
+            ..SearchRuns::default()
+        })?;
+        for twin in page.runs.iter().filter(|r| r.info.run_id != keep) {
+            tracing::warn!(run_id = %twin.info.run_id, "deleting a run a retried create made twice");
+            self.post::<Empty>("/runs/delete", &json!({"run_id": twin.info.run_id}))?;
+        }
+        Ok(())
     }
 
     /// The logged model of `experiment_id` carrying client key `key`, if any.
@@ -407,6 +437,7 @@ impl Store for RestStore {
                     .map(|a| a.run.info)
             },
             |s| s.find_run(&req.experiment_id, &key),
+            |s, info| s.delete_run_twins(&req.experiment_id, &key, &info.run_id),
         )?;
         self.remember_root(&info.run_id, &info.artifact_uri);
         Ok(info)
@@ -520,6 +551,8 @@ impl Store for RestStore {
                     .map(|a| a.model.into_model())
             },
             |s| s.find_logged_model(&req.experiment_id, &key),
+            // A twin logged model would stay PENDING with no files; versions point at ours.
+            |_, _| Ok(()),
         )?;
         self.remember_root(&m.model_id, &m.artifact_uri);
         Ok(m)
@@ -617,6 +650,7 @@ impl Store for RestStore {
                     .map(|a| a.model_version)
             },
             |s| s.find_model_version(name, model_id, run_id),
+            |_, _| Ok(()),
         )
     }
 

@@ -910,6 +910,11 @@ pub fn sync_to(rest: &RestStore, spool_dir: &Path) -> Result<SyncReport> {
         }
         pending = waiting;
     }
+    if report.failed.is_empty() && report.ops_waiting_on_failed == 0 && report.journals_busy == 0 {
+        // Every journal is on the server and every client id resolved: a spool this process
+        // opens from now on may talk to the server again.
+        unreachable_servers().retain(|s| *s != rest.describe());
+    }
     Ok(report)
 }
 
