@@ -236,27 +236,31 @@ impl RestStore {
         }
     }
 
-    /// The run of `experiment_id` carrying client key `key`, if the server has one.
-    pub(crate) fn find_run(&self, experiment_id: &str, key: &str) -> Result<Option<RunInfo>> {
-        let page = self.search_runs(&SearchRuns {
-            experiment_ids: vec![experiment_id.to_string()],
-            filter: format!("tags.`{TAG_CLIENT_ID}` = '{key}'"),
-            max_results: 1,
-            ..SearchRuns::default()
-        })?;
-        Ok(page.runs.into_iter().next().map(|r| r.info))
-    }
-
-    /// Deletes the runs of `experiment_id` tagged `key` other than `keep` (twins a slow
-    /// server created from a create that was sent twice).
-    fn delete_run_twins(&self, experiment_id: &str, key: &str, keep: &str) -> Result<()> {
+    /// The runs of `experiment_id` carrying client key `key` (normally one at most).
+    fn runs_with_key(&self, experiment_id: &str, key: &str) -> Result<Vec<Run>> {
         let page = self.search_runs(&SearchRuns {
             experiment_ids: vec![experiment_id.to_string()],
             filter: format!("tags.`{TAG_CLIENT_ID}` = '{key}'"),
             max_results: 100,
             ..SearchRuns::default()
         })?;
-        for twin in page.runs.iter().filter(|r| r.info.run_id != keep) {
+        Ok(page.runs)
+    }
+
+    /// The run of `experiment_id` carrying client key `key`, if the server has one.
+    pub(crate) fn find_run(&self, experiment_id: &str, key: &str) -> Result<Option<RunInfo>> {
+        Ok(self
+            .runs_with_key(experiment_id, key)?
+            .into_iter()
+            .next()
+            .map(|r| r.info))
+    }
+
+    /// Deletes the runs of `experiment_id` tagged `key` other than `keep` (twins a slow
+    /// server created from a create that was sent twice).
+    fn delete_run_twins(&self, experiment_id: &str, key: &str, keep: &str) -> Result<()> {
+        let runs = self.runs_with_key(experiment_id, key)?;
+        for twin in runs.iter().filter(|r| r.info.run_id != keep) {
             tracing::warn!(run_id = %twin.info.run_id, "deleting a run a retried create made twice");
             self.post::<Empty>("/runs/delete", &json!({"run_id": twin.info.run_id}))?;
         }
