@@ -133,19 +133,26 @@ fn process_start(pid: u32) -> Option<u64> {
 /// Whether the process that wrote `run` still runs (same pid, same start time).
 fn writer_alive(run: &OpenRun) -> bool {
     run.pid == std::process::id()
-        || (process_start(run.pid).is_some() && process_start(run.pid) == run.started)
+        || process_start(run.pid).is_some_and(|started| Some(started) == run.started)
+}
+
+/// The record files of `workdir` (`*.json`), sorted.
+fn record_files(workdir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(workdir.join(OPEN_RUNS_DIR)) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    files
 }
 
 /// The records of `workdir` whose process is gone: each file with what it says.
 pub(crate) fn left_by_dead_processes(workdir: &Path) -> Vec<(PathBuf, OpenRun)> {
-    let Ok(entries) = fs::read_dir(workdir.join(OPEN_RUNS_DIR)) else {
-        return Vec::new();
-    };
     let mut dead = Vec::new();
-    for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
-        if path.extension().is_none_or(|e| e != "json") {
-            continue;
-        }
+    for path in record_files(workdir) {
         let Some(run) = fs::read(&path)
             .ok()
             .and_then(|b| serde_json::from_slice::<OpenRun>(&b).ok())
@@ -163,20 +170,10 @@ pub(crate) fn left_by_dead_processes(workdir: &Path) -> Vec<(PathBuf, OpenRun)> 
 /// The records of `workdir` (for tests and diagnostics): run ids still recorded open, and
 /// `<key>.pending` for creates not known to have happened.
 pub fn recorded_open(workdir: &Path) -> Vec<String> {
-    let Ok(entries) = fs::read_dir(workdir.join(OPEN_RUNS_DIR)) else {
-        return Vec::new();
-    };
-    let mut ids: Vec<String> = entries
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            e.file_name()
-                .to_str()
-                .and_then(|n| n.strip_suffix(".json"))
-                .map(str::to_string)
-        })
-        .collect();
-    ids.sort();
-    ids
+    record_files(workdir)
+        .iter()
+        .filter_map(|p| p.file_stem()?.to_str().map(str::to_string))
+        .collect()
 }
 
 #[cfg(test)]

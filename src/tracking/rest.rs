@@ -240,7 +240,7 @@ impl RestStore {
     fn runs_with_key(&self, experiment_id: &str, key: &str) -> Result<Vec<Run>> {
         let page = self.search_runs(&SearchRuns {
             experiment_ids: vec![experiment_id.to_string()],
-            filter: format!("tags.`{TAG_CLIENT_ID}` = '{key}'"),
+            filter: client_id_filter(key),
             max_results: 100,
             ..SearchRuns::default()
         })?;
@@ -273,10 +273,8 @@ impl RestStore {
         experiment_id: &str,
         key: &str,
     ) -> Result<Option<LoggedModel>> {
-        let found = self.search_logged_models(
-            &[experiment_id.to_string()],
-            &format!("tags.`{TAG_CLIENT_ID}` = '{key}'"),
-        )?;
+        let found =
+            self.search_logged_models(&[experiment_id.to_string()], &client_id_filter(key))?;
         Ok(found.into_iter().next())
     }
 

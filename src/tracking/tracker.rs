@@ -573,9 +573,11 @@ fn fail_run(settings: &TrackingSettings, run: &OpenRun) -> Result<bool> {
             // Its create, if it happened, is in the journal under the key: end it there too.
             run.key.clone()
         } else {
-            let filter = format!("tags.`{TAG_CLIENT_ID}` = '{}'", run.key);
-            let found =
-                tracker.search_runs(std::slice::from_ref(&run.experiment_id), &filter, &[])?;
+            let found = tracker.search_runs(
+                std::slice::from_ref(&run.experiment_id),
+                &client_id_filter(&run.key),
+                &[],
+            )?;
             match found.into_iter().next() {
                 Some(r) if r.info.status == RunStatus::Running => r.info.run_id,
                 _ => return Ok(false),

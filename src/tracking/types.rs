@@ -40,6 +40,11 @@ pub fn client_id(tags: &mut Vec<Tag>, fresh: impl FnOnce() -> String) -> String 
     id
 }
 
+/// The search filter that finds the run or logged model carrying client key `key`.
+pub fn client_id_filter(key: &str) -> String {
+    format!("tags.`{TAG_CLIENT_ID}` = '{key}'")
+}
+
 /// A run parameter (same shape as a tag, but immutable once logged).
 pub type Param = Tag;
 
