@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use binance_ml::tracking::open_runs::recorded_open;
 use binance_ml::tracking::stage::{TAG_INPUT_RUN_PREFIX, TAG_MODEL, TAG_STAGE};
 use binance_ml::tracking::{
-    Metric, RunStatus, Stage, StageRun, StageRunSpec, TAG_CLIENT_ID, Tracker, TrackingSettings,
-    sync,
+    Metric, ModelCard, RunStatus, Stage, StageRun, StageRunSpec, TAG_CLIENT_ID, Tracker,
+    TrackingSettings, sync,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -216,9 +216,16 @@ fn training_stage(settings: &TrackingSettings) {
     let model_dir = files.path().join("model");
     std::fs::create_dir_all(&model_dir).unwrap();
     std::fs::write(model_dir.join("weights.bin"), [9u8; 4096]).unwrap();
-    run.log_model(settings, "BTCUSDT", "cnn_lstm", &model_dir, &[])
-        .unwrap()
-        .expect("a registered version");
+    run.log_model(
+        settings,
+        "BTCUSDT",
+        "cnn_lstm",
+        &ModelCard::default(),
+        &model_dir,
+        &[],
+    )
+    .unwrap()
+    .expect("a registered version");
     run.finish().unwrap();
 }
 

@@ -57,6 +57,25 @@ fn populate(work: &std::path::Path) -> (TrackingSettings, String, String) {
     tracker
         .log_params(&id, &[("lr", "0.01"), ("long", "x".repeat(7000).as_str())])
         .unwrap();
+    // A dataset input, in MLflow's datasets/ + inputs/ layout; logging it again adds nothing.
+    let dataset = DatasetInput::new(
+        Dataset {
+            name: "BTCUSDT_preprocessed".into(),
+            digest: "ds-h".into(),
+            source_type: "local".into(),
+            source: r#"{"uri": "file:///tmp/cache"}"#.into(),
+            schema: Some(
+                r#"{"mlflow_colspec": [{"name": "BTCUSDT.spread", "type": "float"}]}"#.into(),
+            ),
+            profile: Some(r#"{"samples": {"train": 70}}"#.into()),
+        },
+        "train",
+    );
+    for _ in 0..2 {
+        tracker
+            .log_inputs(&id, std::slice::from_ref(&dataset), &[])
+            .unwrap();
+    }
     let plot = work.join("loss.png");
     std::fs::write(&plot, [0x89, b'P', b'N', b'G']).unwrap();
     train.log_plot(&plot).unwrap();
@@ -66,7 +85,14 @@ fn populate(work: &std::path::Path) -> (TrackingSettings, String, String) {
     // No registry on the file store: the model lands in the run's model/ folder.
     assert_eq!(
         train
-            .log_model(&settings, "BTCUSDT", "cnn_lstm", &model_dir, &[])
+            .log_model(
+                &settings,
+                "BTCUSDT",
+                "cnn_lstm",
+                &ModelCard::default(),
+                &model_dir,
+                &[],
+            )
             .unwrap(),
         None
     );
@@ -187,7 +213,13 @@ fn local_store_writes_mlflow_layout_and_reads_it_back() {
     let files = tracker
         .download_artifacts(&id, "model", &work.path().join("dl"))
         .unwrap();
-    assert_eq!(files, vec![work.path().join("dl/model/ckpt/weights.bin")]);
+    assert_eq!(
+        files,
+        vec![
+            work.path().join("dl/model/MLmodel"),
+            work.path().join("dl/model/ckpt/weights.bin")
+        ]
+    );
     let one = tracker
         .download_artifacts(&id, "plots/loss.png", &work.path().join("one"))
         .unwrap();
@@ -245,5 +277,15 @@ fn mlflow_server_reads_the_local_store() {
     assert_eq!(py["history"]["train/loss"].as_array().unwrap().len(), 1200);
     assert_eq!(py["history"]["weird_x"][0][1], "nan");
     assert_eq!(py["history"]["weird_x"][1][1], "-inf");
-    assert_eq!(py["files"], json!(["ckpt/weights.bin"]));
+    // The model folder is an MLflow model: MLmodel beside the files.
+    assert_eq!(py["files"], json!(["MLmodel", "ckpt/weights.bin"]));
+    let datasets = &py["described"]["datasets"];
+    assert_eq!(datasets.as_array().unwrap().len(), 1, "{py}");
+    assert_eq!(datasets[0]["digest"], "ds-h");
+    assert_eq!(datasets[0]["profile"]["samples"]["train"], 70);
+    assert_eq!(
+        datasets[0]["schema"]["mlflow_colspec"][0]["name"],
+        "BTCUSDT.spread"
+    );
+    assert_eq!(datasets[0]["tags"]["mlflow.data.context"], "train");
 }

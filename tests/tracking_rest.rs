@@ -190,7 +190,10 @@ fn logged_model_registry_and_alias() {
             &run.run_id,
             &exp,
             "BTCUSDT_predictor",
-            "cnn_lstm",
+            &ModelCard {
+                model_type: "cnn_lstm".into(),
+                ..ModelCard::default()
+            },
             model_dir.path(),
             &[Param::new("hidden", "64")],
         )
@@ -296,7 +299,14 @@ fn stage_runs_and_latest_successful_run() {
     let model_dir = tempfile::tempdir().unwrap();
     std::fs::write(model_dir.path().join("weights.bin"), [1u8, 2, 3]).unwrap();
     let version = ok
-        .log_model(&settings, "BTCUSDT", "cnn_lstm", model_dir.path(), &[])
+        .log_model(
+            &settings,
+            "BTCUSDT",
+            "cnn_lstm",
+            &ModelCard::default(),
+            model_dir.path(),
+            &[],
+        )
         .unwrap()
         .expect("a server registers the model");
     assert_eq!(version.version, "1");

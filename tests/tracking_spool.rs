@@ -202,13 +202,64 @@ fn offline_stage_runs_sync_with_lineage_resolved() {
     let model_dir = tempfile::tempdir().unwrap();
     std::fs::write(model_dir.path().join("weights.bin"), [9u8; 100]).unwrap();
     let version = train
-        .log_model(&settings, "ETHUSDT", "cnn_lstm", model_dir.path(), &[])
+        .log_model(
+            &settings,
+            "ETHUSDT",
+            "cnn_lstm",
+            &ModelCard::default(),
+            model_dir.path(),
+            &[],
+        )
         .unwrap()
         .unwrap();
     tracker
         .set_alias(&version.name, "champion", &version.version)
         .unwrap();
+    let train_local = train.run_id().to_string();
     train.finish().unwrap();
+    // An evaluation while offline scores the journaled model: its metric and its inputs name
+    // the model by the client id, which the sync maps to the server's.
+    let model_local = tracker
+        .model_of_run(&train_local)
+        .unwrap()
+        .expect("the model this process logged");
+    let eval = StageRun::start(
+        &tracker,
+        &settings,
+        &StageRunSpec {
+            stage: Some(Stage::ModelEvaluation),
+            asset: "ETHUSDT",
+            model: "cnn_lstm",
+            config_hash: "h3",
+            config_yaml: yaml,
+            ..StageRunSpec::default()
+        },
+    )
+    .unwrap();
+    let dataset = Dataset {
+        name: "ETHUSDT_preprocessed".into(),
+        digest: "0123456789abcdef".into(),
+        source_type: "local".into(),
+        source: r#"{"uri": "file:///tmp/cache"}"#.into(),
+        schema: None,
+        profile: Some(r#"{"samples": {"test": 7}}"#.into()),
+    };
+    tracker
+        .log_inputs(
+            eval.run_id(),
+            &[DatasetInput::new(dataset, "eval")],
+            std::slice::from_ref(&model_local),
+        )
+        .unwrap();
+    tracker
+        .log_metrics(
+            eval.run_id(),
+            &[Metric::new("test_accuracy", 0.625, 1_700_000_000_000, 0)
+                .scoring(Some(&model_local), None)],
+        )
+        .unwrap();
+    let eval_local = eval.run_id().to_string();
+    eval.finish().unwrap();
     drop(tracker);
     // Nothing reached the server yet.
     let online = Tracker::open(&common::settings(&server.uri, work.path())).unwrap();
@@ -221,9 +272,17 @@ fn offline_stage_runs_sync_with_lineage_resolved() {
     );
 
     let report = sync(&settings.effective_spool_dir(), &settings).unwrap();
-    assert_eq!(report.runs_created, 2);
-    // two configs, weights.bin as a run artifact and in the logged model, MLmodel
-    assert_eq!(report.files, 5);
+    assert_eq!(report.runs_created, 3);
+    // three configs; weights.bin and MLmodel as run artifacts and in the logged model
+    assert_eq!(report.files, 7);
+    let server_id = |local: &str| {
+        report
+            .ids
+            .iter()
+            .find(|m| m.local == local)
+            .map(|m| m.server.clone())
+            .unwrap_or_else(|| panic!("{local} not mapped: {:?}", report.ids))
+    };
 
     let training = latest_successful_run(&online, &settings, Stage::ModelTraining, "h2")
         .unwrap()
@@ -250,6 +309,23 @@ fn offline_stage_runs_sync_with_lineage_resolved() {
     );
     assert_eq!(py["version"]["run_id"], training.info.run_id.as_str());
     assert_eq!(py["history"]["rows"][0][1], "1234.0");
+    let (model_id, eval_id) = (server_id(&model_local), server_id(&eval_local));
+    let py = common::readback(
+        &python,
+        None,
+        json!({"uri": server.uri, "logged_model": model_id}),
+    );
+    assert_eq!(
+        py["logged_model"]["metrics"],
+        json!([["test_accuracy", 0.625, eval_id, null]]),
+        "{py}"
+    );
+    let py = common::readback(&python, None, json!({"uri": server.uri, "run_id": eval_id}));
+    let eval = &py["described"];
+    assert_eq!(eval["model_inputs"], json!([model_id]), "{py}");
+    assert_eq!(eval["datasets"][0]["digest"], "0123456789abcdef", "{py}");
+    assert_eq!(eval["datasets"][0]["tags"]["mlflow.data.context"], "eval");
+    assert_eq!(py["run"]["status"], "FINISHED");
     let again = sync(&settings.effective_spool_dir(), &settings).unwrap();
     assert_eq!((again.ops_replayed, again.runs_created), (0, 0));
     assert!(common::files_containing(work.path(), PASSWORD).is_empty());

@@ -77,6 +77,7 @@ fn train_logs_epochs_saves_a_model_and_predict_reads_it_back() {
         "artifacts/plots/training_accuracy.png",
         "artifacts/model/model.json",
         "artifacts/model/weights.bpk",
+        "artifacts/model/MLmodel",
         "artifacts/model_summary.txt",
     ] {
         assert!(
@@ -88,6 +89,15 @@ fn train_logs_epochs_saves_a_model_and_predict_reads_it_back() {
     assert_eq!(
         std::fs::read_to_string(run_dir.join("params/parameters")).unwrap(),
         t["parameters"].to_string()
+    );
+    // Hyperparameters as flat dotted params, on the local store too.
+    assert_eq!(
+        std::fs::read_to_string(run_dir.join("params/model.lstm.units")).unwrap(),
+        "8"
+    );
+    assert_eq!(
+        std::fs::read_to_string(run_dir.join("params/optimizer.name")).unwrap(),
+        "adam"
     );
 
     // predict: the latest window, then JSON lines for a range.

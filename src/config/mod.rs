@@ -5,6 +5,7 @@
 //! by key path, with a "did you mean") -> semantic validation (every problem at once).
 
 mod interpolate;
+mod params;
 pub mod redact;
 mod schema;
 mod types;
@@ -14,6 +15,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use interpolate::expand;
+pub use params::flatten;
 pub use redact::Redactor;
 pub use schema::*;
 pub use types::{Cadence, DateBound, Symbol};

@@ -16,6 +16,7 @@ use super::dataobject::{
 };
 use super::sources::{self, Source};
 use crate::config::{Config, SourceType};
+use crate::tracking::Dataset;
 
 /// What a fetch did.
 #[derive(Debug, Clone, Serialize)]
@@ -36,6 +37,57 @@ pub struct FetchSummary {
     pub snapshots: BTreeMap<String, u64>,
     /// The summed data-quality report.
     pub quality: QualityReport,
+}
+
+impl FetchSummary {
+    /// What was fetched, as an MLflow dataset: named by the source, digest = the cache key,
+    /// source = where it came from (table, files or seed; never a connection string) and the
+    /// cache holding it, schema = the source's columns, profile = snapshots and rows dropped.
+    pub fn dataset(&self, config: &Config) -> Dataset {
+        let d = &config.data;
+        let (kind, origin) = match d.source_type {
+            SourceType::Database => (
+                "database",
+                serde_json::json!({"table": d.connection.table_name}),
+            ),
+            SourceType::File => ("file", serde_json::json!({"paths": d.files.paths})),
+            SourceType::Synthetic => ("synthetic", serde_json::json!({"seed": d.synthetic.seed})),
+        };
+        let cache = std::path::absolute(&self.cache_dir).unwrap_or(self.cache_dir.clone());
+        let source = serde_json::json!({
+            "uri": format!("file://{}", cache.display()),
+            "origin": origin,
+            "start": d.time_range.start_date.start().to_rfc3339(),
+            "end": d.time_range.end_date.end_exclusive().to_rfc3339(),
+        });
+        let c = &d.columns;
+        let schema = serde_json::json!({"mlflow_colspec": [
+            {"name": c.ts, "type": "long"},
+            {"name": c.symbol, "type": "string"},
+            {"name": c.level, "type": "integer"},
+            {"name": c.bid_price, "type": "double"},
+            {"name": c.bid_qty, "type": "double"},
+            {"name": c.ask_price, "type": "double"},
+            {"name": c.ask_qty, "type": "double"},
+        ]});
+        let profile = serde_json::json!({
+            "snapshots": self.snapshots,
+            "rows_read": self.quality.rows_read,
+            "rows_dropped": self.quality.rows_dropped(),
+            "snapshots_dropped": self.quality.snapshots_dropped(),
+            "shards": self.shards,
+            "depth_levels": d.order_book.depth_levels,
+            "cadence_seconds": d.time_range.cadence_seconds.seconds(),
+        });
+        Dataset {
+            name: source_label(config),
+            digest: self.key.clone(),
+            source_type: kind.into(),
+            source: source.to_string(),
+            schema: Some(schema.to_string()),
+            profile: Some(profile.to_string()),
+        }
+    }
 }
 
 fn source_label(config: &Config) -> String {

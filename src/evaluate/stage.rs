@@ -29,7 +29,7 @@ use crate::preprocess::PrepareSpec;
 use crate::store::{
     SplitRange, StoreManifest, StoreSamples, load_samples, read_manifest, read_rows_f32, store_dir,
 };
-use crate::tracking::{Metric, StageRun};
+use crate::tracking::{Dataset, DatasetInput, Metric, StageRun};
 use crate::train::{BatchSource, Split, StoreSource, TrainError, select_device};
 
 /// What the caller decides besides the configuration.
@@ -268,6 +268,8 @@ struct EvalSet {
     ts_ms: Vec<i64>,
     /// Logits of the logistic regression baseline and its training windows, or why not.
     linear: Result<(Vec<f64>, usize), String>,
+    /// The preprocessed store the samples came from (none for a range read from the source).
+    dataset: Option<Dataset>,
 }
 
 /// Evenly spaced picks of `want` of `n` samples, and their indices.
@@ -367,6 +369,7 @@ fn store_set(
             .slices(c.preprocessing.train_test_split.degradation_slices.max(1) as usize)
     };
     Ok(EvalSet {
+        dataset: Some(manifest.dataset()),
         split: name.into(),
         lookahead_steps: h,
         labels: labels_of(&ends),
@@ -468,6 +471,7 @@ fn range_set(
         end: ends[ends.len() - 1] + 1,
     };
     Ok(EvalSet {
+        dataset: None,
         split: format!("{start} .. {end}"),
         lookahead_steps: h,
         labels: ends.iter().map(|&k| rows.labels[k]).collect(),
@@ -734,7 +738,22 @@ pub fn evaluate(
         &[&cal_raw, &cal_fit],
         saliency.as_ref(),
     )?;
-    log_run(run, &summary, &model_run, &req.model, &dir, &plots)?;
+    // The logged model scored here gets the metrics on its own page (servers only).
+    let model_id = run.tracker().model_of_run(&model_run).unwrap_or_else(|e| {
+        tracing::warn!(
+            model_run = %model_run,
+            "could not look up the logged model of the training run ({e}); the metrics \
+             stay on the evaluation run only"
+        );
+        None
+    });
+    let scored = Scored {
+        model_run: &model_run,
+        model_id: model_id.as_deref(),
+        which: &req.model,
+        dataset: set.dataset.as_ref(),
+    };
+    log_run(run, &summary, &scored, &dir, &plots)?;
     Ok(summary)
 }
 
@@ -1177,18 +1196,36 @@ pub fn summary_markdown(
     md
 }
 
+/// What an evaluation scored: the model (its training run, and its logged model on a server)
+/// and the samples.
+struct Scored<'a> {
+    model_run: &'a str,
+    model_id: Option<&'a str>,
+    which: &'a ModelRef,
+    dataset: Option<&'a Dataset>,
+}
+
 fn log_run(
     run: &StageRun<'_>,
     s: &EvaluateSummary,
-    model_run: &str,
-    which: &ModelRef,
+    scored: &Scored<'_>,
     dir: &Path,
     plots: &[PathBuf],
 ) -> Result<(), EvaluateError> {
     let t = run.tracker();
+    let (model_run, which) = (scored.model_run, scored.which);
+    let datasets: Vec<DatasetInput> = scored
+        .dataset
+        .map(|d| DatasetInput::new(d.clone(), "eval"))
+        .into_iter()
+        .collect();
+    let models: Vec<String> = scored.model_id.map(str::to_owned).into_iter().collect();
+    t.log_inputs(run.run_id(), &datasets, &models)?;
     let now = chrono::Utc::now().timestamp_millis();
     let mut m: Vec<Metric> = Vec::new();
-    let mut push = |k: String, v: f64| m.push(Metric::new(&k, v, now, 0));
+    let mut push = |k: String, v: f64| {
+        m.push(Metric::new(&k, v, now, 0).scoring(scored.model_id, scored.dataset))
+    };
     for (k, v) in s.scores.pairs() {
         push(format!("{}_{k}", s.split), v);
     }
@@ -1225,9 +1262,16 @@ fn log_run(
         }
     }
     t.log_metrics(run.run_id(), &m)?;
-    for (i, a) in s.degradation_accuracy.iter().enumerate() {
-        t.log_metric(run.run_id(), "degradation_accuracy", *a, i as i64 + 1)?;
-    }
+    let degradation: Vec<Metric> = s
+        .degradation_accuracy
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            Metric::new("degradation_accuracy", *a, now, i as i64 + 1)
+                .scoring(scored.model_id, scored.dataset)
+        })
+        .collect();
+    t.log_metrics(run.run_id(), &degradation)?;
     let mut tags = vec![
         (
             "binance_ml.input_run.training".to_owned(),

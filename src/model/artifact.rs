@@ -11,6 +11,7 @@
 //! The directory is written under a temporary name and renamed, so a reader never sees a
 //! half-written model.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -23,6 +24,7 @@ use super::{ModelError, ModelSpec, Network, Rng};
 use crate::config::{ClassDefinition, Config};
 use crate::data::cache::sha256_hex;
 use crate::store::{RowLayout, Scaler};
+use crate::tracking::ModelCard;
 
 /// Layout version of the artifact directory.
 pub const ARTIFACT_FORMAT_VERSION: &str = "1";
@@ -79,6 +81,75 @@ pub struct ModelManifest {
     pub weights_sha256: String,
     /// When it was written (RFC 3339, UTC).
     pub created_at: String,
+}
+
+impl ModelManifest {
+    /// The model as MLflow describes it (`MLmodel`): input `[batch, assets, window_steps,
+    /// features]` float32 with the assets and features named in the metadata, output one
+    /// probability per class.
+    pub fn card(&self) -> ModelCard {
+        let shape = self.layout.sample_shape(self.window_steps);
+        let fa = self.layout.features_per_asset;
+        // The feature axis: the target's block without its `SYMBOL.` prefix, then the
+        // temporal columns (every asset's block has the same features).
+        let features: Vec<&str> = self.columns[..fa]
+            .iter()
+            .map(|c| c.split_once('.').map_or(c.as_str(), |(_, f)| f))
+            .chain(
+                self.columns[self.layout.asset_columns()..]
+                    .iter()
+                    .map(String::as_str),
+            )
+            .collect();
+        let metadata = BTreeMap::from([
+            (
+                "input_axes".to_owned(),
+                serde_json::json!(["batch", "asset", "step", "feature"]),
+            ),
+            ("assets".to_owned(), serde_json::json!(self.assets)),
+            ("features".to_owned(), serde_json::json!(features)),
+            ("store_columns".to_owned(), serde_json::json!(self.columns)),
+            (
+                "window_steps".to_owned(),
+                serde_json::json!(self.window_steps),
+            ),
+            (
+                "cadence_seconds".to_owned(),
+                serde_json::json!(self.cadence_ms as f64 / 1000.0),
+            ),
+            (
+                "horizon_seconds".to_owned(),
+                serde_json::json!(self.horizon_seconds),
+            ),
+            (
+                "class_boundaries".to_owned(),
+                serde_json::json!(self.boundaries),
+            ),
+            (
+                "boundary_type".to_owned(),
+                serde_json::json!(self.boundary_type),
+            ),
+            ("store_key".to_owned(), serde_json::json!(self.store_key)),
+            (
+                "input_scaling".to_owned(),
+                serde_json::json!(format!(
+                    "features are scaled by {MANIFEST_FILE}'s scaler (fit on the training \
+                     split) before the model sees them"
+                )),
+            ),
+        ]);
+        ModelCard {
+            model_type: self.architecture.clone(),
+            input_shape: vec![shape.assets, shape.time_steps, shape.features],
+            classes: self.class_names.clone(),
+            files: BTreeMap::from([
+                ("manifest".to_owned(), MANIFEST_FILE.to_owned()),
+                ("weights".to_owned(), WEIGHTS_FILE.to_owned()),
+                ("config".to_owned(), CONFIG_FILE.to_owned()),
+            ]),
+            metadata,
+        }
+    }
 }
 
 /// A loaded model artifact.

@@ -17,7 +17,9 @@ use crate::diagnostics::stage::{DiagnoseOutput, diagnose};
 use crate::evaluate::stage::{EvaluateRequest, EvaluateSummary, evaluate};
 use crate::predict::ModelRef;
 use crate::preprocess::stage::{PreprocessSummary, preprocess};
-use crate::tracking::{self, Metric, Stage, StageRun, StageRunSpec, Tracker, TrackingSettings};
+use crate::tracking::{
+    self, DatasetInput, Metric, Stage, StageRun, StageRunSpec, Tracker, TrackingSettings,
+};
 use crate::train::Split;
 use crate::train::stage::{MODEL_NAME, TrainRequest, TrainSummary, train};
 
@@ -47,7 +49,7 @@ impl<'a> Pipeline<'a> {
             &[],
             |run| {
                 let summary = fetch::fetch(&self.loaded.config, force)?;
-                log_fetch(run, &summary)?;
+                log_fetch(run, &summary, &self.loaded.config)?;
                 Ok(summary)
             },
         )
@@ -308,9 +310,14 @@ fn metrics(pairs: &[(String, f64)]) -> Vec<Metric> {
         .collect()
 }
 
-fn log_fetch(run: &StageRun<'_>, s: &FetchSummary) -> Result<()> {
+fn log_fetch(run: &StageRun<'_>, s: &FetchSummary, config: &crate::config::Config) -> Result<()> {
     let t = run.tracker();
     t.set_tags(run.run_id(), &[("binance_ml.dataset_hash", s.key.as_str())])?;
+    t.log_inputs(
+        run.run_id(),
+        &[DatasetInput::new(s.dataset(config), "source")],
+        &[],
+    )?;
     t.log_params(
         run.run_id(),
         &[

@@ -2,6 +2,7 @@
 //! that read it (`diagnose`, `train`, `evaluate`, `finetune`). Its manifest, key, readers and
 //! the value types it records (row layout, split ranges, scaler) live here, below all of them.
 
+mod dataset;
 pub mod layout;
 pub mod manifest;
 pub mod read;

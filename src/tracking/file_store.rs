@@ -157,6 +157,21 @@ fn write_yaml<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     write_atomic(path, text.as_bytes())
 }
 
+/// A 32-hex-digit id derived from `parts` (the same parts give the same id, as MLflow's own
+/// dataset and input ids do).
+fn id_of(parts: &[&str]) -> String {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0]);
+    }
+    h.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// Reads every file under `dir` as `(relative key, content)`; keys with `/` are sub-folders.
 fn read_key_files(dir: &Path) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();
@@ -209,15 +224,15 @@ fn parse_metric_lines(key: &str, text: &str, path: &Path) -> Result<Vec<Metric>>
             if parts.len() < 2 {
                 return Err(bad());
             }
-            Ok(Metric {
-                key: key.to_string(),
-                timestamp: parts[0].parse().map_err(|_| bad())?,
-                value: parts[1].parse().map_err(|_| bad())?,
-                step: parts
+            Ok(Metric::new(
+                key,
+                parts[1].parse().map_err(|_| bad())?,
+                parts[0].parse().map_err(|_| bad())?,
+                parts
                     .get(2)
                     .map_or(Ok(0), |s| s.parse())
                     .map_err(|_| bad())?,
-            })
+            ))
         })
         .collect()
 }
@@ -591,6 +606,46 @@ impl Store for FileStore {
     }
     fn search_logged_models(&self, _: &[String], _: &str) -> Result<Vec<LoggedModel>> {
         Err(self.unsupported("searching logged models"))
+    }
+    fn models_of_run(&self, _: &str) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
+
+    /// MLflow's layout: the dataset once per experiment under `datasets/<id>/meta.yaml`, the
+    /// run's use of it under `<run>/inputs/<id>/meta.yaml`. Logged models do not exist here.
+    fn log_inputs(&self, run_id: &str, datasets: &[DatasetInput], _: &[String]) -> Result<()> {
+        let run_dir = self.run_dir(run_id)?;
+        let experiment_dir = run_dir.parent().expect("a run sits in its experiment");
+        for input in datasets {
+            let d = &input.dataset;
+            let dataset_id = id_of(&[&d.name, &d.digest]);
+            let meta = experiment_dir
+                .join("datasets")
+                .join(&dataset_id)
+                .join("meta.yaml");
+            if !meta.is_file() {
+                write_yaml(&meta, d)?;
+            }
+            let tags: std::collections::BTreeMap<&str, &str> = input
+                .tags
+                .iter()
+                .map(|t| (t.key.as_str(), t.value.as_str()))
+                .collect();
+            write_yaml(
+                &run_dir
+                    .join("inputs")
+                    .join(id_of(&[&dataset_id, run_id]))
+                    .join("meta.yaml"),
+                &serde_json::json!({
+                    "source_type": "DATASET",
+                    "source_id": dataset_id,
+                    "destination_type": "RUN",
+                    "destination_id": run_id,
+                    "tags": tags,
+                }),
+            )?;
+        }
+        Ok(())
     }
     fn ensure_registered_model(&self, _: &str) -> Result<()> {
         Err(self.unsupported("the model registry"))

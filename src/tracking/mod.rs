@@ -15,6 +15,7 @@ pub mod error;
 pub mod file_store;
 mod http;
 pub mod limits;
+pub mod mlmodel;
 pub mod open_runs;
 pub mod rest;
 pub mod spool;
@@ -29,6 +30,7 @@ pub use error::{Result, TrackingError};
 pub(crate) use http::agent as http_agent;
 pub use http::{Credentials, RetryPolicy, Secret};
 pub use limits::Batch;
+pub use mlmodel::{MLMODEL_FILE, ModelCard};
 pub use spool::{SyncReport, sync};
 pub use stage::{
     Stage, StageRun, StageRunSpec, consumed_run_id, format_model_name, latest_successful_run,
@@ -217,6 +219,10 @@ pub trait Store: Send + Sync {
     fn finalize_logged_model(&self, model_id: &str, ready: bool) -> Result<()>;
     /// Records the model as an output of the run (`runs/outputs`).
     fn link_model_output(&self, run_id: &str, model_id: &str, step: i64) -> Result<()>;
+    /// The logged models the run lists as its outputs.
+    fn models_of_run(&self, run_id: &str) -> Result<Vec<String>>;
+    /// Records datasets and logged models as inputs of the run (`runs/log-inputs`).
+    fn log_inputs(&self, run_id: &str, datasets: &[DatasetInput], models: &[String]) -> Result<()>;
     /// Searches logged models.
     fn search_logged_models(
         &self,

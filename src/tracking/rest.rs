@@ -300,12 +300,7 @@ impl RestStore {
 
     /// Whether `model_id` is among `run_id`'s model outputs.
     fn has_model_output(&self, run_id: &str, model_id: &str) -> Result<bool> {
-        let a: RunOutputsAnswer = self.get("/runs/get", &[("run_id", run_id)])?;
-        Ok(a.run
-            .outputs
-            .model_outputs
-            .iter()
-            .any(|m| m.model_id == model_id))
+        Ok(self.models_of_run(run_id)?.iter().any(|m| m == model_id))
     }
 
     fn remember_root(&self, id: &str, uri: &str) {
@@ -599,6 +594,27 @@ impl Store for RestStore {
             }
             Err(e) => Err(e),
         }
+    }
+
+    fn models_of_run(&self, run_id: &str) -> Result<Vec<String>> {
+        let a: RunOutputsAnswer = self.get("/runs/get", &[("run_id", run_id)])?;
+        Ok(a.run
+            .outputs
+            .model_outputs
+            .into_iter()
+            .map(|m| m.model_id)
+            .collect())
+    }
+
+    fn log_inputs(&self, run_id: &str, datasets: &[DatasetInput], models: &[String]) -> Result<()> {
+        // Idempotent on the server: a dataset or model already an input of the run is kept once.
+        let models: Vec<serde_json::Value> =
+            models.iter().map(|m| json!({"model_id": m})).collect();
+        self.post::<Empty>(
+            "/runs/log-inputs",
+            &json!({"run_id": run_id, "datasets": datasets, "models": models}),
+        )
+        .map(drop)
     }
 
     fn search_logged_models(

@@ -116,6 +116,15 @@ pub enum Op {
         /// Step.
         step: i64,
     },
+    /// Record datasets and logged models as inputs of a run.
+    LogInputs {
+        /// Run id.
+        run_id: String,
+        /// Datasets.
+        datasets: Vec<DatasetInput>,
+        /// Logged model ids.
+        models: Vec<String>,
+    },
     /// Create a registered model unless it exists.
     EnsureRegisteredModel {
         /// Name.
@@ -157,6 +166,7 @@ impl Op {
             Op::UploadModelFile { .. } => "upload_model_file",
             Op::FinalizeLoggedModel { .. } => "finalize_logged_model",
             Op::LinkModelOutput { .. } => "link_model_output",
+            Op::LogInputs { .. } => "log_inputs",
             Op::EnsureRegisteredModel { .. } => "ensure_registered_model",
             Op::CreateModelVersion { .. } => "create_model_version",
             Op::SetAlias { .. } => "set_alias",
@@ -180,9 +190,14 @@ impl Op {
             Op::CreateExperiment { .. } | Op::EnsureRegisteredModel { .. } => Vec::new(),
             Op::SetExperimentTag { experiment_id, .. } => vec![experiment_id],
             Op::CreateRun { req, .. } => vec![&req.experiment_id],
-            Op::UpdateRun { run_id, .. }
-            | Op::LogBatch { run_id, .. }
-            | Op::UploadArtifact { run_id, .. } => vec![run_id],
+            Op::UpdateRun { run_id, .. } | Op::UploadArtifact { run_id, .. } => vec![run_id],
+            // Metrics may score a logged model that is itself journaled.
+            Op::LogBatch { run_id, batch } => std::iter::once(run_id.as_str())
+                .chain(batch.metrics.iter().filter_map(|m| m.model_id.as_deref()))
+                .collect(),
+            Op::LogInputs { run_id, models, .. } => std::iter::once(run_id.as_str())
+                .chain(models.iter().map(String::as_str))
+                .collect(),
             Op::CreateLoggedModel { req, .. } => vec![&req.experiment_id, &req.source_run_id],
             Op::UploadModelFile { model_id, .. } | Op::FinalizeLoggedModel { model_id, .. } => {
                 vec![model_id]
@@ -631,6 +646,26 @@ impl Store for SpoolStore {
         self.read(|r| r.search_logged_models(experiment_ids, filter))
     }
 
+    fn models_of_run(&self, run_id: &str) -> Result<Vec<String>> {
+        self.read(|r| r.models_of_run(run_id))
+    }
+
+    fn log_inputs(&self, run_id: &str, datasets: &[DatasetInput], models: &[String]) -> Result<()> {
+        self.write(
+            |r| r.log_inputs(run_id, datasets, models),
+            |_, _| {
+                Ok((
+                    Op::LogInputs {
+                        run_id: run_id.into(),
+                        datasets: datasets.to_vec(),
+                        models: models.to_vec(),
+                    },
+                    (),
+                ))
+            },
+        )
+    }
+
     fn ensure_registered_model(&self, name: &str) -> Result<()> {
         self.write(
             |r| r.ensure_registered_model(name),
@@ -1068,6 +1103,14 @@ impl Replay<'_> {
             Op::LogBatch { run_id, batch } => {
                 let batch = Batch {
                     tags: self.tags(&batch.tags),
+                    metrics: batch
+                        .metrics
+                        .iter()
+                        .map(|m| Metric {
+                            model_id: m.model_id.as_deref().map(|id| self.id(id)),
+                            ..m.clone()
+                        })
+                        .collect(),
                     ..batch.clone()
                 };
                 rest.log_batch(&self.id(run_id), &batch)?;
@@ -1131,6 +1174,14 @@ impl Replay<'_> {
                 model_id,
                 step,
             } => rest.link_model_output(&self.id(run_id), &self.id(model_id), *step),
+            Op::LogInputs {
+                run_id,
+                datasets,
+                models,
+            } => {
+                let models: Vec<String> = models.iter().map(|m| self.id(m)).collect();
+                rest.log_inputs(&self.id(run_id), datasets, &models)
+            }
             Op::EnsureRegisteredModel { name } => rest.ensure_registered_model(name),
             Op::CreateModelVersion {
                 local_id,

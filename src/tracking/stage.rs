@@ -7,6 +7,7 @@ use std::path::Path;
 use chrono::{DateTime, Utc};
 
 use super::error::{Result, TrackingError};
+use super::mlmodel::ModelCard;
 use super::tracker::Tracker;
 use super::types::*;
 use super::{CONFIG_ARTIFACT, DIAGNOSTICS_DIR, MODEL_DIR, PLOTS_DIR, TrackingSettings};
@@ -246,19 +247,22 @@ impl<'t> StageRun<'t> {
             .log_artifact(self.run_id(), file, DIAGNOSTICS_DIR)
     }
 
-    /// Logs the model in `model_dir` as run artifacts under `model/`, and with a server also
-    /// as an MLflow 3 logged model, registered under `model_name_pattern` when
-    /// `register_model` is on (returns the new version).
+    /// Logs the model in `model_dir` as run artifacts under `model/` (an MLflow model folder:
+    /// `card` is written into it as `MLmodel`), and with a server also as an MLflow 3 logged
+    /// model, registered under `model_name_pattern` when `register_model` is on (returns the
+    /// new version).
     pub fn log_model(
         &self,
         settings: &TrackingSettings,
         asset: &str,
         model: &str,
+        card: &ModelCard,
         model_dir: &Path,
         params: &[Param],
     ) -> Result<Option<ModelVersion>> {
         // Run artifacts everywhere, so `predict --run-id` reads the same files from a server
         // and from the local store; with a server also a logged model in the registry.
+        card.write(model_dir, self.run_id())?;
         self.tracker
             .log_artifacts(self.run_id(), model_dir, MODEL_DIR)?;
         if !self.tracker.supports_models() {
@@ -269,7 +273,7 @@ impl<'t> StageRun<'t> {
             self.run_id(),
             &self.info.experiment_id,
             &name,
-            model,
+            card,
             model_dir,
             params,
         )?;

@@ -8,6 +8,7 @@ use super::error::{Result, TrackingError};
 use super::file_store::FileStore;
 use super::http::split_userinfo;
 use super::limits::{self, MAX_PARAM_VALUE_LEN, MAX_TAG_VALUE_LEN, chunk_batch, sanitize_key};
+use super::mlmodel::{MLMODEL_FILE, ModelCard};
 use super::open_runs::{OpenRun, OpenRuns, left_by_dead_processes};
 use super::spool::SpoolStore;
 use super::types::*;
@@ -19,8 +20,12 @@ pub const TAG_RUN_NAME: &str = "mlflow.runName";
 pub const TAG_PARENT_RUN: &str = "mlflow.parentRunId";
 /// Tag MLflow shows as the run's source.
 pub const TAG_SOURCE_NAME: &str = "mlflow.source.name";
-/// Tag MLflow shows as the run's user.
+/// Tag MLflow shows as the run's user ("Created by").
 pub const TAG_USER: &str = "mlflow.user";
+/// Tag MLflow shows as the kind of the run's source.
+pub const TAG_SOURCE_TYPE: &str = "mlflow.source.type";
+/// The longest dataset digest MLflow stores.
+const MAX_DATASET_DIGEST_LEN: usize = 36;
 
 /// The tracking client: sanitises keys, chunks batches, moves long params to artifacts, and
 /// hands the rest to its store.
@@ -29,6 +34,8 @@ pub struct Tracker {
     /// Where open runs are recorded (so a killed process's runs end FAILED later); `None`
     /// for a tracker over an explicit store.
     open_runs: Option<OpenRuns>,
+    /// Who creates runs (`mlflow.user`).
+    user: String,
 }
 
 impl std::fmt::Debug for Tracker {
@@ -52,9 +59,16 @@ impl Tracker {
                 settings.offline,
             )?),
         };
+        // The tracking account when there is one (what the server's auth knows runs by).
+        let username = settings
+            .credentials
+            .as_ref()
+            .map(|c| c.username.clone())
+            .or_else(|| split_userinfo(&settings.tracking_uri).1.map(|c| c.username));
         Ok(Tracker {
             store,
             open_runs: Some(OpenRuns::of(settings)),
+            user: username.unwrap_or_else(os_user),
         })
     }
 
@@ -63,6 +77,7 @@ impl Tracker {
         Tracker {
             store,
             open_runs: None,
+            user: os_user(),
         }
     }
 
@@ -98,7 +113,8 @@ impl Tracker {
     }
 
     /// Starts a run named `run_name`, nested under `parent_run_id` when given, with
-    /// `mlflow.runName`, `mlflow.source.name` (this program) and `mlflow.user` set.
+    /// `mlflow.runName`, `mlflow.source.name` (this program), `mlflow.source.type` and
+    /// `mlflow.user` set.
     pub fn start_run(
         &self,
         experiment_id: &str,
@@ -106,13 +122,14 @@ impl Tracker {
         parent_run_id: Option<&str>,
         tags: &[Tag],
     ) -> Result<RunInfo> {
-        let user = std::env::var("USER").unwrap_or_default();
+        let user = self.user.clone();
         let mut all = vec![
             Tag::new(TAG_RUN_NAME, run_name),
             Tag::new(
                 TAG_SOURCE_NAME,
                 concat!("binance-ml ", env!("CARGO_PKG_VERSION")),
             ),
+            Tag::new(TAG_SOURCE_TYPE, "LOCAL"),
             Tag::new(TAG_USER, user.clone()),
         ];
         if let Some(p) = parent_run_id {
@@ -370,17 +387,18 @@ impl Tracker {
     }
 
     /// Logs an MLflow 3 model: creates it (PENDING), links it as an output of `run_id`,
-    /// uploads every file of `model_dir` plus an `MLmodel` file, and marks it READY (or
-    /// UPLOAD_FAILED if an upload fails).
+    /// uploads every file of `model_dir` (its `MLmodel` rewritten from `card` with the model's
+    /// id), and marks it READY (or UPLOAD_FAILED if an upload fails).
     pub fn log_model(
         &self,
         run_id: &str,
         experiment_id: &str,
         name: &str,
-        model_type: &str,
+        card: &ModelCard,
         model_dir: &Path,
         params: &[Param],
     ) -> Result<LoggedModel> {
+        let model_type = card.model_type.as_str();
         let model = self.store.create_logged_model(&CreateLoggedModel {
             experiment_id: experiment_id.to_string(),
             name: name.to_string(),
@@ -393,11 +411,14 @@ impl Tracker {
             tags: Vec::new(),
         })?;
         self.store.link_model_output(run_id, &model.model_id, 0)?;
+        remember_model(&self.describe(), run_id, &model.model_id);
         let upload = || -> Result<()> {
             for (file, rel) in walk_files(model_dir)? {
-                self.store.upload_model_file(&model.model_id, &file, &rel)?;
+                if rel != MLMODEL_FILE {
+                    self.store.upload_model_file(&model.model_id, &file, &rel)?;
+                }
             }
-            let mlmodel = mlmodel_yaml(&model.model_id, run_id, model_type);
+            let mlmodel = card.mlmodel_yaml(run_id, Some(&model.model_id))?;
             let tmp = tempfile_path("MLmodel");
             std::fs::write(&tmp, mlmodel)
                 .map_err(|e| TrackingError::io(format!("writing {}", tmp.display()), e))?;
@@ -420,6 +441,42 @@ impl Tracker {
                 Err(e)
             }
         }
+    }
+
+    /// The logged model run `run_id` produced, if any: known without a request when this
+    /// process logged it (also while journaling), else the run's outputs on the server.
+    pub fn model_of_run(&self, run_id: &str) -> Result<Option<String>> {
+        if let Some(id) = remembered_model(&self.describe(), run_id) {
+            return Ok(Some(id));
+        }
+        if !self.supports_models() {
+            return Ok(None);
+        }
+        Ok(self.store.models_of_run(run_id)?.into_iter().next())
+    }
+
+    /// Records datasets (and logged models) as inputs of `run_id`.
+    pub fn log_inputs(
+        &self,
+        run_id: &str,
+        datasets: &[DatasetInput],
+        models: &[String],
+    ) -> Result<()> {
+        if let Some(d) = datasets
+            .iter()
+            .find(|d| d.dataset.digest.len() > MAX_DATASET_DIGEST_LEN)
+        {
+            return Err(TrackingError::InvalidInput(format!(
+                "dataset {:?}: digest {:?} is longer than MLflow's {MAX_DATASET_DIGEST_LEN} \
+                 characters",
+                d.dataset.name, d.dataset.digest
+            )));
+        }
+        let models = if self.supports_models() { models } else { &[] };
+        if datasets.is_empty() && models.is_empty() {
+            return Ok(());
+        }
+        self.store.log_inputs(run_id, datasets, models)
     }
 
     /// Logged models in `experiment_ids` matching `filter` (MLflow syntax, "" = all).
@@ -522,14 +579,48 @@ fn tempfile_path(artifact_path: &str) -> std::path::PathBuf {
 }
 
 /// The `MLmodel` file MLflow shows for a logged model; the flavor says how to load it.
-fn mlmodel_yaml(model_id: &str, run_id: &str, model_type: &str) -> String {
-    let now = chrono::Utc::now().format("%Y-%m-%d %H:%M:%S%.6f");
-    format!(
-        "artifact_path: model\nflavors:\n  binance_ml:\n    model_type: {model_type:?}\n    \
-         binance_ml_version: {:?}\nmodel_id: {model_id}\nmodel_uuid: {model_id}\n\
-         run_id: {run_id}\nutc_time_created: '{now}'\n",
-        env!("CARGO_PKG_VERSION")
-    )
+/// Models logged by this process, by (store, run): what evaluation links its metrics to
+/// without asking a server, which a journaling process cannot.
+static LOGGED_MODELS: std::sync::Mutex<Vec<(String, String, String)>> =
+    std::sync::Mutex::new(Vec::new());
+
+fn remember_model(store: &str, run_id: &str, model_id: &str) {
+    let mut models = LOGGED_MODELS.lock().unwrap_or_else(|p| p.into_inner());
+    models.retain(|(s, r, _)| !(s == store && r == run_id));
+    models.push((store.to_owned(), run_id.to_owned(), model_id.to_owned()));
+}
+
+fn remembered_model(store: &str, run_id: &str) -> Option<String> {
+    let models = LOGGED_MODELS.lock().unwrap_or_else(|p| p.into_inner());
+    models
+        .iter()
+        .find(|(s, r, _)| s == store && r == run_id)
+        .map(|(_, _, m)| m.clone())
+}
+
+/// The OS account running this process: `$USER`, `$LOGNAME`, else the password database's
+/// name for the effective uid (cron jobs and containers often set neither variable).
+fn os_user() -> String {
+    for var in ["USER", "LOGNAME"] {
+        if let Ok(u) = std::env::var(var)
+            && !u.is_empty()
+        {
+            return u;
+        }
+    }
+    let uid = unsafe { libc::geteuid() };
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 4096];
+    let mut found = std::ptr::null_mut();
+    // SAFETY: every pointer refers to a live local of the size passed; the name is read
+    // before `buf` goes out of scope.
+    let rc = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut found) };
+    if rc == 0 && !found.is_null() && !pw.pw_name.is_null() {
+        // SAFETY: getpwuid_r succeeded, so pw_name points at a NUL-terminated name in `buf`.
+        let name = unsafe { std::ffi::CStr::from_ptr(pw.pw_name) };
+        return name.to_string_lossy().into_owned();
+    }
+    format!("uid {uid}")
 }
 
 /// Ends FAILED every run a dead process of this work directory left open, and returns how

@@ -64,6 +64,16 @@ pub struct Metric {
     pub timestamp: i64,
     /// Step (epoch, batch, ...).
     pub step: i64,
+    /// The logged model the point scores (MLflow 3): the server records it on the run and on
+    /// the model's page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_id: Option<String>,
+    /// Name of the dataset the point was measured on (MLflow 3; shown with model metrics).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dataset_name: Option<String>,
+    /// Digest of that dataset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dataset_digest: Option<String>,
 }
 
 impl Metric {
@@ -74,6 +84,63 @@ impl Metric {
             value,
             timestamp,
             step,
+            model_id: None,
+            dataset_name: None,
+            dataset_digest: None,
+        }
+    }
+
+    /// The same point, scoring logged model `model_id` on `dataset`.
+    pub fn scoring(self, model_id: Option<&str>, dataset: Option<&Dataset>) -> Self {
+        Metric {
+            model_id: model_id.map(str::to_owned),
+            dataset_name: dataset.map(|d| d.name.clone()),
+            dataset_digest: dataset.map(|d| d.digest.clone()),
+            ..self
+        }
+    }
+}
+
+/// A dataset as MLflow records it (`runs/log-inputs`): `source`, `schema` and `profile` are
+/// JSON documents in strings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct Dataset {
+    /// Name shown in the UI.
+    pub name: String,
+    /// Content hash (at most 36 characters).
+    pub digest: String,
+    /// Kind of source, e.g. `local`.
+    pub source_type: String,
+    /// Where the data lives (JSON).
+    pub source: String,
+    /// Columns (JSON, MLflow's `mlflow_colspec`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
+    /// Summary figures (JSON).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+}
+
+/// MLflow's tag naming what a run used a dataset for (`train`, `eval`, ...).
+pub const TAG_DATASET_CONTEXT: &str = "mlflow.data.context";
+
+/// A dataset used by a run, with the input's tags (its context).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct DatasetInput {
+    /// Input tags, e.g. [`TAG_DATASET_CONTEXT`].
+    pub tags: Vec<Tag>,
+    /// The dataset.
+    pub dataset: Dataset,
+}
+
+impl DatasetInput {
+    /// `dataset` used by a run as `context` (`train`, `eval`, `source`, ...).
+    pub fn new(dataset: Dataset, context: &str) -> Self {
+        DatasetInput {
+            tags: vec![Tag::new(TAG_DATASET_CONTEXT, context)],
+            dataset,
         }
     }
 }

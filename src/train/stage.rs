@@ -9,16 +9,17 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use super::trainer::optimizer_params;
 use super::{
     BatchSource, EpochMetrics, Split, StoreSource, TrainError, TrainObserver, TrainOptions,
     Trainer, select_device,
 };
-use crate::config::LoadedConfig;
+use crate::config::{Config, LoadedConfig};
 use crate::data::cache::sha256_hex;
 use crate::model::{ModelArtifact, ModelManifest, ModelSpec, ModelSummary};
 use crate::plot::{self, Chart, Line};
 use crate::store::{read_manifest, store_dir};
-use crate::tracking::{Metric, Param, StageRun, TrackingSettings};
+use crate::tracking::{DatasetInput, Metric, Param, StageRun, TrackingSettings};
 
 /// Model name used in run names, tags and the registry pattern's `{model}`.
 pub const MODEL_NAME: &str = "cnn_lstm";
@@ -209,7 +210,7 @@ pub fn train(
 
     // Lineage first: a run killed mid-training is still findable by its tags.
     run.tracker().set_tags(run.run_id(), &req.tags)?;
-    log_setup(run, &source, &spec, &summary, &opts, &device.description)?;
+    log_setup(run, c, &source, &spec, &summary, &opts, &device.description)?;
     let mut observer = MlflowObserver { run, error: None };
     for m in trainer.history() {
         observer.log(m);
@@ -281,12 +282,28 @@ pub fn train(
     )?;
     let settings = TrackingSettings::from_config(c);
     let asset = c.data.asset_pairs.target_asset.to_string();
-    let params = [
-        Param::new("architecture", c.model.architecture.clone()),
-        Param::new("parameters", summary.total_params().to_string()),
-        Param::new("weights_epoch", outcome.weights_epoch.to_string()),
-    ];
-    let version = run.log_model(&settings, &asset, MODEL_NAME, &model_dir, &params)?;
+    // The logged model's page lists what it is: the model section and its optimizer.
+    let params: Vec<Param> = [
+        ("architecture".to_owned(), c.model.architecture.clone()),
+        ("parameters".to_owned(), summary.total_params().to_string()),
+        (
+            "weights_epoch".to_owned(),
+            outcome.weights_epoch.to_string(),
+        ),
+    ]
+    .into_iter()
+    .chain(crate::config::flatten("model", &c.model))
+    .chain(optimizer_params(opts.learning_rate))
+    .map(|(k, v)| Param::new(k, v))
+    .collect();
+    let version = run.log_model(
+        &settings,
+        &asset,
+        MODEL_NAME,
+        &artifact.card(),
+        &model_dir,
+        &params,
+    )?;
     Ok(TrainSummary {
         run_id: run.run_id().to_owned(),
         model_dir,
@@ -306,6 +323,7 @@ pub fn train(
 
 fn log_setup(
     run: &StageRun<'_>,
+    config: &Config,
     source: &StoreSource,
     spec: &ModelSpec,
     summary: &ModelSummary,
@@ -343,6 +361,21 @@ fn log_setup(
                 source.len(Split::Validation).to_string(),
             ),
         ],
+    )?;
+    // Every hyperparameter as a flat dotted param, so runs compare and search in the UI;
+    // `optimizer.learning_rate` is the rate this run starts from (a fine-tune's own).
+    t.log_params(
+        run.run_id(),
+        &[
+            config.hyperparameters(),
+            optimizer_params(opts.learning_rate),
+        ]
+        .concat(),
+    )?;
+    t.log_inputs(
+        run.run_id(),
+        &[DatasetInput::new(source.manifest().dataset(), "train")],
+        &[],
     )?;
     t.log_text(run.run_id(), &summary.to_string(), "model_summary.txt")?;
     Ok(())

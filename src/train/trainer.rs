@@ -191,9 +191,35 @@ pub struct Trainer {
     best: Option<Network>,
 }
 
+/// Adam's moment decay rates (PyTorch's and Keras' defaults).
+const ADAM_BETAS: (f32, f32) = (0.9, 0.999);
+/// PyTorch's and Keras' epsilon order of magnitude (Burn's default is 1e-5).
+const ADAM_EPSILON: f32 = 1e-8;
+
 fn adam() -> ModuleOptimizer {
-    // PyTorch's and Keras' epsilon order of magnitude (Burn's default is 1e-5).
-    AdamConfig::new().with_epsilon(1e-8).init()
+    AdamConfig::new()
+        .with_beta_1(ADAM_BETAS.0)
+        .with_beta_2(ADAM_BETAS.1)
+        .with_epsilon(ADAM_EPSILON)
+        .init()
+}
+
+/// The optimizer as flat params (`optimizer.name`, `optimizer.beta1`, ...), with the
+/// learning rate a run starts from.
+pub fn optimizer_params(learning_rate: f64) -> Vec<(String, String)> {
+    [
+        ("name", "adam".to_owned()),
+        ("learning_rate", learning_rate.to_string()),
+        ("beta1", ADAM_BETAS.0.to_string()),
+        ("beta2", ADAM_BETAS.1.to_string()),
+        ("epsilon", format!("{ADAM_EPSILON:e}")),
+        ("amsgrad", "false".to_owned()),
+        ("weight_decay", "0".to_owned()),
+        ("gradient_clipping", "none".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (format!("optimizer.{k}"), v))
+    .collect()
 }
 
 impl Trainer {
