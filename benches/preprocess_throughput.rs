@@ -8,7 +8,6 @@
 use std::time::Instant;
 
 use binance_ml::config::{ClassDefinition, GapHandling, NormalizationMethod};
-use binance_ml::data::dataobject::Matrix;
 use binance_ml::data::npz::NpzWriter;
 use binance_ml::preprocess::features::FeatureSpec;
 use binance_ml::preprocess::grid::Levels;
@@ -71,18 +70,15 @@ fn main() {
     if let Some(out) = args.get(2) {
         let mut w = NpzWriter::new();
         for (a, b) in books.iter().enumerate() {
-            w.add_i64(&format!("a{a}/ts"), &b.ts).unwrap();
+            w.add_vector(&format!("a{a}/ts"), &b.ts).unwrap();
             for (name, v) in [
                 ("bid_px", &b.bid_px),
                 ("bid_qty", &b.bid_qty),
                 ("ask_px", &b.ask_px),
                 ("ask_qty", &b.ask_qty),
             ] {
-                w.add_f64(
-                    &format!("a{a}/{name}"),
-                    &Matrix::new(steps, DEPTH, v.clone()),
-                )
-                .unwrap();
+                w.add_matrix(&format!("a{a}/{name}"), v, steps, DEPTH)
+                    .unwrap();
             }
         }
         std::fs::write(out, w.finish().unwrap()).unwrap();

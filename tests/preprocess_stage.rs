@@ -133,6 +133,71 @@ fn quickstart_preprocesses_reuses_and_diagnoses() {
 }
 
 #[test]
+fn numpy_reads_the_store_files() {
+    let Some(python) = common::python("numpy_reads_the_store_files") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = quickstart_in(dir.path());
+    ok(dir.path(), &yaml, &["fetch"]);
+    let first = ok(dir.path(), &yaml, &["preprocess"]);
+    let store = Path::new(first["store_dir"].as_str().unwrap()).to_owned();
+    let m = binance_ml::store::read_manifest(&store).unwrap();
+    let rows_file = store.join(&m.shards[0].file);
+    let rows = binance_ml::store::read_rows_f32(&rows_file, m.columns.len(), None).unwrap();
+    let s = binance_ml::store::load_samples(&store, &m).unwrap();
+
+    // numpy prints each array's dtype, shape and the sha256 of its values; ours must match.
+    let script = r#"
+import hashlib, sys, numpy as np
+def show(name, a):
+    digest = hashlib.sha256(a.astype(a.dtype.newbyteorder("<")).tobytes())
+    print(name, a.dtype, "x".join(map(str, a.shape)), digest.hexdigest())
+show("rows", np.load(sys.argv[1])["rows"])
+z = np.load(sys.argv[2])
+for name in ["train", "validation", "test", "label", "regime", "price_change", "weight"]:
+    show(name, z[name])
+"#;
+    let out = std::process::Command::new(&python)
+        .args(["-c", script])
+        .arg(&rows_file)
+        .arg(store.join("samples.npz"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let hash = |bytes: Vec<u8>| binance_ml::data::cache::sha256_hex(&bytes);
+    let i64s = |v: &[i64]| hash(v.iter().flat_map(|x| x.to_le_bytes()).collect());
+    let f64s = |v: &[f64]| hash(v.iter().flat_map(|x| x.to_le_bytes()).collect());
+    let mut want = vec![format!(
+        "rows float32 {}x{} {}",
+        rows.len() / m.columns.len(),
+        m.columns.len(),
+        hash(rows.iter().flat_map(|x| x.to_le_bytes()).collect())
+    )];
+    for (name, ends) in ["train", "validation", "test"].iter().zip(&s.ends) {
+        let ends: Vec<i64> = ends.iter().map(|&e| e as i64).collect();
+        want.push(format!("{name} int64 {} {}", ends.len(), i64s(&ends)));
+    }
+    for (name, v) in [("label", &s.labels), ("regime", &s.regimes)] {
+        want.push(format!("{name} int64 {} {}", v.len(), i64s(v)));
+    }
+    for (name, v) in [("price_change", &s.price_changes), ("weight", &s.weights)] {
+        want.push(format!("{name} float64 {}x1 {}", v.len(), f64s(v)));
+    }
+    assert_eq!(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .collect::<Vec<_>>(),
+        want
+    );
+}
+
+#[test]
 fn rare_classes_fail_diagnostics_with_exit_3() {
     let dir = tempfile::tempdir().unwrap();
     // +-5 % over 60 s never happens: the outer classes are empty.

@@ -25,9 +25,9 @@ use sha2::{Digest, Sha256};
 use super::DataError;
 use super::assemble::QualityReport;
 use super::dataobject::{
-    DATA_FORMAT_VERSION, DataObject, ExternalData, Metadata, OrderBook, TemporalFeatures,
+    DATA_FORMAT_VERSION, DataObject, ExternalData, Matrix, Metadata, OrderBook, TemporalFeatures,
 };
-use super::npz::{Array, NpzReader, NpzWriter};
+use super::npz::{NpzReader, NpzWriter};
 use crate::config::{DataConfig, SourceType, Symbol};
 
 /// File name of the index.
@@ -306,7 +306,7 @@ impl ShardCache {
         let mut w = NpzWriter::new();
         let io = |e| DataError::io(format!("cannot encode {}", npz_path.display()), e);
         for (symbol, book) in books {
-            w.add_i64(
+            w.add_vector(
                 &format!("{symbol}/snapshot_timestamps"),
                 &book.snapshot_timestamps,
             )
@@ -318,7 +318,8 @@ impl ShardCache {
                 ("ask_price", &book.ask_price),
                 ("ask_qty", &book.ask_qty),
             ] {
-                w.add_f64(&format!("{symbol}/{name}"), m).map_err(io)?;
+                w.add_matrix(&format!("{symbol}/{name}"), &m.data, m.rows, m.cols)
+                    .map_err(io)?;
             }
         }
         let bytes = w.finish().map_err(io)?;
@@ -448,24 +449,17 @@ impl CacheReader {
             )));
         }
         let m = &self.manifest.metadata;
-        let mut npz = NpzReader::new(&bytes).map_err(corrupt)?;
+        let mut npz = NpzReader::new(&bytes).map_err(|e| corrupt(e.to_string()))?;
         let mut order_books = BTreeMap::new();
         for symbol in &m.asset_pairs {
-            let f64s = |npz: &mut NpzReader, name: &str| match npz.read(&format!("{symbol}/{name}"))
-            {
-                Ok(Array::F64(m)) => Ok(m),
-                Ok(_) => Err(corrupt(format!("{symbol}/{name} is not float64"))),
-                Err(e) => Err(corrupt(e)),
+            let f64s = |npz: &mut NpzReader, name: &str| {
+                npz.read_matrix(&format!("{symbol}/{name}"))
+                    .map(|(rows, cols, data)| Matrix::new(rows, cols, data))
+                    .map_err(|e| corrupt(e.to_string()))
             };
-            let snapshot_timestamps = match npz.read(&format!("{symbol}/snapshot_timestamps")) {
-                Ok(Array::I64(v)) => v,
-                Ok(_) => {
-                    return Err(corrupt(format!(
-                        "{symbol}/snapshot_timestamps is not int64"
-                    )));
-                }
-                Err(e) => return Err(corrupt(e)),
-            };
+            let snapshot_timestamps = npz
+                .read_vector(&format!("{symbol}/snapshot_timestamps"))
+                .map_err(|e| corrupt(e.to_string()))?;
             let book = OrderBook {
                 snapshot_timestamps,
                 snapshot_features: f64s(&mut npz, "snapshot_features")?,

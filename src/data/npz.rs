@@ -1,36 +1,63 @@
-//! NPZ files (a zip of `.npy` arrays, loadable by `numpy.load`), written into memory so the
-//! bytes can be hashed before they reach disk. Only what the cache needs: little-endian
-//! `int64` vectors and `float64` matrices, stored uncompressed (fast to write and read;
+//! NPZ files (a zip of `.npy` arrays, loadable by `numpy.load`) through `ndarray-npy`,
+//! written into memory so the bytes can be hashed before they reach disk. Arrays are 1-D
+//! vectors or 2-D row-major matrices of any `.npy` element type (the cache and the store
+//! use `int64`, `float64` and `float32`), stored uncompressed (fast to write and read;
 //! shards are bounded by `data.cache.shard_seconds`).
 
-use std::io::{Cursor, Read, Write};
+use std::io::{self, Cursor};
 
+use ndarray::{Array, Array1, Array2, ArrayView1, ArrayView2, Dimension};
+use ndarray_npy::{ReadNpzError, ReadableElement, WritableElement, WriteNpyExt, WriteNpzError};
+use zip::result::ZipError;
 use zip::write::SimpleFileOptions;
-use zip::{CompressionMethod, ZipArchive, ZipWriter};
+use zip::{CompressionMethod, DateTime};
 
-use super::dataobject::Matrix;
-
-/// An array read back from an NPZ.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Array {
-    /// A 1-D `int64` array.
-    I64(Vec<i64>),
-    /// A 2-D `float64` array.
-    F64(Matrix),
-    /// A 2-D `float32` array (the preprocessed rows).
-    F32 {
-        /// Rows.
+/// Why an NPZ or one of its arrays could not be read or written; names the array.
+#[derive(Debug, thiserror::Error)]
+pub enum NpzError {
+    /// The bytes are not a zip archive.
+    #[error("not an NPZ archive: {0}")]
+    NotArchive(#[source] ReadNpzError),
+    /// The archive has no such array.
+    #[error("array {0} missing")]
+    Missing(String),
+    /// The array is not what the reader expects (element type, dimensions, truncated data).
+    #[error("array {name} is not a {expected} array: {source}")]
+    Read {
+        /// The array.
+        name: String,
+        /// Dimensions and element type, e.g. `1-D i64`.
+        expected: String,
+        /// What ndarray-npy found.
+        #[source]
+        source: ReadNpzError,
+    },
+    /// The values do not fill the given shape.
+    #[error("array {name}: {len} values for shape {rows}x{cols}")]
+    Shape {
+        /// The array.
+        name: String,
+        /// Values given.
+        len: usize,
+        /// Rows given.
         rows: usize,
-        /// Columns.
+        /// Columns given.
         cols: usize,
-        /// `rows * cols` values, row by row.
-        data: Vec<f32>,
+    },
+    /// The array or the archive's directory could not be encoded.
+    #[error("encoding {what}: {source}")]
+    Write {
+        /// `array <name>` or `the zip directory`.
+        what: String,
+        /// What ndarray-npy or zip reported.
+        #[source]
+        source: WriteNpzError,
     },
 }
 
 /// Builds an NPZ in memory.
 pub struct NpzWriter {
-    zip: ZipWriter<Cursor<Vec<u8>>>,
+    npz: ndarray_npy::NpzWriter<Cursor<Vec<u8>>>,
 }
 
 impl Default for NpzWriter {
@@ -43,151 +70,119 @@ impl NpzWriter {
     /// An empty archive.
     pub fn new() -> Self {
         Self {
-            zip: ZipWriter::new(Cursor::new(Vec::new())),
+            // Each array gets its own options (`large_file` depends on its size).
+            npz: ndarray_npy::NpzWriter::new(Cursor::new(Vec::new())),
         }
     }
 
-    fn entry(&mut self, name: &str, descr: &str, shape: &str, data: &[u8]) -> std::io::Result<()> {
-        let options = SimpleFileOptions::default()
-            .compression_method(CompressionMethod::Stored)
-            // Fixed timestamps: the same data gives the same bytes, hence the same sha256.
-            .last_modified_time(zip::DateTime::default())
-            .large_file(data.len() > u32::MAX as usize / 2);
-        self.zip
-            .start_file(format!("{name}.npy"), options)
-            .map_err(std::io::Error::other)?;
-        let mut header =
-            format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
-        // Magic (6) + version (2) + length (2) + header + '\n' is padded to 64 bytes.
-        let total = 10 + header.len() + 1;
-        header.extend(std::iter::repeat_n(' ', total.next_multiple_of(64) - total));
-        header.push('\n');
-        self.zip.write_all(b"\x93NUMPY\x01\x00")?;
-        self.zip.write_all(&(header.len() as u16).to_le_bytes())?;
-        self.zip.write_all(header.as_bytes())?;
-        self.zip.write_all(data)
+    /// Adds a 1-D array.
+    pub fn add_vector<T: WritableElement>(&mut self, name: &str, values: &[T]) -> io::Result<()> {
+        self.add(name, &ArrayView1::from(values), size_of_val(values))
     }
 
-    /// Adds a 1-D `int64` array.
-    pub fn add_i64(&mut self, name: &str, values: &[i64]) -> std::io::Result<()> {
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        self.entry(name, "<i8", &format!("({},)", values.len()), &bytes)
-    }
-
-    /// Adds a 2-D `float64` array.
-    pub fn add_f64(&mut self, name: &str, m: &Matrix) -> std::io::Result<()> {
-        let bytes: Vec<u8> = m.data.iter().flat_map(|v| v.to_le_bytes()).collect();
-        self.entry(name, "<f8", &format!("({}, {})", m.rows, m.cols), &bytes)
-    }
-
-    /// Adds a 2-D `float32` array of `rows x cols` values.
-    pub fn add_f32(
+    /// Adds a 2-D array of `rows x cols` values, given row by row.
+    pub fn add_matrix<T: WritableElement>(
         &mut self,
         name: &str,
-        data: &[f32],
+        values: &[T],
         rows: usize,
         cols: usize,
-    ) -> std::io::Result<()> {
-        let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
-        self.entry(name, "<f4", &format!("({rows}, {cols})"), &bytes)
+    ) -> io::Result<()> {
+        let view = ArrayView2::from_shape((rows, cols), values).map_err(|_| {
+            io::Error::other(NpzError::Shape {
+                name: name.to_owned(),
+                len: values.len(),
+                rows,
+                cols,
+            })
+        })?;
+        self.add(name, &view, size_of_val(values))
+    }
+
+    fn add<A: WriteNpyExt>(&mut self, name: &str, array: &A, bytes: usize) -> io::Result<()> {
+        self.npz
+            .add_array_with_options(name, array, options(bytes))
+            .map_err(|source| {
+                io::Error::other(NpzError::Write {
+                    what: format!("array {name}"),
+                    source,
+                })
+            })
     }
 
     /// The archive's bytes.
-    pub fn finish(self) -> std::io::Result<Vec<u8>> {
-        Ok(self
-            .zip
-            .finish()
-            .map_err(std::io::Error::other)?
-            .into_inner())
+    pub fn finish(self) -> io::Result<Vec<u8>> {
+        match self.npz.finish() {
+            Ok(cursor) => Ok(cursor.into_inner()),
+            Err(source) => Err(io::Error::other(NpzError::Write {
+                what: "the zip directory".into(),
+                source,
+            })),
+        }
     }
+}
+
+/// Zip options for an array of `bytes` data bytes.
+fn options(bytes: usize) -> SimpleFileOptions {
+    SimpleFileOptions::default()
+        .compression_method(CompressionMethod::Stored)
+        // Fixed timestamps: the same data gives the same bytes, hence the same sha256.
+        .last_modified_time(DateTime::default())
+        // Zip64 records near the 4 GiB limit of plain entries (zip refuses to cross it).
+        .large_file(bytes > u32::MAX as usize / 2)
 }
 
 /// Reads arrays from NPZ bytes.
 pub struct NpzReader<'a> {
-    zip: ZipArchive<Cursor<&'a [u8]>>,
+    npz: ndarray_npy::NpzReader<Cursor<&'a [u8]>>,
 }
 
 impl<'a> NpzReader<'a> {
     /// Opens NPZ bytes.
-    pub fn new(bytes: &'a [u8]) -> Result<Self, String> {
-        ZipArchive::new(Cursor::new(bytes))
-            .map(|zip| Self { zip })
-            .map_err(|e| format!("not a zip archive: {e}"))
+    pub fn new(bytes: &'a [u8]) -> Result<Self, NpzError> {
+        ndarray_npy::NpzReader::new(Cursor::new(bytes))
+            .map(|npz| Self { npz })
+            .map_err(NpzError::NotArchive)
     }
 
-    /// Reads array `name` (without `.npy`).
-    pub fn read(&mut self, name: &str) -> Result<Array, String> {
-        let mut f = self
-            .zip
-            .by_name(&format!("{name}.npy"))
-            .map_err(|_| format!("array {name} missing"))?;
-        let mut bytes = Vec::with_capacity(f.size() as usize);
-        f.read_to_end(&mut bytes)
-            .map_err(|e| format!("array {name}: {e}"))?;
-        parse_npy(name, &bytes)
+    /// Reads 1-D array `name` (without `.npy`).
+    pub fn read_vector<T: ReadableElement>(&mut self, name: &str) -> Result<Vec<T>, NpzError> {
+        let a: Array1<T> = self.read(name)?;
+        Ok(a.into_raw_vec_and_offset().0)
     }
-}
 
-fn parse_npy(name: &str, bytes: &[u8]) -> Result<Array, String> {
-    let bad = |what: &str| format!("array {name}: {what}");
-    if bytes.len() < 10 || &bytes[..8] != b"\x93NUMPY\x01\x00" {
-        return Err(bad("not a version 1.0 .npy"));
-    }
-    let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
-    let header = bytes
-        .get(10..10 + hlen)
-        .and_then(|h| std::str::from_utf8(h).ok())
-        .ok_or_else(|| bad("truncated header"))?;
-    let data = &bytes[10 + hlen..];
-    let shape_text = header
-        .split("'shape': (")
-        .nth(1)
-        .and_then(|s| s.split(')').next())
-        .ok_or_else(|| bad("no shape"))?;
-    let shape: Vec<usize> = shape_text
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse().map_err(|_| bad("bad shape")))
-        .collect::<Result<_, _>>()?;
-    let count: usize = shape.iter().product();
-    if header.contains("'descr': '<f4'") {
-        return match (&shape[..], data.len() == count * 4) {
-            ([rows, cols], true) => Ok(Array::F32 {
-                rows: *rows,
-                cols: *cols,
-                data: data
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-                    .collect(),
-            }),
-            _ => Err(bad(&format!(
-                "{} data bytes for float32 shape {shape:?}",
-                data.len()
-            ))),
+    /// Reads 2-D array `name` (without `.npy`): `(rows, cols, values row by row)`.
+    pub fn read_matrix<T: ReadableElement + Clone>(
+        &mut self,
+        name: &str,
+    ) -> Result<(usize, usize, Vec<T>), NpzError> {
+        let a: Array2<T> = self.read(name)?;
+        let (rows, cols) = a.dim();
+        // numpy writes column-major (`fortran_order`) files too.
+        let a = if a.is_standard_layout() {
+            a
+        } else {
+            a.as_standard_layout().into_owned()
         };
+        Ok((rows, cols, a.into_raw_vec_and_offset().0))
     }
-    if data.len() != count * 8 {
-        return Err(bad(&format!(
-            "{} data bytes for shape {shape:?}",
-            data.len()
-        )));
-    }
-    let words = data.chunks_exact(8).map(|c| c.try_into().expect("8 bytes"));
-    match (
-        header.contains("'descr': '<i8'"),
-        header.contains("'descr': '<f8'"),
-        &shape[..],
-    ) {
-        (true, _, [_]) => Ok(Array::I64(words.map(i64::from_le_bytes).collect())),
-        (_, true, [rows, cols]) => Ok(Array::F64(Matrix::new(
-            *rows,
-            *cols,
-            words.map(f64::from_le_bytes).collect(),
-        ))),
-        _ => Err(bad(&format!(
-            "unsupported dtype or shape in header {header:?}"
-        ))),
+
+    fn read<T: ReadableElement, D: Dimension>(
+        &mut self,
+        name: &str,
+    ) -> Result<Array<T, D>, NpzError> {
+        self.npz.by_name(name).map_err(|e| match e {
+            ReadNpzError::Zip(ZipError::FileNotFound) => NpzError::Missing(name.to_owned()),
+            source => NpzError::Read {
+                name: name.to_owned(),
+                expected: format!(
+                    "{}-D {}",
+                    D::NDIM.map_or("N".to_owned(), |n| n.to_string()),
+                    std::any::type_name::<T>()
+                ),
+                source,
+            },
+        })
     }
 }
 
@@ -195,21 +190,55 @@ fn parse_npy(name: &str, bytes: &[u8]) -> Result<Array, String> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn arrays_round_trip_and_headers_are_aligned() {
-        let m = Matrix::new(2, 3, vec![1.0, 2.5, -3.0, f64::MAX, 0.1, 1e-300]);
+    fn sample() -> Vec<u8> {
+        let m = [1.0, 2.5, -3.0, f64::MAX, 0.1, 1e-300];
         let mut w = NpzWriter::new();
-        w.add_i64("BTCUSDT/ts", &[1, -2, 3]).unwrap();
-        w.add_f64("BTCUSDT/bid_price", &m).unwrap();
-        let bytes = w.finish().unwrap();
+        w.add_vector("BTCUSDT/ts", &[1i64, -2, 3]).unwrap();
+        w.add_matrix("BTCUSDT/bid_price", &m, 2, 3).unwrap();
+        w.add_matrix("rows", &[0.5f32, -1.0], 1, 2).unwrap();
+        w.add_matrix("empty", &[] as &[f64], 0, 4).unwrap();
+        w.finish().unwrap()
+    }
+
+    #[test]
+    fn arrays_round_trip_with_the_same_bytes_for_the_same_data() {
+        let bytes = sample();
         let mut r = NpzReader::new(&bytes).unwrap();
-        assert_eq!(r.read("BTCUSDT/ts").unwrap(), Array::I64(vec![1, -2, 3]));
-        assert_eq!(r.read("BTCUSDT/bid_price").unwrap(), Array::F64(m.clone()));
-        assert!(r.read("nope").unwrap_err().contains("array nope missing"));
+        assert_eq!(r.read_vector::<i64>("BTCUSDT/ts").unwrap(), [1, -2, 3]);
+        assert_eq!(
+            r.read_matrix::<f64>("BTCUSDT/bid_price").unwrap(),
+            (2, 3, vec![1.0, 2.5, -3.0, f64::MAX, 0.1, 1e-300])
+        );
+        assert_eq!(
+            r.read_matrix::<f32>("rows").unwrap(),
+            (1, 2, vec![0.5, -1.0])
+        );
+        assert_eq!(r.read_matrix::<f64>("empty").unwrap(), (0, 4, vec![]));
         // Same arrays, same bytes (the cache hashes them).
-        let mut w2 = NpzWriter::new();
-        w2.add_i64("BTCUSDT/ts", &[1, -2, 3]).unwrap();
-        w2.add_f64("BTCUSDT/bid_price", &m).unwrap();
-        assert_eq!(w2.finish().unwrap(), bytes);
+        assert_eq!(sample(), bytes);
+    }
+
+    #[test]
+    fn errors_name_the_array_and_what_is_wrong() {
+        let bytes = sample();
+        let mut r = NpzReader::new(&bytes).unwrap();
+        let err = |e: NpzError| e.to_string();
+        assert_eq!(
+            err(r.read_vector::<i64>("nope").unwrap_err()),
+            "array nope missing"
+        );
+        let wrong_type = err(r.read_matrix::<f32>("BTCUSDT/bid_price").unwrap_err());
+        assert!(
+            wrong_type.starts_with("array BTCUSDT/bid_price is not a 2-D f32 array"),
+            "{wrong_type}"
+        );
+        let wrong_ndim = err(r.read_vector::<f64>("BTCUSDT/bid_price").unwrap_err());
+        assert!(wrong_ndim.contains("1-D f64"), "{wrong_ndim}");
+        assert!(NpzReader::new(b"not a zip").is_err());
+        let shape = NpzWriter::new().add_matrix("m", &[1.0f64; 5], 2, 3);
+        assert_eq!(
+            shape.unwrap_err().to_string(),
+            "array m: 5 values for shape 2x3"
+        );
     }
 }

@@ -562,7 +562,7 @@ fn pass_one(
 fn write_rows(path: &Path, rows: &[f64], ncols: usize) -> Result<String, DataError> {
     let mut w = NpzWriter::new();
     let f32s: Vec<f32> = rows.iter().map(|x| *x as f32).collect();
-    w.add_f32("rows", &f32s, rows.len() / ncols.max(1), ncols)
+    w.add_matrix("rows", &f32s, rows.len() / ncols.max(1), ncols)
         .map_err(|e| DataError::io(format!("encoding {}", path.display()), e))?;
     let bytes = w
         .finish()
@@ -582,7 +582,7 @@ fn write_samples(
     let io = |e| DataError::io(format!("encoding {}", path.display()), e);
     let mut w = NpzWriter::new();
     for (name, e) in ["train", "validation", "test"].iter().zip(ends) {
-        w.add_i64(name, &e.iter().map(|x| *x as i64).collect::<Vec<_>>())
+        w.add_vector(name, &e.iter().map(|x| *x as i64).collect::<Vec<_>>())
             .map_err(io)?;
     }
     let labels: Vec<i64> = p
@@ -590,13 +590,15 @@ fn write_samples(
         .iter()
         .map(|l| if *l == u32::MAX { -1 } else { i64::from(*l) })
         .collect();
-    w.add_i64("label", &labels).map_err(io)?;
-    w.add_i64("regime", regimes).map_err(io)?;
-    let col = |v: &[f64]| crate::data::dataobject::Matrix::new(v.len(), 1, v.to_vec());
-    w.add_f64("price_change", &col(&p.price_changes))
-        .map_err(io)?;
-    w.add_f64("weight", &col(weights)).map_err(io)?;
-    w.add_f64("volatility", &col(&p.volatility)).map_err(io)?;
+    w.add_vector("label", &labels).map_err(io)?;
+    w.add_vector("regime", regimes).map_err(io)?;
+    for (name, v) in [
+        ("price_change", &p.price_changes[..]),
+        ("weight", weights),
+        ("volatility", &p.volatility),
+    ] {
+        w.add_matrix(name, v, v.len(), 1).map_err(io)?;
+    }
     let bytes = w.finish().map_err(io)?;
     write_atomic(&path, &bytes)?;
     Ok(sha256_hex(&bytes))

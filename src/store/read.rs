@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::data::DataError;
 use crate::data::cache::{CacheReader, sha256_hex};
 use crate::data::fetch;
-use crate::data::npz::{Array, NpzReader};
+use crate::data::npz::NpzReader;
 
 /// The store's key: hash of everything that decides its content (a fixed scaler included).
 pub fn store_key(config: &Config, data_key: &str, fixed: Option<&Scaler>) -> String {
@@ -71,16 +71,15 @@ pub fn read_rows_f32(
     if let Some(want) = sha256 {
         check_hash(path, &bytes, want)?;
     }
-    match NpzReader::new(&bytes)
-        .map_err(corrupt)?
-        .read("rows")
-        .map_err(corrupt)?
-    {
-        Array::F32 { data, cols, .. } if cols == ncols => Ok(data),
-        _ => Err(corrupt(format!(
-            "expected a float32 [steps x {ncols}] array `rows`"
-        ))),
+    let (_, cols, rows) = NpzReader::new(&bytes)
+        .and_then(|mut r| r.read_matrix::<f32>("rows"))
+        .map_err(|e| corrupt(e.to_string()))?;
+    if cols != ncols {
+        return Err(corrupt(format!(
+            "array rows has {cols} columns, expected {ncols}"
+        )));
     }
+    Ok(rows)
 }
 
 /// The manifest of a complete store, if there is one.
@@ -136,20 +135,17 @@ pub fn load_samples(dir: &Path, m: &StoreManifest) -> Result<StoreSamples, DataE
         message,
     };
     check_hash(&path, &bytes, &m.samples_sha256)?;
-    let mut r = NpzReader::new(&bytes).map_err(corrupt)?;
-    let mut i64s = |name: &str| match r.read(name) {
-        Ok(Array::I64(v)) => Ok(v),
-        Ok(_) => Err(corrupt(format!("{name}: expected int64"))),
-        Err(e) => Err(corrupt(e)),
-    };
+    let mut r = NpzReader::new(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    let mut i64s = |name: &str| r.read_vector(name).map_err(|e| corrupt(e.to_string()));
     let ends = [i64s("train")?, i64s("validation")?, i64s("test")?]
-        .map(|v| v.into_iter().map(|x| x as usize).collect());
+        .map(|v| v.into_iter().map(|x: i64| x as usize).collect());
     let labels = i64s("label")?;
     let regimes = i64s("regime")?;
-    let mut f64s = |name: &str| match r.read(name) {
-        Ok(Array::F64(m)) => Ok(m.data),
-        Ok(_) => Err(corrupt(format!("{name}: expected float64"))),
-        Err(e) => Err(corrupt(e)),
+    // Per-step float columns are stored as `[steps x 1]`.
+    let mut f64s = |name: &str| {
+        r.read_matrix(name)
+            .map(|(_, _, data)| data)
+            .map_err(|e| corrupt(e.to_string()))
     };
     Ok(StoreSamples {
         ends,
