@@ -186,6 +186,8 @@ mlflow:
     );
     assert_eq!(m["logged_model"]["params"]["model.lstm.units"], "8");
     assert_eq!(m["logged_model"]["params"]["optimizer.name"], "adam");
+    assert_eq!(m["logged_model"]["tags"]["mlflow.user"], me.as_str(), "{m}");
+    assert_eq!(m["logged_model"]["tags"]["mlflow.source.type"], "LOCAL");
 
     // 3. The signature, from the run's folder and from the registered version.
     let run_uri = format!("runs:/{train_run}/model");

@@ -123,15 +123,8 @@ impl Tracker {
         tags: &[Tag],
     ) -> Result<RunInfo> {
         let user = self.user.clone();
-        let mut all = vec![
-            Tag::new(TAG_RUN_NAME, run_name),
-            Tag::new(
-                TAG_SOURCE_NAME,
-                concat!("binance-ml ", env!("CARGO_PKG_VERSION")),
-            ),
-            Tag::new(TAG_SOURCE_TYPE, "LOCAL"),
-            Tag::new(TAG_USER, user.clone()),
-        ];
+        let mut all = vec![Tag::new(TAG_RUN_NAME, run_name)];
+        all.extend(self.source_tags());
         if let Some(p) = parent_run_id {
             all.push(Tag::new(TAG_PARENT_RUN, p));
         }
@@ -156,6 +149,19 @@ impl Tracker {
             (None, _) => {}
         }
         created
+    }
+
+    /// `mlflow.source.name` (this program), `mlflow.source.type` and `mlflow.user`: who and
+    /// what created a run or a logged model.
+    fn source_tags(&self) -> Vec<Tag> {
+        vec![
+            Tag::new(
+                TAG_SOURCE_NAME,
+                concat!("binance-ml ", env!("CARGO_PKG_VERSION")),
+            ),
+            Tag::new(TAG_SOURCE_TYPE, "LOCAL"),
+            Tag::new(TAG_USER, self.user.clone()),
+        ]
     }
 
     /// Ends a run with `status` now; a run failing because SIGINT/SIGTERM stopped the process
@@ -408,7 +414,8 @@ impl Tracker {
                 .iter()
                 .map(|p| Param::new(sanitize_key(&p.key), p.value.clone()))
                 .collect(),
-            tags: Vec::new(),
+            // What MLflow's UI shows as the model's "Created by" and "Logged from".
+            tags: self.source_tags(),
         })?;
         self.store.link_model_output(run_id, &model.model_id, 0)?;
         remember_model(&self.describe(), run_id, &model.model_id);

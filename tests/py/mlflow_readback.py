@@ -120,6 +120,7 @@ if "logged_model" in req:
         "model_type": m.model_type,
         "source_run_id": m.source_run_id,
         "params": m.params,
+        "tags": m.tags,
         "metrics": [[x.key, x.value, x.run_id, x.dataset_digest] for x in (m.metrics or [])],
     }
 if "model_info" in req:
