@@ -15,11 +15,8 @@ use serde_json::Value;
 /// The tiny synthetic setup on `day`, logging to `uri` under experiments named by `tag`.
 fn config(work: &Path, uri: &str, tag: &str, day: &str, extra: &str) -> String {
     let tail = format!(
-        r#"evaluation: {{explainability: {{n_samples: 16}}}}
-mlflow:
-  tracking_uri: {uri:?}
-  experiments: {{data_collection: "{tag}-data", preprocessing: "{tag}-pre", diagnostics: "{tag}-diag", training: "{tag}-train", evaluation: "{tag}-eval"}}
-  model_registry: {{model_name_pattern: "{tag}_{{asset}}"}}"#
+        "evaluation: {{explainability: {{n_samples: 16}}}}{}",
+        common::mlflow_section(uri, tag)
     );
     common::tiny_config(work, day, &format!("  epochs: 1\n{extra}"), &tail)
 }

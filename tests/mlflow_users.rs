@@ -55,14 +55,7 @@ fn an_mlflow_user_compares_runs_sees_datasets_and_loads_the_model() {
     };
     let dir = tempfile::tempdir().unwrap();
     let tag = common::unique("users");
-    let tail = format!(
-        r#"
-mlflow:
-  tracking_uri: {uri:?}
-  experiments: {{data_collection: "{tag}-data", preprocessing: "{tag}-pre", diagnostics: "{tag}-diag", training: "{tag}-train", evaluation: "{tag}-eval"}}
-  model_registry: {{model_name_pattern: "{tag}_{{asset}}"}}
-"#
-    );
+    let tail = common::mlflow_section(&uri, &tag);
     let work = dir.path().join("work");
     let yaml = common::tiny_config(
         &work,

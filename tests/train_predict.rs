@@ -475,14 +475,7 @@ fn with_a_server_the_model_is_registered_and_predict_loads_it_by_version_and_ali
     };
     let dir = tempfile::tempdir().unwrap();
     let tag = common::unique("train");
-    let mlflow = format!(
-        r#"
-mlflow:
-  tracking_uri: {uri:?}
-  experiments: {{data_collection: "{tag}-data", preprocessing: "{tag}-pre", diagnostics: "{tag}-diag", training: "{tag}-train", evaluation: "{tag}-eval"}}
-  model_registry: {{model_name_pattern: "{tag}_{{asset}}"}}
-"#
-    );
+    let mlflow = common::mlflow_section(&uri, &tag);
     let yaml = tiny(&dir.path().join("work"), "  epochs: 1") + &mlflow;
     ok(dir.path(), &yaml, &["fetch"]);
     ok(dir.path(), &yaml, &["preprocess"]);

@@ -183,6 +183,19 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// An `mlflow:` section logging to the server at `uri`, with experiments and registered model
+/// names prefixed by `tag` (from [`unique`]), so tests sharing one server never collide.
+pub fn mlflow_section(uri: &str, tag: &str) -> String {
+    format!(
+        r#"
+mlflow:
+  tracking_uri: {uri:?}
+  experiments: {{data_collection: "{tag}-data", preprocessing: "{tag}-pre", diagnostics: "{tag}-diag", training: "{tag}-train", evaluation: "{tag}-eval"}}
+  model_registry: {{model_name_pattern: "{tag}_{{asset}}"}}
+"#
+    )
+}
+
 /// A unique name so tests sharing one server never collide.
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", binance_ml::tracking::limits::new_id())
