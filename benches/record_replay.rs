@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use binance_ml::config::RecordMarket;
 use binance_ml::record::book::DepthSnapshot;
 use binance_ml::record::engine::Engine;
-use binance_ml::record::ws;
+use tungstenite::Message;
 
 fn env_or(key: &str, default: &str) -> String {
     std::env::var(key).unwrap_or_else(|_| default.to_owned())
@@ -217,21 +217,12 @@ fn main() {
         connections: 0,
     }));
     let stop = Arc::new(AtomicBool::new(false));
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    {
-        let (state, stop) = (state.clone(), stop.clone());
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if stop.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(conn) = conn else { continue };
-                let (state, stop) = (state.clone(), stop.clone());
-                std::thread::spawn(move || handle(conn, &state, &stop, speed));
-            }
-        });
-    }
+    let rest_port = listen(&state, &stop, move |conn, state, _| {
+        handle_rest(conn, state)
+    });
+    let ws_port = listen(&state, &stop, move |conn, state, stop| {
+        handle_stream(conn, state, stop, speed)
+    });
 
     // The recorder.
     let database = output == "database";
@@ -254,8 +245,8 @@ fn main() {
     let yaml = format!(
         "workdir: {work:?}\ndata:\n{source}  asset_pairs:\n    target_asset: {t}\n    correlated_assets: []\n  \
          time_range:\n    start_date: \"2024-08-08\"\n    end_date: \"2024-08-09\"\n    cadence_seconds: 1\n  \
-         order_book:\n    depth_levels: {depth}\nrecord:\n  rest_url: http://127.0.0.1:{port}\n  \
-         ws_url: ws://127.0.0.1:{port}\n  output: {output}\n  csv_dir: {csv:?}\n  status_interval_seconds: 10\n  \
+         order_book:\n    depth_levels: {depth}\nrecord:\n  rest_url: http://127.0.0.1:{rest_port}\n  \
+         ws_url: ws://127.0.0.1:{ws_port}\n  output: {output}\n  csv_dir: {csv:?}\n  status_interval_seconds: 10\n  \
          request_timeout_seconds: 2\n",
         work = out.join("work"),
         t = names[0],
@@ -290,7 +281,9 @@ fn main() {
         .env("RUST_LOG", "warn");
     let result = cmd.output().expect("runs the recorder");
     stop.store(true, Ordering::SeqCst);
-    let _ = TcpStream::connect(("127.0.0.1", port));
+    for port in [rest_port, ws_port] {
+        let _ = TcpStream::connect(("127.0.0.1", port)); // wakes the accept loop
+    }
     std::fs::write(out.join("recorder.stderr"), &result.stderr).unwrap();
     assert!(
         result.status.success(),
@@ -374,8 +367,30 @@ fn main() {
     );
 }
 
-/// REST depth snapshots of the replicas' current books, and the combined stream.
-fn handle(mut conn: TcpStream, state: &Mutex<State>, stop: &AtomicBool, speed: f64) {
+/// Serves each connection of a new local port on its own thread until `stop`.
+fn listen(
+    state: &Arc<Mutex<State>>,
+    stop: &Arc<AtomicBool>,
+    handle: impl Fn(TcpStream, &Mutex<State>, &AtomicBool) + Copy + Send + 'static,
+) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (state, stop) = (state.clone(), stop.clone());
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
+            let Ok(conn) = conn else { continue };
+            let (state, stop) = (state.clone(), stop.clone());
+            std::thread::spawn(move || handle(conn, &state, &stop));
+        }
+    });
+    port
+}
+
+/// REST depth snapshots of the replicas' current books.
+fn handle_rest(mut conn: TcpStream, state: &Mutex<State>) {
     let mut reader = BufReader::new(conn.try_clone().unwrap());
     let mut head = Vec::new();
     loop {
@@ -389,77 +404,68 @@ fn handle(mut conn: TcpStream, state: &Mutex<State>, stop: &AtomicBool, speed: f
         head.push(line.trim_end().to_owned());
     }
     let path = head[0].split(' ').nth(1).unwrap_or("/").to_owned();
-    if path.starts_with("/api/v3/depth") {
-        let symbol = path
-            .split("symbol=")
-            .nth(1)
-            .unwrap_or("")
-            .split('&')
-            .next()
-            .unwrap()
-            .to_owned();
-        let mut s = state.lock().unwrap();
-        s.snapshot_requests += 1;
-        let State {
-            sources, replicas, ..
-        } = &mut *s;
-        let Some(r) = replicas.iter_mut().find(|r| r.name == symbol) else {
-            let _ = write!(
-                conn,
-                "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-            );
-            return;
-        };
-        // Catch the server's book up with what the stream has sent.
-        while r.applied < r.sent {
-            let text = r.rename(sources, &sources[r.source].events[r.first + r.applied].1);
-            r.engine.on_message(0, &text).unwrap();
-            r.applied += 1;
-        }
-        let (bids, asks, last) = r.engine.top(&symbol, 1000).unwrap();
-        drop(s);
-        let side = |v: &Vec<[f64; 2]>| {
-            v.iter()
-                .map(|[p, q]| format!("[\"{p}\",\"{q}\"]"))
-                .collect::<Vec<_>>()
-                .join(",")
-        };
-        let body = format!(
-            "{{\"lastUpdateId\":{last},\"bids\":[{}],\"asks\":[{}]}}",
-            side(&bids),
-            side(&asks)
-        );
+    let symbol = path
+        .split("symbol=")
+        .nth(1)
+        .unwrap_or("")
+        .split('&')
+        .next()
+        .unwrap()
+        .to_owned();
+    let mut s = state.lock().unwrap();
+    s.snapshot_requests += 1;
+    let State {
+        sources, replicas, ..
+    } = &mut *s;
+    let Some(r) = replicas.iter_mut().find(|r| r.name == symbol) else {
         let _ = write!(
             conn,
-            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-MBX-USED-WEIGHT-1M: 250\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
+            "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         );
         return;
-    }
-    let Some(key) = head
-        .iter()
-        .find_map(|h| h.strip_prefix("Sec-WebSocket-Key: "))
-    else {
-        return;
     };
+    // Catch the server's book up with what the stream has sent.
+    while r.applied < r.sent {
+        let text = r.rename(sources, &sources[r.source].events[r.first + r.applied].1);
+        r.engine.on_message(0, &text).unwrap();
+        r.applied += 1;
+    }
+    let (bids, asks, last) = r.engine.top(&symbol, 1000).unwrap();
+    drop(s);
+    let side = |v: &Vec<[f64; 2]>| {
+        v.iter()
+            .map(|[p, q]| format!("[\"{p}\",\"{q}\"]"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let body = format!(
+        "{{\"lastUpdateId\":{last},\"bids\":[{}],\"asks\":[{}]}}",
+        side(&bids),
+        side(&asks)
+    );
     let _ = write!(
         conn,
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Accept: {}\r\n\r\n",
-        ws::accept_key(key)
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-MBX-USED-WEIGHT-1M: 250\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
     );
+}
+
+/// The WebSocket upgrade, then the combined stream.
+fn handle_stream(conn: TcpStream, state: &Mutex<State>, stop: &AtomicBool, speed: f64) {
+    let Ok(mut ws) = tungstenite::accept(conn) else {
+        return;
+    };
     let start = {
         let mut s = state.lock().unwrap();
         s.connections += 1;
         *s.started.get_or_insert_with(Instant::now)
     };
-    let mut buf = Vec::new();
     loop {
         if stop.load(Ordering::SeqCst) {
             return;
         }
-        // Everything due now, in one write.
+        // Everything due now, in one flush.
         let now = Instant::now();
         let mut batch_due = None;
         let mut texts = Vec::new();
@@ -483,11 +489,11 @@ fn handle(mut conn: TcpStream, state: &Mutex<State>, stop: &AtomicBool, speed: f
             }
         };
         if !texts.is_empty() {
-            buf.clear();
-            for t in &texts {
-                ws::write_frame(&mut buf, ws::opcode::TEXT, t.as_bytes(), None).unwrap();
-            }
-            if conn.write_all(&buf).is_err() {
+            let written = texts
+                .into_iter()
+                .try_for_each(|t| ws.write(Message::text(t)))
+                .and_then(|()| ws.flush());
+            if written.is_err() {
                 return;
             }
             // How late the oldest of these events reached the recorder's socket.

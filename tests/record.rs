@@ -21,7 +21,8 @@ use binance_ml::data::fetch::fetch;
 use binance_ml::record::book::{DepthSnapshot, StreamMessage, parse_stream_message};
 use binance_ml::record::engine::{BookSample, Engine, Tick};
 use binance_ml::record::sink::{CsvSink, PgSink, Sink};
-use binance_ml::record::{self, RecordMode, RecordRequest, ws};
+use binance_ml::record::{self, RecordMode, RecordRequest};
+use tungstenite::Message;
 
 type Levels = Vec<[f64; 2]>;
 
@@ -321,15 +322,19 @@ enum Fault {
     DropAt(usize),
 }
 
+/// REST on one port, the stream (tungstenite's server side) on another.
 struct Server {
-    port: u16,
+    rest_port: u16,
+    ws_port: u16,
     stop: Arc<AtomicBool>,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(("127.0.0.1", self.port)); // wakes the accept loop
+        for port in [self.rest_port, self.ws_port] {
+            let _ = TcpStream::connect(("127.0.0.1", port)); // wakes the accept loop
+        }
     }
 }
 
@@ -366,24 +371,39 @@ fn serve(lines: Vec<Line>, fault: Fault) -> Server {
         connections: 0,
         fault,
     }));
+    let stop = Arc::new(AtomicBool::new(false));
+    let rest_port = listen(&shared, &stop, |conn, shared, _| handle_rest(conn, shared));
+    let ws_port = listen(&shared, &stop, handle_stream);
+    Server {
+        rest_port,
+        ws_port,
+        stop,
+    }
+}
+
+/// Serves each connection of a new local port on its own thread until `stop`.
+fn listen(
+    shared: &Arc<Mutex<Shared>>,
+    stop: &Arc<AtomicBool>,
+    handle: fn(TcpStream, &Mutex<Shared>, &AtomicBool),
+) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let stop = Arc::new(AtomicBool::new(false));
-    let stop2 = stop.clone();
+    let (shared, stop) = (shared.clone(), stop.clone());
     std::thread::spawn(move || {
         for conn in listener.incoming() {
-            if stop2.load(Ordering::SeqCst) {
+            if stop.load(Ordering::SeqCst) {
                 break;
             }
             let Ok(conn) = conn else { continue };
-            let (shared, stop) = (shared.clone(), stop2.clone());
+            let (shared, stop) = (shared.clone(), stop.clone());
             std::thread::spawn(move || handle(conn, &shared, &stop));
         }
     });
-    Server { port, stop }
+    port
 }
 
-fn handle(mut conn: TcpStream, shared: &Mutex<Shared>, stop: &AtomicBool) {
+fn handle_rest(mut conn: TcpStream, shared: &Mutex<Shared>) {
     let mut reader = BufReader::new(conn.try_clone().unwrap());
     let mut head = Vec::new();
     loop {
@@ -397,68 +417,60 @@ fn handle(mut conn: TcpStream, shared: &Mutex<Shared>, stop: &AtomicBool) {
         head.push(line.trim_end().to_owned());
     }
     let path = head[0].split(' ').nth(1).unwrap_or("/").to_owned();
-    if path.starts_with("/api/v3/depth") {
-        let symbol = path
-            .split("symbol=")
-            .nth(1)
-            .unwrap()
-            .split('&')
-            .next()
-            .unwrap();
-        let mut s = shared.lock().unwrap();
-        s.requests += 1;
-        let (status, extra, body) = match s.fault {
-            Fault::Storm429(n) if s.requests <= n => (
-                "429 Too Many Requests",
-                "Retry-After: 1\r\n",
-                r#"{"code":-1003,"msg":"Too many requests."}"#.to_owned(),
-            ),
-            Fault::Banned => (
-                "418 I'm a teapot",
-                "Retry-After: 3600\r\n",
-                r#"{"code":-1003,"msg":"Way too many requests; IP banned."}"#.to_owned(),
-            ),
-            _ => {
-                let (bids, asks, last) = s.engine.top(symbol, 1000).unwrap();
-                let side = |v: &Levels| {
-                    v.iter()
-                        .map(|[p, q]| format!("[\"{p}\",\"{q}\"]"))
-                        .collect::<Vec<_>>()
-                        .join(",")
-                };
-                (
-                    "200 OK",
-                    "",
-                    format!(
-                        "{{\"lastUpdateId\":{last},\"bids\":[{}],\"asks\":[{}]}}",
-                        side(&bids),
-                        side(&asks)
-                    ),
-                )
-            }
-        };
-        let weight = s.requests * 50;
-        drop(s);
-        let _ = write!(
-            conn,
-            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nX-MBX-USED-WEIGHT-1M: {weight}\r\n{extra}\
-             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        return;
-    }
-    // The WebSocket upgrade, then the stream.
-    let key = head
-        .iter()
-        .find_map(|h| h.strip_prefix("Sec-WebSocket-Key: "))
+    let symbol = path
+        .split("symbol=")
+        .nth(1)
         .unwrap()
-        .to_owned();
+        .split('&')
+        .next()
+        .unwrap();
+    let mut s = shared.lock().unwrap();
+    s.requests += 1;
+    let (status, extra, body) = match s.fault {
+        Fault::Storm429(n) if s.requests <= n => (
+            "429 Too Many Requests",
+            "Retry-After: 1\r\n",
+            r#"{"code":-1003,"msg":"Too many requests."}"#.to_owned(),
+        ),
+        Fault::Banned => (
+            "418 I'm a teapot",
+            "Retry-After: 3600\r\n",
+            r#"{"code":-1003,"msg":"Way too many requests; IP banned."}"#.to_owned(),
+        ),
+        _ => {
+            let (bids, asks, last) = s.engine.top(symbol, 1000).unwrap();
+            let side = |v: &Levels| {
+                v.iter()
+                    .map(|[p, q]| format!("[\"{p}\",\"{q}\"]"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            (
+                "200 OK",
+                "",
+                format!(
+                    "{{\"lastUpdateId\":{last},\"bids\":[{}],\"asks\":[{}]}}",
+                    side(&bids),
+                    side(&asks)
+                ),
+            )
+        }
+    };
+    let weight = s.requests * 50;
+    drop(s);
     let _ = write!(
         conn,
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Accept: {}\r\n\r\n",
-        ws::accept_key(&key)
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nX-MBX-USED-WEIGHT-1M: {weight}\r\n{extra}\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
     );
+}
+
+/// The WebSocket upgrade, then the stream.
+fn handle_stream(conn: TcpStream, shared: &Mutex<Shared>, stop: &AtomicBool) {
+    let Ok(mut ws) = tungstenite::accept(conn) else {
+        return;
+    };
     let first_connection = {
         let mut s = shared.lock().unwrap();
         s.connections += 1;
@@ -489,27 +501,29 @@ fn handle(mut conn: TcpStream, shared: &Mutex<Shared>, stop: &AtomicBool) {
                 skip,
             )
         };
-        if !skip && ws::write_frame(&mut conn, ws::opcode::TEXT, text.as_bytes(), None).is_err() {
+        if !skip && ws.send(Message::text(text)).is_err() {
             return;
         }
         sent += 1;
         if first_connection && matches!(shared.lock().unwrap().fault, Fault::DropAt(n) if n == sent)
         {
-            let _ = conn.shutdown(std::net::Shutdown::Both);
+            let _ = ws.get_ref().shutdown(std::net::Shutdown::Both);
             return;
         }
         std::thread::sleep(wait);
     }
 }
 
-fn record_yaml(dir: &Path, port: u16) -> String {
+fn record_yaml(dir: &Path, server: &Server) -> String {
     format!(
         "workdir: {:?}\ndata:\n  source_type: file\n  files:\n    paths: [unused.csv]\n  asset_pairs:\n    \
          target_asset: BTCUSDT\n    correlated_assets: [ETHUSDT]\n  time_range:\n    start_date: \"2024-08-08\"\n    \
-         end_date: \"2024-08-09\"\n    cadence_seconds: 1\nrecord:\n  rest_url: http://127.0.0.1:{port}\n  \
-         ws_url: ws://127.0.0.1:{port}\n  output: csv\n  csv_dir: {:?}\n  request_timeout_seconds: 2\n  \
+         end_date: \"2024-08-09\"\n    cadence_seconds: 1\nrecord:\n  rest_url: http://127.0.0.1:{}\n  \
+         ws_url: ws://127.0.0.1:{}\n  output: csv\n  csv_dir: {:?}\n  request_timeout_seconds: 2\n  \
          max_backoff_seconds: 1\n  status_interval_seconds: 1\n",
         dir.join("work"),
+        server.rest_port,
+        server.ws_port,
         dir.join("csv")
     )
 }
@@ -544,7 +558,7 @@ fn websocket_run(fault: Fault) -> Option<(record::RecordSummary, usize)> {
     let truth = replay(&lines, RecordMarket::Spot, &symbols, 10);
     let server = serve(lines, fault);
     let dir = tempfile::tempdir().unwrap();
-    let config = common::config(&record_yaml(dir.path(), server.port));
+    let config = common::config(&record_yaml(dir.path(), &server));
     let req = RecordRequest {
         duration: Some(Duration::from_secs(5)),
         symbols: vec![],
@@ -600,7 +614,7 @@ fn rest_run(
     let lines = capture(&shared, "spot", &["BTCUSDT", "ETHUSDT"]);
     let server = serve(lines, fault);
     let dir = tempfile::tempdir().unwrap();
-    let config = common::config(&record_yaml(dir.path(), server.port));
+    let config = common::config(&record_yaml(dir.path(), &server));
     let req = RecordRequest {
         duration: Some(Duration::from_secs(secs)),
         symbols: vec![
@@ -782,10 +796,10 @@ fn the_database_going_away_and_back_loses_and_duplicates_no_row() {
     let dir = tempfile::tempdir().unwrap();
     let workdir = dir.path().join("work");
     let extra = format!(
-        "record:\n  rest_url: http://127.0.0.1:{p}\n  ws_url: ws://127.0.0.1:{p}\n  output: database\n  \
+        "record:\n  rest_url: http://127.0.0.1:{}\n  ws_url: ws://127.0.0.1:{}\n  output: database\n  \
          db_retry_seconds: 1\n  request_timeout_seconds: 2\n  max_backoff_seconds: 1\n  \
          status_interval_seconds: 1\n",
-        p = server.port
+        server.rest_port, server.ws_port
     );
     let config = common::config(&db_yaml(&workdir, &proxied, table, &extra));
     let spill_file = workdir.join("record/spill/spill.jsonl");

@@ -4,7 +4,7 @@
 //! - [`book`]: the local book and Binance's diff-depth procedure (pure).
 //! - [`engine`]: the books of all symbols sampled at cadence boundaries (pure).
 //! - [`rest`]: depth requests with the request-weight budget, 429/418 handling.
-//! - [`ws`]: a minimal RFC 6455 client (no WebSocket crate is available offline).
+//! - [`ws`]: the WebSocket client (`tungstenite`) with the timeouts the collector polls with.
 //! - [`sink`]: idempotent batched INSERTs, rotating CSV files, the spill file, the writer.
 //!
 //! Threads: the collector (this thread) sends sampled books through a bounded queue to the
@@ -594,12 +594,7 @@ fn run_ws(
                     tracing::warn!(?code, reason = %reason, "the server closed the stream; reconnecting");
                     break;
                 }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
+                Ok(ws::WsMessage::Idle) => {
                     c.send(engine.advance(now_ms()));
                     if last_message.elapsed() >= timeout {
                         tracing::warn!("no message for {} s; reconnecting", timeout.as_secs());
