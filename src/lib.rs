@@ -12,6 +12,7 @@ pub mod data;
 pub mod diagnostics;
 pub mod evaluate;
 pub mod exit;
+pub mod http;
 pub mod interrupt;
 pub mod logging;
 pub mod model;

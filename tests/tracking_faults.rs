@@ -230,24 +230,20 @@ fn training_stage(settings: &TrackingSettings) {
 }
 
 fn get(uri: &str, path: &str, query: &[(&str, &str)]) -> serde_json::Value {
-    let mut req = ureq::get(format!("{uri}{API}{path}"));
-    for (k, v) in query {
-        req = req.query(*k, *v);
-    }
-    json_of(req.call().unwrap())
+    get_json(reqwest::Url::parse_with_params(&format!("{uri}{API}{path}"), query).unwrap())
 }
 
-fn json_of(mut answer: ureq::http::Response<ureq::Body>) -> serde_json::Value {
-    serde_json::from_str(&answer.body_mut().read_to_string().unwrap()).unwrap()
+/// GETs `url` (a non-2xx answer fails the test) and parses its JSON.
+fn get_json(url: reqwest::Url) -> serde_json::Value {
+    let answer = reqwest::blocking::get(url)
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+    serde_json::from_slice(&answer.bytes().unwrap()).unwrap()
 }
 
 fn post(uri: &str, path: &str, body: serde_json::Value) -> serde_json::Value {
-    json_of(
-        ureq::post(format!("{uri}{API}{path}"))
-            .header("Content-Type", "application/json")
-            .send(body.to_string())
-            .unwrap(),
-    )
+    common::post_json(&format!("{uri}{API}{path}"), &body)
 }
 
 fn count_artifacts(uri: &str, run: &serde_json::Value, path: &str) -> usize {
@@ -260,11 +256,12 @@ fn count_artifacts(uri: &str, run: &serde_json::Value, path: &str) -> usize {
     } else {
         format!("{base}/{path}")
     };
-    let listing = json_of(
-        ureq::get(format!("{uri}/api/2.0/mlflow-artifacts/artifacts"))
-            .query("path", &full)
-            .call()
-            .unwrap(),
+    let listing = get_json(
+        reqwest::Url::parse_with_params(
+            &format!("{uri}/api/2.0/mlflow-artifacts/artifacts"),
+            [("path", &full)],
+        )
+        .unwrap(),
     );
     let mut n = 0;
     for f in listing["files"].as_array().cloned().unwrap_or_default() {

@@ -431,10 +431,10 @@ fn unknown_run_and_deleted_experiment_are_clear_errors() {
     let name = common::unique("rest-deleted");
     let exp = tracker.experiment_id(&name).unwrap();
     let run = tracker.start_run(&exp, "r", None, &[]).unwrap();
-    ureq::post(format!("{uri}/api/2.0/mlflow/experiments/delete"))
-        .header("Content-Type", "application/json")
-        .send(json!({"experiment_id": exp}).to_string())
-        .unwrap();
+    common::post_json(
+        &format!("{uri}/api/2.0/mlflow/experiments/delete"),
+        &json!({"experiment_id": exp}),
+    );
     // Logging into a run of the deleted experiment: MLflow's message says why.
     let err = tracker.log_metric(&run.run_id, "m", 1.0, 0).unwrap_err();
     assert!(

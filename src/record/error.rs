@@ -40,19 +40,27 @@ pub enum RecordError {
         /// The REST base URL.
         url: String,
     },
+    /// The HTTP client for Binance REST could not be set up (exit 4).
+    #[error("cannot send requests to {url}: {message}")]
+    Http {
+        /// The REST base URL.
+        url: String,
+        /// What failed.
+        message: String,
+    },
     /// The writer thread died.
     #[error("the writer thread failed: {0}")]
     Writer(String),
 }
 
 impl RecordError {
-    /// 4 when every symbol is banned or the database refuses/cannot be reached, 3 for data
-    /// and files, 2 for usage.
+    /// 4 when every symbol is banned, HTTP cannot be set up, or the database refuses/cannot
+    /// be reached, 3 for data and files, 2 for usage.
     pub fn exit_code(&self) -> ExitCode {
         match self {
             RecordError::Usage(_) => ExitCode::Usage,
             RecordError::Database(e) => e.exit_code(),
-            RecordError::AllBanned { .. } => ExitCode::External,
+            RecordError::AllBanned { .. } | RecordError::Http { .. } => ExitCode::External,
             RecordError::Io { .. } | RecordError::Malformed { .. } | RecordError::Writer(_) => {
                 ExitCode::Data
             }

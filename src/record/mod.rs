@@ -286,6 +286,17 @@ pub fn record(config: &Config, req: &RecordRequest) -> Result<RecordSummary, Rec
         r.ws_url.clone()
     };
 
+    let rest = RestClient::new(
+        &rest_url,
+        r.market,
+        Duration::from_secs(r.request_timeout_seconds.max(1)),
+        r.weight_limit_per_minute,
+    )
+    .map_err(|e| RecordError::Http {
+        url: rest_url.clone(),
+        message: e.to_string(),
+    })?;
+
     let sink = open_sink(config, depth)?;
     let output = sink.describe();
     let files_hint = (!matches!(r.output, RecordOutput::Database)).then(|| r.csv_dir.clone());
@@ -329,12 +340,7 @@ pub fn record(config: &Config, req: &RecordRequest) -> Result<RecordSummary, Rec
         stop: Stop {
             deadline: req.duration.map(|d| Instant::now() + d),
         },
-        rest: RestClient::new(
-            &rest_url,
-            r.market,
-            Duration::from_secs(r.request_timeout_seconds.max(1)),
-            r.weight_limit_per_minute,
-        ),
+        rest,
         rest_url: rest_url.clone(),
         banned: Vec::new(),
         last_status: Instant::now(),

@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 use super::book::DepthSnapshot;
 use crate::config::RecordMarket;
 
+/// The largest depth answer read.
+const MAX_ANSWER: u64 = 64 << 20;
+
 /// Why a depth request failed.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RestError {
@@ -84,7 +87,7 @@ pub fn depth_limit(market: RecordMarket, depth: u32) -> u32 {
 
 /// A depth client with the weight budget of one IP.
 pub struct RestClient {
-    agent: ureq::Agent,
+    client: reqwest::blocking::Client,
     base: String,
     market: RecordMarket,
     weight_limit: u32,
@@ -99,10 +102,22 @@ pub struct RestClient {
 }
 
 impl RestClient {
-    /// A client for `base` (no trailing slash needed).
-    pub fn new(base: &str, market: RecordMarket, timeout: Duration, weight_limit: u32) -> Self {
-        Self {
-            agent: crate::tracking::http_agent(timeout),
+    /// A client for `base` (no trailing slash needed); fails only when the HTTP client cannot
+    /// be set up (TLS backend).
+    pub fn new(
+        base: &str,
+        market: RecordMarket,
+        timeout: Duration,
+        weight_limit: u32,
+    ) -> Result<Self, RestError> {
+        let client = crate::http::client(timeout).map_err(|e| {
+            RestError::Network(format!(
+                "setting up the HTTP client: {}",
+                crate::http::describe(&e)
+            ))
+        })?;
+        Ok(Self {
+            client,
             base: base.trim_end_matches('/').to_owned(),
             market,
             weight_limit,
@@ -111,7 +126,7 @@ impl RestClient {
             paused_until: None,
             peak_weight: 0,
             rate_limited: 0,
-        }
+        })
     }
 
     /// Weight used in the current minute as last reported.
@@ -142,11 +157,11 @@ impl RestClient {
             RecordMarket::CoinmFutures => "/dapi/v1/depth",
         };
         let url = format!("{}{path}?symbol={symbol}&limit={limit}", self.base);
-        let mut resp = self
-            .agent
+        let resp = self
+            .client
             .get(&url)
-            .call()
-            .map_err(|e| RestError::Network(e.to_string()))?;
+            .send()
+            .map_err(|e| RestError::Network(crate::http::describe(&e)))?;
         let header = |name: &str| {
             resp.headers()
                 .get(name)
@@ -174,20 +189,21 @@ impl RestClient {
             }
             _ => {
                 let mut body = String::new();
-                let _ = resp
-                    .body_mut()
-                    .as_reader()
-                    .take(300)
-                    .read_to_string(&mut body);
+                let _ = resp.take(300).read_to_string(&mut body);
                 return Err(RestError::Status { status, body });
             }
         }
-        let body = resp
-            .body_mut()
-            .with_config()
-            .limit(64 << 20)
-            .read_to_string()
+        // A depth snapshot of 5000 levels is well under 1 MiB; cap what a broken answer costs.
+        let mut body = String::new();
+        resp.take(MAX_ANSWER + 1)
+            .read_to_string(&mut body)
             .map_err(|e| RestError::Network(format!("reading the answer of {url}: {e}")))?;
+        if body.len() as u64 > MAX_ANSWER {
+            return Err(RestError::Malformed(format!(
+                "the answer of {url} is larger than {} MiB",
+                MAX_ANSWER >> 20
+            )));
+        }
         DepthSnapshot::parse(&body).map_err(RestError::Malformed)
     }
 }

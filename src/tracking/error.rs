@@ -29,6 +29,9 @@ pub enum TrackingError {
         attempts: u32,
         /// The last transport error or status.
         reason: String,
+        /// Whether the last try timed out before an answer: the server may still be working
+        /// on it, so a look-up must wait for it to finish.
+        timed_out: bool,
     },
     /// The server answered something that is not MLflow's JSON (an HTML login page, a proxy
     /// error page, a different service on that port).
@@ -83,7 +86,7 @@ pub enum TrackingError {
     Http {
         /// The request URL, without credentials.
         url: String,
-        /// What ureq reported.
+        /// What the HTTP client reported.
         reason: String,
     },
     /// Our own input is invalid: a malformed tracking URI, an unknown placeholder in a naming
@@ -143,10 +146,15 @@ impl TrackingError {
         matches!(self, TrackingError::Unreachable { .. })
     }
 
-    /// Whether the request timed out (ureq's "timeout: ..."): the server may still be working
-    /// on it, so a look-up must wait for it to finish.
+    /// Whether the request timed out before an answer (see `Unreachable::timed_out`).
     pub(crate) fn timed_out(&self) -> bool {
-        matches!(self, TrackingError::Unreachable { reason, .. } if reason.starts_with("timeout"))
+        matches!(
+            self,
+            TrackingError::Unreachable {
+                timed_out: true,
+                ..
+            }
+        )
     }
 
     /// Whether the request may have reached the server and been applied although no answer

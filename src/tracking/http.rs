@@ -6,8 +6,10 @@ use std::io::Read;
 use std::path::Path;
 use std::time::Duration;
 
-use base64::Engine;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use reqwest::Method;
+use reqwest::blocking::{Client, RequestBuilder, Response};
+use reqwest::header::CONTENT_TYPE;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -24,7 +26,7 @@ impl Secret {
         Secret(value.into())
     }
 
-    /// The value itself; only for building the `Authorization` header.
+    /// The value itself; only for the `Authorization` header.
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -124,20 +126,11 @@ pub(crate) enum Body<'a> {
     File(&'a Path),
 }
 
-/// HTTP methods MLflow uses.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Method {
-    Get,
-    Post,
-    Put,
-    Patch,
-}
-
 /// A blocking HTTP client bound to one MLflow server.
 pub(crate) struct HttpClient {
-    agent: ureq::Agent,
+    client: Client,
     base: String,
-    auth_header: Option<Secret>,
+    credentials: Option<Credentials>,
     retry: RetryPolicy,
     timeout: Duration,
 }
@@ -146,7 +139,7 @@ impl fmt::Debug for HttpClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HttpClient")
             .field("base", &self.base)
-            .field("auth", &self.auth_header.as_ref().map(|_| "***"))
+            .field("auth", &self.credentials.as_ref().map(|_| "***"))
             .field("retry", &self.retry)
             .finish()
     }
@@ -174,18 +167,14 @@ impl HttpClient {
                 "tracking URI {base:?} is not an http(s):// URL"
             )));
         }
-        let auth_header = creds.or(uri_creds).map(|c| {
-            let raw = format!("{}:{}", c.username, c.password.expose());
-            Secret::new(format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(raw)
-            ))
-        });
-        let agent = agent(timeout);
+        let client = crate::http::client(timeout).map_err(|e| TrackingError::Http {
+            url: base.clone(),
+            reason: crate::http::describe(&e),
+        })?;
         Ok(HttpClient {
-            agent,
+            client,
             base,
-            auth_header,
+            credentials: creds.or(uri_creds),
             retry,
             timeout,
         })
@@ -194,9 +183,9 @@ impl HttpClient {
     /// This client with `max_retries` retries per request.
     pub(crate) fn with_retries(&self, max_retries: u32) -> HttpClient {
         HttpClient {
-            agent: self.agent.clone(),
+            client: self.client.clone(),
             base: self.base.clone(),
-            auth_header: self.auth_header.clone(),
+            credentials: self.credentials.clone(),
             retry: RetryPolicy {
                 max_retries,
                 ..self.retry
@@ -205,7 +194,7 @@ impl HttpClient {
         }
     }
 
-    /// The whole-request timeout.
+    /// The request timeout (until the answer's head; reading its body gets as long again).
     pub(crate) fn timeout(&self) -> Duration {
         self.timeout
     }
@@ -249,23 +238,21 @@ impl HttpClient {
             None => Body::Empty,
         };
         let answer = self.send(method, &url, &body)?;
-        let (status, ctype) = (answer.0.status().as_u16(), content_type(&answer.0));
-        let bytes = answer.read_all(&url)?;
+        let (status, ctype) = (answer.status().as_u16(), content_type(&answer));
+        let bytes = read_all(&url, answer)?;
         parse_json(&url, status, &ctype, &bytes)
     }
 
     /// PUTs a file's bytes (artifact proxy upload).
     pub(crate) fn put_file(&self, path: &str, file: &Path) -> Result<()> {
         let url = self.url(path, &[]);
-        self.send(Method::Put, &url, &Body::File(file))?
-            .read_all(&url)
-            .map(drop)
+        read_all(&url, self.send(Method::PUT, &url, &Body::File(file))?).map(drop)
     }
 
     /// GETs `path` and streams the body into `dest`.
     pub(crate) fn get_to_file(&self, path: &str, dest: &Path) -> Result<()> {
         let url = self.url(path, &[]);
-        let mut resp = self.send(Method::Get, &url, &Body::Empty)?;
+        let mut resp = self.send(Method::GET, &url, &Body::Empty)?;
         if let Some(parent) = dest.parent() {
             std::fs::create_dir_all(parent)
                 .map_err(|e| TrackingError::io(format!("creating {}", parent.display()), e))?;
@@ -273,12 +260,11 @@ impl HttpClient {
         let tmp = dest.with_extension("part.tmp");
         let mut out = std::fs::File::create(&tmp)
             .map_err(|e| TrackingError::io(format!("creating {}", tmp.display()), e))?;
-        std::io::copy(&mut resp.0.body_mut().as_reader(), &mut out).map_err(|e| {
-            TrackingError::Unreachable {
-                url: url.clone(),
-                attempts: 1,
-                reason: format!("download interrupted: {e}"),
-            }
+        std::io::copy(&mut resp, &mut out).map_err(|e| TrackingError::Unreachable {
+            url: url.clone(),
+            attempts: 1,
+            reason: format!("download interrupted: {e}"),
+            timed_out: false,
         })?;
         out.sync_all()
             .and_then(|_| std::fs::rename(&tmp, dest))
@@ -286,23 +272,17 @@ impl HttpClient {
     }
 
     /// Sends with retries; returns a 2xx answer or the classified error.
-    fn send(&self, method: Method, url: &str, body: &Body<'_>) -> Result<Answer> {
+    fn send(&self, method: Method, url: &str, body: &Body<'_>) -> Result<Response> {
         let mut attempt = 0;
         loop {
-            let outcome = self.send_once(method, url, body);
+            let outcome = self.request(method.clone(), url, body)?.send();
             let retryable = match &outcome {
                 Ok(resp) => {
                     let s = resp.status().as_u16();
                     s == 429 || s >= 500
                 }
-                Err(e) => matches!(
-                    e,
-                    ureq::Error::Io(_)
-                        | ureq::Error::Timeout(_)
-                        | ureq::Error::ConnectionFailed
-                        | ureq::Error::HostNotFound
-                        | ureq::Error::Protocol(_)
-                ),
+                // A bad URL, a redirect loop or a refused certificate stays so.
+                Err(e) => !(e.is_builder() || e.is_redirect() || crate::http::is_tls(e)),
             };
             if retryable && attempt < self.retry.max_retries {
                 let delay = backoff_delay(attempt, self.retry.base, self.retry.cap);
@@ -317,90 +297,65 @@ impl HttpClient {
                 Err(e) if retryable => Err(TrackingError::Unreachable {
                     url: url.to_string(),
                     attempts,
-                    reason: e.to_string(),
+                    reason: crate::http::describe(&e),
+                    timed_out: e.is_timeout(),
                 }),
                 Err(e) => Err(TrackingError::Http {
                     url: url.to_string(),
-                    reason: e.to_string(),
+                    reason: crate::http::describe(&e),
                 }),
             };
         }
     }
 
-    fn send_once(
-        &self,
-        method: Method,
-        url: &str,
-        body: &Body<'_>,
-    ) -> std::result::Result<ureq::http::Response<ureq::Body>, ureq::Error> {
-        macro_rules! with_auth {
-            ($req:expr) => {{
-                let r = $req;
-                match &self.auth_header {
-                    Some(h) => r.header("Authorization", h.expose()),
-                    None => r,
-                }
-            }};
-        }
-        match (method, body) {
-            (Method::Get, _) => with_auth!(self.agent.get(url)).call(),
-            (m, Body::Json(bytes)) => {
-                let req = match m {
-                    Method::Put => self.agent.put(url),
-                    Method::Patch => self.agent.patch(url),
-                    _ => self.agent.post(url),
-                };
-                with_auth!(req)
-                    .header("Content-Type", "application/json")
-                    .send(&bytes[..])
+    /// One try's request: method, auth, body (a file is reopened).
+    fn request(&self, method: Method, url: &str, body: &Body<'_>) -> Result<RequestBuilder> {
+        let req = self.client.request(method, url);
+        // `basic_auth` marks the header sensitive: it is kept out of the client's own logs.
+        let req = match &self.credentials {
+            Some(c) => req.basic_auth(&c.username, Some(c.password.expose())),
+            None => req,
+        };
+        Ok(match body {
+            Body::Empty => req,
+            Body::Json(bytes) => req
+                .header(CONTENT_TYPE, "application/json")
+                .body(bytes.clone()),
+            Body::File(path) => {
+                let file = std::fs::File::open(path)
+                    .map_err(|e| TrackingError::io(format!("opening {}", path.display()), e))?;
+                req.header(CONTENT_TYPE, "application/octet-stream")
+                    .body(file)
             }
-            (_, Body::File(path)) => {
-                let file = std::fs::File::open(path)?;
-                with_auth!(self.agent.put(url))
-                    .header("Content-Type", "application/octet-stream")
-                    .send(file)
-            }
-            (_, Body::Empty) => with_auth!(self.agent.post(url))
-                .header("Content-Type", "application/json")
-                .send("{}"),
-        }
+        })
     }
 }
 
-/// A 2xx answer whose body is still unread.
-pub(crate) struct Answer(ureq::http::Response<ureq::Body>);
-
-impl Answer {
-    fn read_all(mut self, url: &str) -> Result<Vec<u8>> {
-        self.0
-            .body_mut()
-            .with_config()
-            .limit(u64::MAX)
-            .read_to_vec()
-            .map_err(|e| TrackingError::Unreachable {
-                url: url.to_string(),
-                attempts: 1,
-                reason: format!("reading the answer failed: {e}"),
-            })
-    }
+/// A 2xx answer's whole body.
+fn read_all(url: &str, resp: Response) -> Result<Vec<u8>> {
+    resp.bytes()
+        .map(Vec::from)
+        .map_err(|e| TrackingError::Unreachable {
+            url: url.to_string(),
+            attempts: 1,
+            reason: format!("reading the answer failed: {}", crate::http::describe(&e)),
+            // The server has answered: it is not still working on the request.
+            timed_out: false,
+        })
 }
 
-fn content_type(resp: &ureq::http::Response<ureq::Body>) -> String {
+fn content_type(resp: &Response) -> String {
     resp.headers()
-        .get("content-type")
+        .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string()
 }
 
-fn classify(
-    url: &str,
-    attempts: u32,
-    mut resp: ureq::http::Response<ureq::Body>,
-) -> Result<Answer> {
+fn classify(url: &str, attempts: u32, mut resp: Response) -> Result<Response> {
     let status = resp.status().as_u16();
     if (200..300).contains(&status) {
-        return Ok(Answer(resp));
+        return Ok(resp);
     }
     if status == 401 || status == 403 {
         return Err(TrackingError::Auth {
@@ -413,16 +368,13 @@ fn classify(
             url: url.to_string(),
             attempts,
             reason: format!("HTTP {status}"),
+            timed_out: false,
         });
     }
     let ctype = content_type(&resp);
     let mut bytes = Vec::new();
     // An error page is small; cap what we keep so a huge body cannot bloat the error.
-    let _ = resp
-        .body_mut()
-        .as_reader()
-        .take(64 * 1024)
-        .read_to_end(&mut bytes);
+    let _ = resp.by_ref().take(64 * 1024).read_to_end(&mut bytes);
     let err: ErrorBody = parse_json(url, status, &ctype, &bytes)?;
     if status == 404 || err.error_code == "RESOURCE_DOES_NOT_EXIST" {
         return Err(TrackingError::NotFound {
@@ -458,17 +410,6 @@ pub(crate) fn parse_json<T: DeserializeOwned>(
         context: format!("MLflow's answer from {url}"),
         message: e.to_string(),
     })
-}
-
-/// The project's HTTP agent: statuses are answers (callers decide what an error is), one
-/// whole-request timeout, our user agent. Shared by the MLflow client and the recorder.
-pub(crate) fn agent(timeout: Duration) -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(timeout))
-        .user_agent(concat!("binance-ml/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .new_agent()
 }
 
 #[cfg(test)]

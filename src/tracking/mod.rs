@@ -27,7 +27,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use error::{Result, TrackingError};
-pub(crate) use http::agent as http_agent;
 pub use http::{Credentials, RetryPolicy, Secret};
 pub use limits::Batch;
 pub use mlmodel::{MLMODEL_FILE, ModelCard};

@@ -7,11 +7,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use reqwest::Method;
 use serde::Deserialize;
 use serde_json::json;
 
 use super::error::{Result, TrackingError};
-use super::http::{Credentials, HttpClient, Method, RetryPolicy, enc_path};
+use super::http::{Credentials, HttpClient, RetryPolicy, enc_path};
 use super::limits::{Batch, backoff_delay, clean_artifact_path, new_id};
 use super::types::*;
 use super::{Store, file_store};
@@ -140,7 +141,7 @@ impl RestStore {
 
     fn get<T: serde::de::DeserializeOwned>(&self, path: &str, q: &[(&str, &str)]) -> Result<T> {
         self.http
-            .json(Method::Get, &format!("{API}{path}"), q, None::<&()>)
+            .json(Method::GET, &format!("{API}{path}"), q, None::<&()>)
     }
 
     fn post<T: serde::de::DeserializeOwned>(
@@ -149,7 +150,7 @@ impl RestStore {
         body: &serde_json::Value,
     ) -> Result<T> {
         self.http
-            .json(Method::Post, &format!("{API}{path}"), &[], Some(body))
+            .json(Method::POST, &format!("{API}{path}"), &[], Some(body))
     }
 
     /// This store trying every request once: the look-ups between a create's attempts (the
@@ -216,10 +217,16 @@ impl RestStore {
             };
             if !error.may_have_been_applied() || attempts >= policy.max_retries {
                 return Err(match error {
-                    TrackingError::Unreachable { url, reason, .. } => TrackingError::Unreachable {
+                    TrackingError::Unreachable {
+                        url,
+                        reason,
+                        timed_out,
+                        ..
+                    } => TrackingError::Unreachable {
                         url,
                         attempts: attempts + 1,
                         reason,
+                        timed_out,
                     },
                     other => other,
                 });
@@ -508,7 +515,7 @@ impl Store for RestStore {
                 };
                 let a: FilesAnswer =
                     self.http
-                        .json(Method::Get, ARTIFACTS_API, &[("path", &full)], None::<&()>)?;
+                        .json(Method::GET, ARTIFACTS_API, &[("path", &full)], None::<&()>)?;
                 // The proxy lists names relative to the folder; make them root-relative.
                 Ok(a.files
                     .into_iter()
@@ -569,7 +576,7 @@ impl Store for RestStore {
         // 3.17.2 reads the id from the body, not from the path (measured).
         self.http
             .json::<serde_json::Value>(
-                Method::Patch,
+                Method::PATCH,
                 &format!("{API}/logged-models/{model_id}"),
                 &[],
                 Some(&json!({"model_id": model_id, "status": status})),

@@ -410,6 +410,7 @@ impl SpoolStore {
                  need the server",
                 self.dir.display()
             ),
+            timed_out: false,
         })
     }
 }

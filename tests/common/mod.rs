@@ -22,6 +22,20 @@ fn skip_or_fail(what: &str) {
     eprintln!("skipped: {what}");
 }
 
+/// POSTs JSON `body` to `url` straight to the server (a non-2xx answer fails the test) and
+/// parses the JSON answer.
+pub fn post_json(url: &str, body: &serde_json::Value) -> serde_json::Value {
+    let answer = reqwest::blocking::Client::new()
+        .post(url)
+        .header("Content-Type", "application/json")
+        .body(body.to_string())
+        .send()
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+    serde_json::from_slice(&answer.bytes().unwrap()).unwrap()
+}
+
 /// `$BINANCE_ML_SHARED_DATA` or `<crate>/../shared/data`; `None` (test skipped) when absent.
 pub fn shared_data() -> Option<PathBuf> {
     let dir = std::env::var_os("BINANCE_ML_SHARED_DATA")
@@ -286,12 +300,13 @@ impl Server {
 
     fn wait_healthy(&self) {
         let deadline = Instant::now() + Duration::from_secs(120);
-        let agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(2)))
+        let client = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(2))
             .build()
-            .new_agent();
+            .unwrap();
         while Instant::now() < deadline {
-            if agent.get(format!("{}/health", self.uri)).call().is_ok() {
+            let answer = client.get(format!("{}/health", self.uri)).send();
+            if answer.is_ok_and(|a| a.status().is_success()) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(300));
