@@ -16,7 +16,7 @@ use super::dataobject::{
 };
 use super::sources::{self, Source};
 use crate::config::{Config, SourceType};
-use crate::tracking::Dataset;
+use crate::tracking::{Dataset, file_uri};
 
 /// What a fetch did.
 #[derive(Debug, Clone, Serialize)]
@@ -53,9 +53,8 @@ impl FetchSummary {
             SourceType::File => ("file", serde_json::json!({"paths": d.files.paths})),
             SourceType::Synthetic => ("synthetic", serde_json::json!({"seed": d.synthetic.seed})),
         };
-        let cache = std::path::absolute(&self.cache_dir).unwrap_or(self.cache_dir.clone());
         let source = serde_json::json!({
-            "uri": format!("file://{}", cache.display()),
+            "uri": file_uri(&self.cache_dir),
             "origin": origin,
             "start": d.time_range.start_date.start().to_rfc3339(),
             "end": d.time_range.end_date.end_exclusive().to_rfc3339(),

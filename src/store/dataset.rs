@@ -3,7 +3,7 @@
 
 use super::manifest::StoreManifest;
 use crate::data::cache::CacheReader;
-use crate::tracking::Dataset;
+use crate::tracking::{Dataset, file_uri};
 
 /// Split names in manifest order.
 const SPLITS: [&str; 3] = ["train", "validation", "test"];
@@ -20,9 +20,8 @@ impl StoreManifest {
                 (m.metadata.source.clone(), m.key.clone())
             })
             .unwrap_or_else(|_| ("unknown (fetch cache missing)".into(), String::new()));
-        let cache = std::path::absolute(&self.data_cache).unwrap_or(self.data_cache.clone());
         let source = serde_json::json!({
-            "uri": format!("file://{}", cache.display()),
+            "uri": file_uri(&self.data_cache),
             "cache_key": cache_key,
             "origin": origin,
         });

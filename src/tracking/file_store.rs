@@ -81,8 +81,11 @@ pub(crate) fn path_of_file_uri(uri: &str) -> PathBuf {
     )
 }
 
-fn file_uri(path: &Path) -> String {
-    format!("file://{}", path.display())
+/// The `file://` URI of `path`, made absolute against the working directory (no file
+/// system access): how MLflow names local artifact roots and dataset sources.
+pub fn file_uri(path: &Path) -> String {
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    format!("file://{}", abs.display())
 }
 
 /// Copies `from` to `to` through a temporary file (never a half-written artifact).
@@ -132,7 +135,7 @@ pub(crate) fn list_dir(dir: &Path, rel: &str) -> Result<Vec<FileInfo>> {
 }
 
 /// Writes `content` to `path` atomically (temp + rename).
-fn write_atomic(path: &Path, content: &[u8]) -> Result<()> {
+pub(crate) fn write_atomic(path: &Path, content: &[u8]) -> Result<()> {
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent).map_err(io_err("creating", parent))?;
     }

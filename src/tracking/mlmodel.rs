@@ -7,6 +7,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::error::{Result, TrackingError};
+use super::file_store::write_atomic;
 
 /// The file MLflow reads a model folder's description from.
 pub const MLMODEL_FILE: &str = "MLmodel";
@@ -101,11 +102,7 @@ impl ModelCard {
     /// model wherever it is copied (`runs:/<id>/model`).
     pub fn write(&self, model_dir: &Path, run_id: &str) -> Result<()> {
         let text = self.mlmodel_yaml(run_id, None)?;
-        let path = model_dir.join(MLMODEL_FILE);
-        let tmp = model_dir.join(format!(".{MLMODEL_FILE}.tmp"));
-        std::fs::write(&tmp, text)
-            .and_then(|_| std::fs::rename(&tmp, &path))
-            .map_err(|e| TrackingError::io(format!("writing {}", path.display()), e))
+        write_atomic(&model_dir.join(MLMODEL_FILE), text.as_bytes())
     }
 }
 

@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use error::{Result, TrackingError};
+pub use file_store::file_uri;
 pub use http::{Credentials, RetryPolicy, Secret};
 pub use limits::Batch;
 pub use mlmodel::{MLMODEL_FILE, ModelCard};

@@ -585,7 +585,6 @@ fn tempfile_path(artifact_path: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("binance-ml-{}-{name}", limits::new_id()))
 }
 
-/// The `MLmodel` file MLflow shows for a logged model; the flavor says how to load it.
 /// Models logged by this process, by (store, run): what evaluation links its metrics to
 /// without asking a server, which a journaling process cannot.
 static LOGGED_MODELS: std::sync::Mutex<Vec<(String, String, String)>> =
