@@ -198,19 +198,9 @@ for f in sorted(glob.glob(sys.argv[1] + "/*.npz")):
     total += float(bp.sum())
 print(n, first, repr(total))
 "#;
-    let out = std::process::Command::new(&python)
-        .args(["-c", script])
-        .arg(&summary.cache_dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = common::python_stdout(&python, script, &[&summary.cache_dir]);
     let eth = &o.order_books["ETHUSDT"];
     // numpy sums shard by shard in its own order: compare within rounding.
-    let text = String::from_utf8(out.stdout).unwrap();
     let f: Vec<&str> = text.split_whitespace().collect();
     assert_eq!(f[0].parse::<usize>().unwrap(), 479);
     assert_eq!(f[1].parse::<i64>().unwrap(), eth.snapshot_timestamps[0]);

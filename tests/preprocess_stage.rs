@@ -158,17 +158,7 @@ z = np.load(sys.argv[2])
 for name in ["train", "validation", "test", "label", "regime", "price_change", "weight"]:
     show(name, z[name])
 "#;
-    let out = std::process::Command::new(&python)
-        .args(["-c", script])
-        .arg(&rows_file)
-        .arg(store.join("samples.npz"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = common::python_stdout(&python, script, &[rows_file, store.join("samples.npz")]);
     let hash = |bytes: Vec<u8>| binance_ml::data::cache::sha256_hex(&bytes);
     let i64s = |v: &[i64]| hash(v.iter().flat_map(|x| x.to_le_bytes()).collect());
     let f64s = |v: &[f64]| hash(v.iter().flat_map(|x| x.to_le_bytes()).collect());
@@ -188,13 +178,7 @@ for name in ["train", "validation", "test", "label", "regime", "price_change", "
     for (name, v) in [("price_change", &s.price_changes), ("weight", &s.weights)] {
         want.push(format!("{name} float64 {}x1 {}", v.len(), f64s(v)));
     }
-    assert_eq!(
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .collect::<Vec<_>>(),
-        want
-    );
+    assert_eq!(out.lines().collect::<Vec<_>>(), want);
 }
 
 #[test]

@@ -215,6 +215,21 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", binance_ml::tracking::limits::new_id())
 }
 
+/// Runs `script` (`python -c`) with `args`, which must succeed; its standard output.
+pub fn python_stdout<A: AsRef<std::ffi::OsStr>>(python: &str, script: &str, args: &[A]) -> String {
+    let out = Command::new(python)
+        .args(["-c", script])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// Runs the Python read-back script with `request` and parses its JSON answer.
 pub fn readback(
     python: &str,
