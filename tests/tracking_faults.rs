@@ -634,6 +634,39 @@ fn runs_a_killed_process_left_running_end_failed_with_the_next_command() {
 }
 
 #[test]
+fn a_run_ended_before_its_record_was_forgotten_stays_as_it_ended() {
+    let work = tempfile::tempdir().unwrap();
+    let settings = TrackingSettings {
+        workdir: work.path().to_path_buf(),
+        ..TrackingSettings::default()
+    };
+    let tracker = Tracker::open(&settings).unwrap();
+    let exp = tracker.experiment_id("ended").unwrap();
+    let run = tracker.start_run(&exp, "done", None, &[]).unwrap();
+    // The process ends the run, then dies before it forgets the run's record.
+    tracker
+        .store()
+        .update_run(&run.run_id, RunStatus::Finished, Some(1))
+        .unwrap();
+    let mut gone = Command::new("true").spawn().unwrap();
+    let dead_pid = gone.id();
+    gone.wait().unwrap();
+    let record = work
+        .path()
+        .join(".open-runs")
+        .join(format!("{}.json", run.run_id));
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    json["pid"] = dead_pid.into();
+    std::fs::write(&record, json.to_string()).unwrap();
+
+    assert_eq!(binance_ml::tracking::fail_dead_runs(&settings), 0);
+    let after = tracker.get_run(&run.run_id).unwrap();
+    assert_eq!(after.info.status, RunStatus::Finished);
+    assert!(recorded_open(work.path()).is_empty());
+}
+
+#[test]
 fn an_outage_costs_one_wait_and_lineage_survives_the_spool() {
     let Some(python) = common::python("an_outage_costs_one_wait_and_lineage_survives_the_spool")
     else {

@@ -139,7 +139,10 @@ pub(crate) fn write_atomic(path: &Path, content: &[u8]) -> Result<()> {
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent).map_err(io_err("creating", parent))?;
     }
-    let tmp = path.with_extension("tmp-write");
+    // Appended, not replacing an extension: `mlflow.runName` and `mlflow.user` get their own.
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp-write");
+    let tmp = path.with_file_name(name);
     fs::write(&tmp, content).map_err(io_err("writing", &tmp))?;
     fs::rename(&tmp, path).map_err(io_err("renaming into", path))
 }
@@ -456,10 +459,13 @@ impl Store for FileStore {
             user_id: req.user_id.clone(),
             ..RunMeta::default()
         };
-        write_yaml(&dir.join("meta.yaml"), &meta)?;
+        // Tags first: a run is visible once its meta.yaml exists, so a process killed mid-create
+        // leaves either no run or one carrying its client key, which the next command finds
+        // and ends FAILED (a meta.yaml without tags would stay RUNNING, found by nothing).
         for t in &req.tags {
             write_atomic(&dir.join("tags").join(&t.key), t.value.as_bytes())?;
         }
+        write_yaml(&dir.join("meta.yaml"), &meta)?;
         Ok(self.read_run(&dir)?.info)
     }
 

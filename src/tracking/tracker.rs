@@ -680,8 +680,15 @@ fn fail_run(settings: &TrackingSettings, run: &OpenRun) -> Result<bool> {
                 _ => return Ok(false),
             }
         }
-    } else {
+    } else if run.journaled {
         run.run_id.clone()
+    } else {
+        // Killed between ending the run and forgetting its record: it stays as it ended.
+        match tracker.get_run(&run.run_id) {
+            Ok(r) if r.info.status != RunStatus::Running => return Ok(false),
+            Err(TrackingError::NotFound { .. }) => return Ok(false),
+            _ => run.run_id.clone(),
+        }
     };
     tracker.end_run(&run_id, RunStatus::Failed)?;
     Ok(true)
