@@ -20,7 +20,7 @@ fn input_tensor(model: &Network, x: Vec<f32>) -> Result<(Tensor<4>, usize), Mode
     let b = x.len() / per;
     let device = model.device();
     let data = TensorData::new(x, [b, shape.assets, shape.time_steps, shape.features]);
-    Ok((Tensor::from_data(data, &device), b))
+    Ok((super::upload::floats(data, &device), b))
 }
 
 /// Logits `[batch * num_classes]` (row-major) for `x` = `batch` samples `[assets, T, F]`

@@ -15,6 +15,7 @@ pub mod recurrence;
 pub mod rng;
 pub mod spec;
 pub mod summary;
+pub mod upload;
 
 pub use artifact::{ModelArtifact, ModelManifest};
 pub use cnn_lstm::CnnLstm;

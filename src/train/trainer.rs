@@ -19,7 +19,7 @@ use super::metrics::{ClassificationMetrics, EpochMetrics};
 use super::source::{Batch, BatchSource, Split};
 use crate::config::{ModelConfig, TrainingConfig};
 use crate::model::artifact::{model_from_bytes, model_to_bytes};
-use crate::model::{ModelSpec, Network, Rng, on_host};
+use crate::model::{ModelSpec, Network, Rng, on_host, upload};
 
 /// Everything the loop needs besides the model architecture and the data.
 #[derive(Debug, Clone)]
@@ -369,22 +369,17 @@ impl Trainer {
     ) -> (Tensor<4>, Tensor<1, Int>, Tensor<1>, f32) {
         let s = self.spec.input;
         let n = batch.len();
-        let x = Tensor::from_data(
+        let x = upload::floats(
             TensorData::new(batch.x.clone(), [n, s.assets, s.time_steps, s.features]),
             device,
         );
-        let y = Tensor::from_data(
+        let y = upload::ints(
             TensorData::new(batch.y.iter().map(|&c| i64::from(c)).collect(), [n]),
             device,
         );
         let w = combine_weights(&batch.y, &batch.weights, self.opts.class_weights.as_deref());
         let sum: f32 = w.iter().sum();
-        (
-            x,
-            y,
-            Tensor::from_data(TensorData::new(w, [n]), device),
-            sum,
-        )
+        (x, y, upload::floats(TensorData::new(w, [n]), device), sum)
     }
 
     fn check_labels(&self, batch: &Batch) -> Result<(), TrainError> {
