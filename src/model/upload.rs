@@ -84,9 +84,9 @@ mod tests {
             );
             let y: Tensor<1, Int> = ints(TensorData::new(vec![2i64, 0, 1], [3]), &device);
             assert_eq!(x.dims(), [1, 2, 2]);
-            assert_eq!(x.to_data().to_vec::<f32>().unwrap(), [1.5, -2.0, 0.25, 8.0]);
+            assert_eq!(x.to_data().try_to_vec::<f32>().unwrap(), [1.5, -2.0, 0.25, 8.0]);
             assert_eq!(
-                y.to_data().convert::<i64>().to_vec::<i64>().unwrap(),
+                y.to_data().convert::<i64>().try_to_vec::<i64>().unwrap(),
                 [2, 0, 1]
             );
             assert_eq!(x.device().is_autodiff(), device.is_autodiff());
