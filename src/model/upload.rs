@@ -7,6 +7,9 @@
 //! the step while the copy waits its turn; libtorch's pinned allocator keeps the staging buffer
 //! until the copy has run. On the CPU (flex) host memory is the device's: `from_data` as usual.
 
+// burn-tch is deprecated upstream but is the GPU path that builds here.
+#![cfg_attr(feature = "tch", allow(deprecated))]
+
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 /// `data` as a float tensor on `device` (autodiff when `device` is).
@@ -41,7 +44,6 @@ pub fn ints<const D: usize>(data: TensorData, device: &Device) -> Tensor<D, Int>
 }
 
 #[cfg(feature = "tch")]
-#[allow(deprecated)] // burn-tch is deprecated upstream but is the GPU path that builds here.
 mod libtorch {
     use burn::backend::libtorch::TchTensor;
     use burn::backend::{DispatchDevice, LibTorchDevice};
@@ -84,7 +86,10 @@ mod tests {
             );
             let y: Tensor<1, Int> = ints(TensorData::new(vec![2i64, 0, 1], [3]), &device);
             assert_eq!(x.dims(), [1, 2, 2]);
-            assert_eq!(x.to_data().try_to_vec::<f32>().unwrap(), [1.5, -2.0, 0.25, 8.0]);
+            assert_eq!(
+                x.to_data().try_to_vec::<f32>().unwrap(),
+                [1.5, -2.0, 0.25, 8.0]
+            );
             assert_eq!(
                 y.to_data().convert::<i64>().try_to_vec::<i64>().unwrap(),
                 [2, 0, 1]

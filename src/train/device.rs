@@ -74,25 +74,21 @@ fn tch_device(spec: DeviceSpec, text: &str) -> Result<DeviceChoice, TrainError> 
             description: "tch (libtorch cpu)".into(),
         }),
         DeviceSpec::Cuda(n) => {
-            // libtorch panics when the GPU does not exist; probe with one tiny tensor.
-            let probe = std::panic::catch_unwind(|| {
-                let d = Device::libtorch_cuda(n);
-                let t = burn::tensor::Tensor::<1>::zeros([1], &d);
-                let _ = t.into_data();
-                d
-            });
-            match probe {
-                Ok(device) => Ok(DeviceChoice {
-                    device,
+            // Asked before any tensor exists: libtorch panics on a GPU it does not have.
+            let count = usize::try_from(tch::Cuda::device_count()).unwrap_or(0);
+            if n < count {
+                Ok(DeviceChoice {
+                    device: Device::libtorch_cuda(n),
                     description: format!("tch (libtorch cuda:{n})"),
-                }),
-                Err(_) => Err(TrainError::Device {
+                })
+            } else {
+                Err(TrainError::Device {
                     device: text.to_string(),
                     reason: format!(
-                        "no usable CUDA GPU {n}: libtorch found no such device (is this a CUDA \
-                         build of libtorch, and is the driver visible?)"
+                        "no CUDA GPU {n}: libtorch sees {count} (is this a CUDA build of \
+                         libtorch, and is the driver visible?)"
                     ),
-                }),
+                })
             }
         }
     }
