@@ -7,7 +7,7 @@ use burn::tensor::module::{avg_pool2d, max_pool2d};
 use burn::tensor::ops::{AvgPoolOptions, MaxPoolOptions};
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 
-use super::conv::conv_pool;
+use super::conv::{conv_pool, conv_pool_relu};
 use super::lstm::{Lstm, uniform_param};
 use super::on_host;
 use super::rng::Rng;
@@ -124,21 +124,35 @@ fn dropout<const D: usize>(x: Tensor<D>, p: f64, rng: Option<&mut Rng>) -> Tenso
     }
 }
 
-/// Conv ("same") -> activation -> pooling.
+/// Conv ("same") -> activation -> pooling -> dropout (training: `rng` is `Some`).
 ///
 /// Max pooling commutes with a non-decreasing activation, so then the pool is folded into the
 /// conv operation ([`conv_pool`]: one GEMM per sample, the full-resolution map never
-/// materialised) and the activation runs on a map `pool` times smaller. Otherwise (GELU, SiLU,
-/// average pooling) the conv runs alone and Burn pools the activated map.
-fn conv_act_pool(
+/// materialised) and the activation runs on a map `pool` times smaller; ReLU and the dropout
+/// mask are part of the operation ([`conv_pool_relu`]), the mask drawn as [`dropout`] would.
+/// Otherwise (GELU, SiLU, average pooling) the conv runs alone and Burn pools the activated
+/// map.
+fn conv_block(
     x: Tensor<4>,
     conv: &Conv,
     c: &ConvSpec,
     pooling: Pooling,
     act: Activation,
+    rng: Option<&mut Rng>,
 ) -> Tensor<4> {
     let (w, b) = (conv.weight.val(), conv.bias.val());
-    match pooling {
+    if pooling == Pooling::Max && act == Activation::Relu {
+        let [n, _, t, f] = x.dims();
+        let out = [n, c.filters, t / c.pool[0], f / c.pool[1]];
+        let mask = match rng {
+            Some(rng) if c.dropout > 0.0 => {
+                Some(dropout_mask(&out, c.dropout, rng, &x.device()).reshape(out))
+            }
+            _ => None,
+        };
+        return conv_pool_relu(x, w, b, c.pool, mask);
+    }
+    let y = match pooling {
         Pooling::Max if monotone(act) => activate(conv_pool(x, w, b, c.pool), act),
         Pooling::Max => max_pool2d(
             activate(conv_pool(x, w, b, [1, 1]), act),
@@ -148,7 +162,8 @@ fn conv_act_pool(
             activate(conv_pool(x, w, b, [1, 1]), act),
             AvgPoolOptions::new(c.pool),
         ),
-    }
+    };
+    dropout(y, c.dropout, rng)
 }
 
 impl CnnLstm {
@@ -205,8 +220,14 @@ impl CnnLstm {
         mut rng: Option<&mut Rng>,
     ) -> Tensor<3> {
         for (conv, c) in branch.layers.iter().zip(&self.spec.conv) {
-            x = conv_act_pool(x, conv, c, self.spec.pooling, self.spec.activation);
-            x = dropout(x, c.dropout, rng.as_deref_mut());
+            x = conv_block(
+                x,
+                conv,
+                c,
+                self.spec.pooling,
+                self.spec.activation,
+                rng.as_deref_mut(),
+            );
         }
         let [b, ch, t, f] = x.dims();
         x.permute([0, 2, 1, 3]).reshape([b, t, ch * f])

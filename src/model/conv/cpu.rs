@@ -84,6 +84,26 @@ impl Geometry {
     }
 }
 
+/// What the block applies after the pool, for one batch: ReLU, then an inverted-dropout mask
+/// `[n, o, to, fo]` (only with ReLU). Fusing them saves two passes over the map forward and
+/// two backward, and the mask tensor's autodiff node.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Post<'a> {
+    /// ReLU on the pooled map (max pool commutes with it).
+    pub relu: bool,
+    /// Values the activated map is multiplied by: dropout's 0 or 1/keep.
+    pub mask: Option<&'a [f32]>,
+}
+
+/// What the backward needs of [`Post`]: the block's output and the mask.
+#[derive(Debug, Clone, Copy)]
+pub struct Gate<'a> {
+    /// The forward's output `[n, o, to, fo]` (after ReLU and mask).
+    pub output: &'a [f32],
+    /// The forward's mask, if any.
+    pub mask: Option<&'a [f32]>,
+}
+
 /// Samples per weight-gradient chunk: at most 16 chunks, a function of the batch size only.
 fn chunk_len(n: usize) -> usize {
     n.div_ceil(16).max(1)
@@ -198,13 +218,15 @@ fn pool_max(conv: &[f32], g: &Geometry, bias: f32, y: &mut [f32], arg: &mut [i32
 }
 }
 
-/// Forward: `y [n, o, to, fo]` = max over each pool window of (conv "same" + bias), and the
-/// winning phase of each output (`di * pf + dj`, the first on ties) in `argmax`.
+/// Forward: `y [n, o, to, fo]` = max over each pool window of (conv "same" + bias), then
+/// `post`, and the winning phase of each output (`di * pf + dj`, the first on ties) in
+/// `argmax`.
 pub fn forward(
     x: &[f32],
     weight: &[f32],
     bias: &[f32],
     g: &Geometry,
+    post: Post<'_>,
     y: &mut [f32],
     argmax: &mut [i32],
 ) {
@@ -229,8 +251,66 @@ pub fn forward(
                         &mut arg[o * npos..][..npos],
                     );
                 }
+                if post.relu {
+                    relu_mask(y, post.mask.map(|m| &m[b * g.y_len()..][..g.y_len()]));
+                }
             },
         );
+}
+
+multiversion! {
+/// ReLU, as Burn's flex does it (NaN passes), then the mask, in place on one sample's map.
+fn relu_mask(y: &mut [f32], mask: Option<&[f32]>) {
+    let relu = |v: f32| if v.is_nan() || v > 0.0 { v } else { 0.0 };
+    match mask {
+        Some(m) => y.iter_mut().zip(m).for_each(|(v, &m)| *v = relu(*v) * m),
+        None => y.iter_mut().for_each(|v| *v = relu(*v)),
+    }
+}
+}
+
+multiversion! {
+/// One sample's output gradient through the mask and the ReLU, into `out`: `grad * mask`
+/// where the output is positive (or NaN), 0 elsewhere, as Burn's mul and ReLU backward give.
+fn ungate(grad: &[f32], output: &[f32], mask: Option<&[f32]>, out: &mut [f32]) {
+    let on = |y: f32| y.is_nan() || y > 0.0;
+    match mask {
+        Some(m) => {
+            for (((o, &g), &y), &m) in out.iter_mut().zip(grad).zip(output).zip(m) {
+                *o = if on(y) { g * m } else { 0.0 };
+            }
+        }
+        None => {
+            for ((o, &g), &y) in out.iter_mut().zip(grad).zip(output) {
+                *o = if on(y) { g } else { 0.0 };
+            }
+        }
+    }
+}
+}
+
+/// Sample `b`'s output gradient after [`Post`]: `grad` itself without a gate, else ungated
+/// into `buf`.
+fn sample_grad<'a>(
+    grad: &'a [f32],
+    gate: Option<Gate<'_>>,
+    b: usize,
+    len: usize,
+    buf: &'a mut [f32],
+) -> &'a [f32] {
+    let at = |v: &'a [f32]| &v[b * len..][..len];
+    match gate {
+        None => at(grad),
+        Some(gate) => {
+            ungate(
+                at(grad),
+                &gate.output[b * len..][..len],
+                gate.mask.map(|m| &m[b * len..][..len]),
+                buf,
+            );
+            buf
+        }
+    }
 }
 
 multiversion! {
@@ -259,12 +339,14 @@ fn route(grad: &[f32], argmax: &[i32], g: &Geometry, dconv: &mut [f32]) {
 }
 }
 
-/// Weight `[o, c*kt*kf]` and bias `[o]` gradients for the output gradient `grad [n, o, to, fo]`.
+/// Weight `[o, c*kt*kf]` and bias `[o]` gradients for the output gradient `grad [n, o, to, fo]`
+/// (through `gate` when the forward applied a [`Post`]).
 pub fn weight_backward(
     x: &[f32],
     grad: &[f32],
     argmax: &[i32],
     g: &Geometry,
+    gate: Option<Gate<'_>>,
 ) -> (Vec<f32>, Vec<f32>) {
     let (k, width, npos) = (g.k(), g.cols(), g.positions());
     let chunk = chunk_len(g.n);
@@ -276,8 +358,9 @@ pub fn weight_backward(
             let mut db = vec![0.0f32; g.o];
             let mut cols = vec![0.0f32; k * width];
             let mut dconv = vec![0.0f32; g.o * width];
+            let mut ungated = vec![0.0f32; if gate.is_some() { g.y_len() } else { 0 }];
             for b in ci * chunk..((ci + 1) * chunk).min(g.n) {
-                let gb = &grad[b * g.y_len()..][..g.y_len()];
+                let gb = sample_grad(grad, gate, b, g.y_len(), &mut ungated);
                 for (o, d) in db.iter_mut().enumerate() {
                     *d += gb[o * npos..][..npos].iter().sum::<f32>();
                 }
@@ -300,22 +383,32 @@ pub fn weight_backward(
     (dw, db)
 }
 
-/// Input gradient `[n, c, t, f]` for the output gradient `grad [n, o, to, fo]`.
-pub fn x_backward(weight: &[f32], grad: &[f32], argmax: &[i32], g: &Geometry) -> Vec<f32> {
+/// Input gradient `[n, c, t, f]` for the output gradient `grad [n, o, to, fo]` (through `gate`
+/// when the forward applied a [`Post`]).
+pub fn x_backward(
+    weight: &[f32],
+    grad: &[f32],
+    argmax: &[i32],
+    g: &Geometry,
+    gate: Option<Gate<'_>>,
+) -> Vec<f32> {
     let (k, width) = (g.k(), g.cols());
     let par = inner_parallelism(g.n);
     let mut dx = vec![0.0f32; g.n * g.x_len()];
     // W^T [k, o]
     let wt = View::transposed(weight, k);
+    let ungated_len = if gate.is_some() { g.y_len() } else { 0 };
     dx.par_chunks_mut(g.x_len()).enumerate().for_each_init(
-        || (vec![0.0f32; g.o * width], vec![0.0f32; k * width]),
-        |(dconv, dcols), (b, dxb)| {
-            route(
-                &grad[b * g.y_len()..][..g.y_len()],
-                &argmax[b * g.y_len()..][..g.y_len()],
-                g,
-                dconv,
-            );
+        || {
+            (
+                vec![0.0f32; g.o * width],
+                vec![0.0f32; k * width],
+                vec![0.0f32; ungated_len],
+            )
+        },
+        |(dconv, dcols, ungated), (b, dxb)| {
+            let gb = sample_grad(grad, gate, b, g.y_len(), ungated);
+            route(gb, &argmax[b * g.y_len()..][..g.y_len()], g, dconv);
             let rhs = View::row_major(dconv, width);
             gemm_into(dcols, wt, rhs, [k, g.o, width], false, par);
             col2im(dcols, g, dxb);

@@ -7,6 +7,10 @@
 //! as one GEMM per sample (`cpu`), and every other backend (libtorch) composes its own `conv2d`
 //! and max-pool primitives, whose backward it already does well.
 //!
+//! A ReLU and an inverted-dropout mask after the pool are part of the operation too
+//! ([`conv_pool_relu`]): the backward reads the block's output and the mask, so neither needs a
+//! pass or an autodiff node of its own.
+//!
 //! The pool indices are opaque: each backend's backward reads only what its own forward wrote.
 
 // burn-tch is deprecated upstream but is the GPU path that builds here; the extension names it.
@@ -20,12 +24,14 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::{FloatTensor, IntTensor};
-use burn::backend::{Autodiff, Backend, Dispatch, Flex, TensorMetadata, backend_extension};
+use burn::backend::{
+    Autodiff, Backend, Dispatch, ExtensionType, Flex, TensorMetadata, backend_extension,
+};
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, IntDType, Shape, Tensor, TensorData};
 
 use super::kernels::{contiguous, f32_slice};
-use cpu::Geometry;
+use cpu::{Gate, Geometry, Post};
 
 /// "same" padding for one axis, the extra cell at the end as TensorFlow does for even kernels.
 fn same_padding(k: usize) -> (usize, usize) {
@@ -43,29 +49,66 @@ fn same_options(kernel: [usize; 2]) -> ConvOptions<2> {
     )
 }
 
+/// What the block applies after the pool; crosses the dispatch boundary with its mask.
+#[derive(ExtensionType, Debug, Clone)]
+pub enum After<B: Backend> {
+    /// Nothing: conv and pool alone.
+    Nothing,
+    /// ReLU.
+    Relu,
+    /// ReLU, then times this mask (inverted dropout's 0 or 1/keep, the output's shape).
+    ReluMask(FloatTensor<B>),
+}
+
+impl<B: Backend> After<B> {
+    /// From the mask and whether ReLU applies (a mask implies ReLU).
+    pub fn from_parts(mask: Option<FloatTensor<B>>, relu: bool) -> Self {
+        match (mask, relu) {
+            (Some(m), _) => After::ReluMask(m),
+            (None, true) => After::Relu,
+            (None, false) => After::Nothing,
+        }
+    }
+
+    /// The mask, and whether ReLU applies.
+    pub fn into_parts(self) -> (Option<FloatTensor<B>>, bool) {
+        match self {
+            After::Nothing => (None, false),
+            After::Relu => (None, true),
+            After::ReluMask(m) => (Some(m), true),
+        }
+    }
+}
+
 /// The block's operations, per backend (see the module doc). The default bodies are
 /// [`reference`](mod@reference)'s composition of Burn primitives.
 #[backend_extension(Flex, Autodiff, LibTorch: cfg(feature = "tch"))]
 pub trait ConvPoolBackend: Backend {
-    /// `x [n, c, t, f]`, `weight [o, c, kt, kf]`, `bias [o]` -> (`[n, o, t/pt, f/pf]`, indices).
+    /// `x [n, c, t, f]`, `weight [o, c, kt, kf]`, `bias [o]` -> (`[n, o, t/pt, f/pf]`, indices),
+    /// then what `after` says.
     fn conv_pool(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
+        #[extension_type] after: After<Self>,
         pool: [usize; 2],
     ) -> (FloatTensor<Self>, IntTensor<Self>) {
-        reference::conv_pool::<Self>(x, weight, bias, pool)
+        let (mask, relu) = after.into_parts();
+        reference::conv_pool::<Self>(x, weight, bias, mask, pool, relu)
     }
 
-    /// Gradient of `x` for the output gradient `grad`.
+    /// Gradient of `x` for the output gradient `grad` (`output` and `after` are the forward's).
     fn conv_pool_x_backward(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         indices: IntTensor<Self>,
+        output: FloatTensor<Self>,
+        #[extension_type] after: After<Self>,
         grad: FloatTensor<Self>,
         pool: [usize; 2],
     ) -> FloatTensor<Self> {
-        reference::conv_pool_x_backward::<Self>(x, weight, indices, grad, pool)
+        let (mask, relu) = after.into_parts();
+        reference::conv_pool_x_backward::<Self>(x, weight, indices, output, mask, grad, pool, relu)
     }
 
     /// Gradients of `weight` and `bias` for the output gradient `grad`.
@@ -73,10 +116,15 @@ pub trait ConvPoolBackend: Backend {
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         indices: IntTensor<Self>,
+        output: FloatTensor<Self>,
+        #[extension_type] after: After<Self>,
         grad: FloatTensor<Self>,
         pool: [usize; 2],
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        reference::conv_pool_weight_backward::<Self>(x, weight, indices, grad, pool)
+        let (mask, relu) = after.into_parts();
+        reference::conv_pool_weight_backward::<Self>(
+            x, weight, indices, output, mask, grad, pool, relu,
+        )
     }
 }
 
@@ -102,26 +150,43 @@ fn pool_indices(t: &FlexTensor) -> &[i32] {
     t.as_slice::<i32>().expect("flex pool indices are i32")
 }
 
+/// The mask of a call on flex, contiguous, when it is f32 like the rest.
+fn flex_mask(mask: Option<&FlexTensor>) -> Option<Option<FlexTensor>> {
+    match mask {
+        None => Some(None),
+        Some(m) if m.dtype() == DType::F32 => Some(Some(contiguous(m))),
+        Some(_) => None,
+    }
+}
+
 impl ConvPoolBackend for Flex {
     fn conv_pool(
         x: FlexTensor,
         weight: FlexTensor,
         bias: FlexTensor,
+        after: After<Self>,
         pool: [usize; 2],
     ) -> (FlexTensor, FlexTensor) {
-        let Some(g) = flex_geometry(&x, &weight, pool) else {
-            return reference::conv_pool::<Self>(x, weight, bias, pool);
+        let (mask, relu) = after.into_parts();
+        let (Some(g), Some(m)) = (flex_geometry(&x, &weight, pool), flex_mask(mask.as_ref()))
+        else {
+            return reference::conv_pool::<Self>(x, weight, bias, mask, pool, relu);
         };
         let (x, weight, bias) = (contiguous(&x), contiguous(&weight), contiguous(&bias));
         let [to, fo] = g.out();
         let len = g.n * g.o * to * fo;
         let mut y = vec![0.0f32; len];
         let mut argmax = vec![0i32; len];
+        let post = Post {
+            relu,
+            mask: m.as_ref().map(f32_slice),
+        };
         cpu::forward(
             f32_slice(&x),
             f32_slice(&weight),
             f32_slice(&bias),
             &g,
+            post,
             &mut y,
             &mut argmax,
         );
@@ -136,19 +201,30 @@ impl ConvPoolBackend for Flex {
         x: FlexTensor,
         weight: FlexTensor,
         indices: FlexTensor,
+        output: FlexTensor,
+        after: After<Self>,
         grad: FlexTensor,
         pool: [usize; 2],
     ) -> FlexTensor {
-        let Some(g) = flex_geometry(&x, &weight, pool) else {
-            return reference::conv_pool_x_backward::<Self>(x, weight, indices, grad, pool);
+        let (mask, relu) = after.into_parts();
+        let (Some(g), Some(m)) = (flex_geometry(&x, &weight, pool), flex_mask(mask.as_ref()))
+        else {
+            return reference::conv_pool_x_backward::<Self>(
+                x, weight, indices, output, mask, grad, pool, relu,
+            );
         };
-        let (weight, grad, indices) =
-            (contiguous(&weight), contiguous(&grad), contiguous(&indices));
+        let (weight, grad, indices, output) = (
+            contiguous(&weight),
+            contiguous(&grad),
+            contiguous(&indices),
+            contiguous(&output),
+        );
         let dx = cpu::x_backward(
             f32_slice(&weight),
             f32_slice(&grad),
             pool_indices(&indices),
             &g,
+            gate(relu, &output, m.as_ref()),
         );
         FlexTensor::from_data(TensorData::new(dx, [g.n, g.c, g.t, g.f]))
     }
@@ -157,20 +233,44 @@ impl ConvPoolBackend for Flex {
         x: FlexTensor,
         weight: FlexTensor,
         indices: FlexTensor,
+        output: FlexTensor,
+        after: After<Self>,
         grad: FlexTensor,
         pool: [usize; 2],
     ) -> (FlexTensor, FlexTensor) {
-        let Some(g) = flex_geometry(&x, &weight, pool) else {
-            return reference::conv_pool_weight_backward::<Self>(x, weight, indices, grad, pool);
+        let (mask, relu) = after.into_parts();
+        let (Some(g), Some(m)) = (flex_geometry(&x, &weight, pool), flex_mask(mask.as_ref()))
+        else {
+            return reference::conv_pool_weight_backward::<Self>(
+                x, weight, indices, output, mask, grad, pool, relu,
+            );
         };
-        let (x, grad, indices) = (contiguous(&x), contiguous(&grad), contiguous(&indices));
-        let (dw, db) =
-            cpu::weight_backward(f32_slice(&x), f32_slice(&grad), pool_indices(&indices), &g);
+        let (x, grad, indices, output) = (
+            contiguous(&x),
+            contiguous(&grad),
+            contiguous(&indices),
+            contiguous(&output),
+        );
+        let (dw, db) = cpu::weight_backward(
+            f32_slice(&x),
+            f32_slice(&grad),
+            pool_indices(&indices),
+            &g,
+            gate(relu, &output, m.as_ref()),
+        );
         (
             FlexTensor::from_data(TensorData::new(dw, weight.shape())),
             FlexTensor::from_data(TensorData::new(db, [g.o])),
         )
     }
+}
+
+/// The backward's view of the forward's ReLU and mask (`None`: neither was applied).
+fn gate<'a>(relu: bool, output: &'a FlexTensor, mask: Option<&'a FlexTensor>) -> Option<Gate<'a>> {
+    relu.then(|| Gate {
+        output: f32_slice(output),
+        mask: mask.map(f32_slice),
+    })
 }
 
 #[cfg(feature = "tch")]
@@ -207,46 +307,92 @@ pub mod reference {
             .x_grad
     }
 
-    /// Conv + bias, then max pool with Burn's indices (a dummy for `pool = [1, 1]`).
+    /// ReLU when `relu`, then times `mask`.
+    fn post<B: Backend>(
+        y: FloatTensor<B>,
+        mask: Option<FloatTensor<B>>,
+        relu: bool,
+    ) -> FloatTensor<B> {
+        let y = if relu { B::relu(y) } else { y };
+        match mask {
+            Some(m) => B::float_mul(y, m),
+            None => y,
+        }
+    }
+
+    /// The gradient before [`post`]: times `mask`, then ReLU's backward on the `output`.
+    fn unpost<B: Backend>(
+        grad: FloatTensor<B>,
+        output: FloatTensor<B>,
+        mask: Option<FloatTensor<B>>,
+        relu: bool,
+    ) -> FloatTensor<B> {
+        let grad = match mask {
+            Some(m) => B::float_mul(grad, m),
+            None => grad,
+        };
+        if relu {
+            B::relu_backward(output, grad)
+        } else {
+            grad
+        }
+    }
+
+    /// Conv + bias, then max pool with Burn's indices (a dummy for `pool = [1, 1]`), then
+    /// ReLU and mask.
     pub fn conv_pool<B: Backend>(
         x: FloatTensor<B>,
         weight: FloatTensor<B>,
         bias: FloatTensor<B>,
+        mask: Option<FloatTensor<B>>,
         pool: [usize; 2],
+        relu: bool,
     ) -> (FloatTensor<B>, IntTensor<B>) {
         let options = same_options(kernel(&weight.shape()));
         let conv = B::conv2d(x, weight, Some(bias), options);
         if pool == [1, 1] {
             let device = conv.device();
-            return (conv, B::int_zeros(Shape::new([1]), &device, IntDType::I64));
+            let indices = B::int_zeros(Shape::new([1]), &device, IntDType::I64);
+            return (post::<B>(conv, mask, relu), indices);
         }
         let out =
             B::max_pool2d_with_indices(conv, pool, pool, [0, 0], [1, 1], false, IntDType::I64);
-        (out.output, out.indices)
+        (post::<B>(out.output, mask, relu), out.indices)
     }
 
-    /// Max-pool backward, then `conv2d_x_backward`.
+    /// Mask and ReLU backward, max-pool backward, then `conv2d_x_backward`.
+    #[allow(clippy::too_many_arguments)]
     pub fn conv_pool_x_backward<B: Backend>(
         x: FloatTensor<B>,
         weight: FloatTensor<B>,
         indices: IntTensor<B>,
+        output: FloatTensor<B>,
+        mask: Option<FloatTensor<B>>,
         grad: FloatTensor<B>,
         pool: [usize; 2],
+        relu: bool,
     ) -> FloatTensor<B> {
         let w = weight.shape();
+        let grad = unpost::<B>(grad, output, mask, relu);
         let grad = unpool::<B>(&x, w[0], indices, grad, pool);
         B::conv2d_x_backward(x, weight, grad, same_options(kernel(&w)))
     }
 
-    /// Max-pool backward, then `conv2d_weight_backward` and the bias sum.
+    /// Mask and ReLU backward, max-pool backward, then `conv2d_weight_backward` and the bias
+    /// sum.
+    #[allow(clippy::too_many_arguments)]
     pub fn conv_pool_weight_backward<B: Backend>(
         x: FloatTensor<B>,
         weight: FloatTensor<B>,
         indices: IntTensor<B>,
+        output: FloatTensor<B>,
+        mask: Option<FloatTensor<B>>,
         grad: FloatTensor<B>,
         pool: [usize; 2],
+        relu: bool,
     ) -> (FloatTensor<B>, FloatTensor<B>) {
         let w = weight.shape();
+        let grad = unpost::<B>(grad, output, mask, relu);
         let grad = unpool::<B>(&x, w[0], indices, grad, pool);
         let bias_grad = B::float_reshape(
             B::float_sum_dims(grad.clone(), &[0, 2, 3]),
@@ -262,13 +408,25 @@ impl<B: Backend + ConvPoolBackend, C: CheckpointStrategy> ConvPoolBackend for Au
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
+        after: After<Self>,
         pool: [usize; 2],
     ) -> (FloatTensor<Self>, IntTensor<Self>) {
         #[derive(Debug)]
         struct ConvPoolOp;
 
+        /// What the backward reads: `x`, `weight`, the pool indices, the output, the mask.
+        type Saved<B> = (
+            FloatTensor<B>,
+            FloatTensor<B>,
+            IntTensor<B>,
+            FloatTensor<B>,
+            Option<FloatTensor<B>>,
+            [usize; 2],
+            bool,
+        );
+
         impl<B: Backend + ConvPoolBackend> Backward<B, 3> for ConvPoolOp {
-            type State = (FloatTensor<B>, FloatTensor<B>, IntTensor<B>, [usize; 2]);
+            type State = Saved<B>;
 
             fn backward(
                 self,
@@ -278,19 +436,29 @@ impl<B: Backend + ConvPoolBackend, C: CheckpointStrategy> ConvPoolBackend for Au
             ) {
                 let [node_x, node_weight, node_bias] = ops.parents;
                 let grad = grads.consume::<B>(&ops.node);
-                let (x, weight, indices, pool) = ops.state;
+                let (x, weight, indices, output, mask, pool, relu) = ops.state;
                 if let Some(node) = node_x {
                     let dx = B::conv_pool_x_backward(
                         x.clone(),
                         weight.clone(),
                         indices.clone(),
+                        output.clone(),
+                        After::from_parts(mask.clone(), relu),
                         grad.clone(),
                         pool,
                     );
                     grads.register::<B>(node.id, dx);
                 }
                 if node_weight.is_some() || node_bias.is_some() {
-                    let (dw, db) = B::conv_pool_weight_backward(x, weight, indices, grad, pool);
+                    let (dw, db) = B::conv_pool_weight_backward(
+                        x,
+                        weight,
+                        indices,
+                        output,
+                        After::from_parts(mask, relu),
+                        grad,
+                        pool,
+                    );
                     if let Some(node) = node_weight {
                         grads.register::<B>(node.id, dw);
                     }
@@ -306,17 +474,27 @@ impl<B: Backend + ConvPoolBackend, C: CheckpointStrategy> ConvPoolBackend for Au
             weight.primitive().clone(),
             bias.primitive().clone(),
         );
+        // The mask is a constant of the operation: no gradient flows to it.
+        let (mask, relu) = after.into_parts();
+        let mp = mask.map(|m| m.primitive().clone());
         match ConvPoolOp
             .prepare::<C>([x.node(), weight.node(), bias.node()])
             .compute_bound()
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let (y, indices) = B::conv_pool(xp.clone(), wp.clone(), bp, pool);
-                (prep.finish((xp, wp, indices.clone(), pool), y), indices)
+                let (y, indices) = B::conv_pool(
+                    xp.clone(),
+                    wp.clone(),
+                    bp,
+                    After::from_parts(mp.clone(), relu),
+                    pool,
+                );
+                let saved = (xp, wp, indices.clone(), y.clone(), mp, pool, relu);
+                (prep.finish(saved, y), indices)
             }
             OpsKind::UnTracked(prep) => {
-                let (y, indices) = B::conv_pool(xp, wp, bp, pool);
+                let (y, indices) = B::conv_pool(xp, wp, bp, After::from_parts(mp, relu), pool);
                 (prep.finish(y), indices)
             }
         }
@@ -326,10 +504,34 @@ impl<B: Backend + ConvPoolBackend, C: CheckpointStrategy> ConvPoolBackend for Au
 /// The block on high-level tensors: `x [n, c, t, f]` -> `[n, o, t/pt, f/pf]`, differentiable
 /// on an autodiff device.
 pub fn conv_pool(x: Tensor<4>, weight: Tensor<4>, bias: Tensor<1>, pool: [usize; 2]) -> Tensor<4> {
+    call(x, weight, bias, None, pool, false)
+}
+
+/// [`conv_pool`], then ReLU, then times `mask` (inverted dropout's 0 or 1/keep, the output's
+/// shape), in one operation.
+pub fn conv_pool_relu(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Tensor<1>,
+    pool: [usize; 2],
+    mask: Option<Tensor<4>>,
+) -> Tensor<4> {
+    call(x, weight, bias, mask, pool, true)
+}
+
+fn call(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Tensor<1>,
+    mask: Option<Tensor<4>>,
+    pool: [usize; 2],
+    relu: bool,
+) -> Tensor<4> {
     let (y, _indices) = <Dispatch as ConvPoolBackend>::conv_pool(
         x.into_dispatch(),
         weight.into_dispatch(),
         bias.into_dispatch(),
+        After::from_parts(mask.map(Tensor::into_dispatch), relu),
         pool,
     );
     Tensor::from_dispatch(y)
@@ -340,6 +542,7 @@ mod tests {
     use super::*;
     use crate::model::Rng;
     use crate::model::kernels::testing::{random, rel_err};
+    use burn::tensor::activation::relu;
     use burn::tensor::module::{conv2d, max_pool2d};
     use burn::tensor::ops::MaxPoolOptions;
     use burn::tensor::{Device, Tensor};
@@ -394,27 +597,81 @@ mod tests {
             let x = random([n, c, t, f], &mut rng, &device).require_grad();
             let w = random([o, c, kernel[0], kernel[1]], &mut rng, &device).require_grad();
             let b = random([o], &mut rng, &device).require_grad();
-            let r = random([n, o, t / pool[0], f / pool[1]], &mut rng, &device);
+            let out = [n, o, t / pool[0], f / pool[1]];
+            let r = random(out, &mut rng, &device);
+            let mask = dropout_like(out, &mut rng, &device);
+            for post in Post::ALL {
+                let ours = post.ours(x.clone(), w.clone(), b.clone(), pool, &mask);
+                let g1 = (ours.clone() * r.clone()).sum().backward();
+                let conv = conv2d(x.clone(), w.clone(), Some(b.clone()), same_options(kernel));
+                let want = post.burn(max_pool2d(conv, MaxPoolOptions::new(pool)), &mask);
+                let g2 = (want.clone() * r.clone()).sum().backward();
 
-            let ours = conv_pool(x.clone(), w.clone(), b.clone(), pool);
-            let g1 = (ours.clone() * r.clone()).sum().backward();
-            let conv = conv2d(x.clone(), w.clone(), Some(b.clone()), same_options(kernel));
-            let want = max_pool2d(conv, MaxPoolOptions::new(pool));
-            let g2 = (want.clone() * r).sum().backward();
-
-            let label = format!("n{n} c{c} o{o} {t}x{f} kernel {kernel:?} pool {pool:?}");
-            assert_eq!(ours.dims(), want.dims(), "{label}");
-            let grads = [
-                ("y", rel_err(ours.inner(), want.inner())),
-                ("dx", rel_err(x.grad(&g1).unwrap(), x.grad(&g2).unwrap())),
-                ("dw", rel_err(w.grad(&g1).unwrap(), w.grad(&g2).unwrap())),
-            ];
-            for (what, err) in grads {
-                assert!(err < 1e-4, "{label}: {what} relative error {err}");
+                let label =
+                    format!("n{n} c{c} o{o} {t}x{f} kernel {kernel:?} pool {pool:?} {post:?}");
+                assert_eq!(ours.dims(), want.dims(), "{label}");
+                let grads = [
+                    ("y", rel_err(ours.inner(), want.inner())),
+                    ("dx", rel_err(x.grad(&g1).unwrap(), x.grad(&g2).unwrap())),
+                    ("dw", rel_err(w.grad(&g1).unwrap(), w.grad(&g2).unwrap())),
+                ];
+                for (what, err) in grads {
+                    assert!(err < 1e-4, "{label}: {what} relative error {err}");
+                }
+                let err = rel_err(b.grad(&g1).unwrap(), b.grad(&g2).unwrap());
+                assert!(err < 1e-4, "{label}: db relative error {err}");
             }
-            let err = rel_err(b.grad(&g1).unwrap(), b.grad(&g2).unwrap());
-            assert!(err < 1e-4, "{label}: db relative error {err}");
         }
+    }
+
+    /// What follows the pool in a test case.
+    #[derive(Debug, Clone, Copy)]
+    enum Post {
+        Nothing,
+        Relu,
+        ReluDropout,
+    }
+
+    impl Post {
+        const ALL: [Post; 3] = [Post::Nothing, Post::Relu, Post::ReluDropout];
+
+        fn relu(self) -> bool {
+            !matches!(self, Post::Nothing)
+        }
+
+        fn mask(self, mask: &Tensor<4>) -> Option<Tensor<4>> {
+            matches!(self, Post::ReluDropout).then(|| mask.clone())
+        }
+
+        /// Through the operation.
+        fn ours(
+            self,
+            x: Tensor<4>,
+            w: Tensor<4>,
+            b: Tensor<1>,
+            pool: [usize; 2],
+            mask: &Tensor<4>,
+        ) -> Tensor<4> {
+            call(x, w, b, self.mask(mask), pool, self.relu())
+        }
+
+        /// Through Burn's own ReLU and multiplication.
+        fn burn(self, y: Tensor<4>, mask: &Tensor<4>) -> Tensor<4> {
+            let y = if self.relu() { relu(y) } else { y };
+            match self.mask(mask) {
+                Some(m) => y * m,
+                None => y,
+            }
+        }
+    }
+
+    /// An inverted-dropout mask at rate 0.3: 0 or 1/0.7.
+    fn dropout_like(shape: [usize; 4], rng: &mut Rng, device: &Device) -> Tensor<4> {
+        let n = shape.iter().product();
+        let values: Vec<f32> = (0..n)
+            .map(|_| if rng.next_f32() < 0.7 { 1.0 / 0.7 } else { 0.0 })
+            .collect();
+        Tensor::from_data(TensorData::new(values, shape), device)
     }
 
     #[test]
@@ -439,29 +696,100 @@ mod tests {
                 .try_into_primitive::<Flex>()
                 .unwrap();
             let g = random([n, o, t / pool[0], f / pool[1]], &mut rng, &device);
+            let out = [n, o, t / pool[0], f / pool[1]];
+            let mask = prim(dropout_like(out, &mut rng, &device));
             let (x, w, g) = (prim(x), prim(w), prim(g));
             let wrap = |p: FlexTensor| Tensor::<4>::from_primitive::<Flex>(p);
             let wrap1 = |p: FlexTensor| Tensor::<1>::from_primitive::<Flex>(p);
 
-            let (y1, i1) = Flex::conv_pool(x.clone(), w.clone(), b.clone(), pool);
-            let (y2, i2) = reference::conv_pool::<Flex>(x.clone(), w.clone(), b.clone(), pool);
-            let dx1 = Flex::conv_pool_x_backward(x.clone(), w.clone(), i1.clone(), g.clone(), pool);
-            let dx2 = reference::conv_pool_x_backward::<Flex>(
-                x.clone(),
-                w.clone(),
-                i2.clone(),
-                g.clone(),
-                pool,
-            );
-            let (dw1, db1) =
-                Flex::conv_pool_weight_backward(x.clone(), w.clone(), i1, g.clone(), pool);
-            let (dw2, db2) = reference::conv_pool_weight_backward::<Flex>(x, w, i2, g, pool);
-            let label = format!("kernel {kernel:?} pool {pool:?}");
-            assert!(rel_err(wrap(y1), wrap(y2)) < 1e-4, "{label}: y");
-            assert!(rel_err(wrap(dx1), wrap(dx2)) < 1e-4, "{label}: dx");
-            assert!(rel_err(wrap(dw1), wrap(dw2)) < 1e-4, "{label}: dw");
-            assert!(rel_err(wrap1(db1), wrap1(db2)) < 1e-4, "{label}: db");
+            for post in Post::ALL {
+                let (relu, m) = (post.relu(), matches!(post, Post::ReluDropout));
+                let m = m.then(|| mask.clone());
+                let after = || After::from_parts(m.clone(), relu);
+                let (y1, i1) = Flex::conv_pool(x.clone(), w.clone(), b.clone(), after(), pool);
+                let (y2, i2) = reference::conv_pool::<Flex>(
+                    x.clone(),
+                    w.clone(),
+                    b.clone(),
+                    m.clone(),
+                    pool,
+                    relu,
+                );
+                let dx1 = Flex::conv_pool_x_backward(
+                    x.clone(),
+                    w.clone(),
+                    i1.clone(),
+                    y1.clone(),
+                    after(),
+                    g.clone(),
+                    pool,
+                );
+                let dx2 = reference::conv_pool_x_backward::<Flex>(
+                    x.clone(),
+                    w.clone(),
+                    i2.clone(),
+                    y2.clone(),
+                    m.clone(),
+                    g.clone(),
+                    pool,
+                    relu,
+                );
+                let (dw1, db1) = Flex::conv_pool_weight_backward(
+                    x.clone(),
+                    w.clone(),
+                    i1,
+                    y1.clone(),
+                    after(),
+                    g.clone(),
+                    pool,
+                );
+                let (dw2, db2) = reference::conv_pool_weight_backward::<Flex>(
+                    x.clone(),
+                    w.clone(),
+                    i2,
+                    y2.clone(),
+                    m,
+                    g.clone(),
+                    pool,
+                    relu,
+                );
+                let label = format!("kernel {kernel:?} pool {pool:?} {post:?}");
+                assert!(rel_err(wrap(y1), wrap(y2)) < 1e-4, "{label}: y");
+                assert!(rel_err(wrap(dx1), wrap(dx2)) < 1e-4, "{label}: dx");
+                assert!(rel_err(wrap(dw1), wrap(dw2)) < 1e-4, "{label}: dw");
+                assert!(rel_err(wrap1(db1), wrap1(db2)) < 1e-4, "{label}: db");
+            }
         }
+    }
+
+    #[test]
+    fn relu_and_mask_inside_equal_burns_ops_after_to_the_bit() {
+        // The model used to apply Burn's ReLU and dropout multiplication after the block: the
+        // fused block must train to the same weights, bit for bit.
+        let device = Device::flex().autodiff();
+        let mut rng = Rng::new(8, "fused");
+        let x = random([5, 3, 12, 10], &mut rng, &device).require_grad();
+        let w = random([4, 3, 3, 3], &mut rng, &device).require_grad();
+        let b = random([4], &mut rng, &device).require_grad();
+        let r = random([5, 4, 6, 5], &mut rng, &device);
+        let mask = dropout_like([5, 4, 6, 5], &mut rng, &device);
+        let fused = conv_pool_relu(x.clone(), w.clone(), b.clone(), [2, 2], Some(mask.clone()));
+        let g1 = (fused.clone() * r.clone()).sum().backward();
+        let composed = relu(conv_pool(x.clone(), w.clone(), b.clone(), [2, 2])) * mask;
+        let g2 = (composed.clone() * r).sum().backward();
+        assert_eq!(fused.into_data(), composed.into_data());
+        assert_eq!(
+            x.grad(&g1).unwrap().into_data(),
+            x.grad(&g2).unwrap().into_data()
+        );
+        assert_eq!(
+            w.grad(&g1).unwrap().into_data(),
+            w.grad(&g2).unwrap().into_data()
+        );
+        assert_eq!(
+            b.grad(&g1).unwrap().into_data(),
+            b.grad(&g2).unwrap().into_data()
+        );
     }
 
     #[test]
