@@ -13,7 +13,9 @@
 #                          on the GPU machine, with target/gpu-bench carried: points
 #                          LD_LIBRARY_PATH at that machine's own torch/lib, then alternates
 #                          PyTorch and ours (A B A B) at each batch size and prints the medians
-#                          and ratios. Needs only the carried folder and `python3 -c 'import torch'`.
+#                          and ratios, after a check that the GPU trains the same weights as the
+#                          CPU kernels (exit 1 if not). Needs only the carried folder and
+#                          `python3 -c 'import torch'`.
 #
 # env: TORCH_VERSION (build; default 2.11.*, the GPU machine's), TORCH_VENV (build; default
 #      ~/.cache/binance-ml/torch-gpu-venv), BENCH_DIR (folder of torch_gpu_bench.py), DEVICE
@@ -69,6 +71,10 @@ run() {
   echo "machine: $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1), torch $("$py" -c 'import torch;print(torch.__version__)'); $(date -u +%Y-%m-%dT%H:%MZ)"
   field() { sed -n "s/.* $1=\([0-9.]*\).*/\1/p"; }
   median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+  # First, that the device computes what the CPU kernels do: the same weights trained on the
+  # same batches (no dropout) on flex and on the GPU, losses and probabilities compared.
+  local checked=0
+  "$bin" --batch 32 --backend tch --device "$device" --bench --check || checked=1
   echo "| batch | PyTorch train/s | ours train/s | ratio | PyTorch infer/s | ours infer/s | ratio |"
   echo "|---|---|---|---|---|---|---|"
   for b in ${BATCHES:-32 256}; do
@@ -87,6 +93,10 @@ run() {
   done
   # A profile of our step at batch 32, for the README's per-op split.
   "$bin" 5 5 2 --batch 32 --backend tch --device "$device" --bench --profile | grep '^PROFILE' || true
+  if [[ $checked != 0 ]]; then
+    echo "CHECK FAILED: the GPU path trains another model than the CPU kernels; the ratios above time it anyway" >&2
+    exit 1
+  fi
 }
 
 case "$mode" in

@@ -2,21 +2,22 @@
 //! binance-ml's own model and training step.
 //!
 //! usage: cargo bench --bench train_speed -- [train_steps] [infer_steps] [warmup]
-//!            [--batch N] [--backend flex|tch] [--device cpu|cuda:N] [--profile]
+//!            [--batch N] [--backend flex|tch] [--device cpu|cuda:N] [--profile | --check]
 //! Prints one `RESULT backend=... train_sps=... infer_sps=...` line like the Python scripts;
 //! `--profile` also times the parts of a step (conv blocks, LSTM, whole step) forward and
-//! forward + backward. `--backend tch` needs a build with `--features tch` (benches/gpu.sh).
+//! forward + backward; `--check` trains the same weights on flex and on the chosen device and
+//! compares (one `CHECK` line, exit 1 when they differ). `--backend tch` needs a build with
+//! `--features tch` (benches/gpu.sh).
 
 use std::time::Instant;
 
 use binance_ml::config::{Backend, ModelConfig, TrainingConfig};
-use binance_ml::model::conv::conv_pool;
+use binance_ml::model::conv::conv_pool_relu;
 use binance_ml::model::lstm::Lstm;
 use binance_ml::model::{CnnLstm, ModelSpec, Rng, predict_proba};
 use binance_ml::store::SampleShape;
 use binance_ml::train::{Batch, TrainOptions, Trainer, select_device};
 use burn::module::Module;
-use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor, TensorData};
 
 const T: usize = 100;
@@ -38,7 +39,19 @@ fn random(n: usize, rng: &mut Rng) -> Vec<f32> {
 /// The reference network: the spec's CNN+LSTM without LSTM dropout (the PyTorch and Keras
 /// scripts have none there).
 fn reference_spec() -> ModelSpec {
+    spec_with(ModelConfig::default())
+}
+
+/// The reference network without any dropout: a device draws its own masks, so only this
+/// trains to the same weights on two devices.
+fn deterministic_spec() -> ModelSpec {
     let mut cfg = ModelConfig::default();
+    cfg.cnn.dropout_rates.iter_mut().for_each(|r| *r = 0.0);
+    cfg.dense.dropout_rates.iter_mut().for_each(|r| *r = 0.0);
+    spec_with(cfg)
+}
+
+fn spec_with(mut cfg: ModelConfig) -> ModelSpec {
     cfg.lstm.dropout = 0.0;
     cfg.lstm.recurrent_dropout = 0.0;
     let shape = SampleShape {
@@ -72,12 +85,7 @@ fn profile(rng: &mut Rng, device: &Device, b: usize) {
     );
     let conv = &model.branches[0].layers;
     let block = |x: Tensor<4>, i: usize| {
-        relu(conv_pool(
-            x,
-            conv[i].weight.val(),
-            conv[i].bias.val(),
-            [2, 2],
-        ))
+        conv_pool_relu(x, conv[i].weight.val(), conv[i].bias.val(), [2, 2], None)
     };
     let conv_fwd = time_it(5, || sync(block(block(x.clone(), 0), 1).sum()));
     let conv_fb = time_it(5, || {
@@ -111,6 +119,54 @@ fn profile(rng: &mut Rng, device: &Device, b: usize) {
         "PROFILE ms/batch{b}: conv blocks fwd={conv_fwd:.1} fwd+bwd={conv_fb:.1} (conv2 alone fwd+bwd={conv2_fb:.1}); \
          lstm fwd={lstm_fwd:.1} fwd+bwd={lstm_fb:.1}; whole model inference fwd={full_fwd:.1}"
     );
+}
+
+/// `--check`: the same weights trained on the same batches on flex (the CPU kernels) and on
+/// `device` (another backend's composed ops, its batch uploads) must give the same losses and
+/// predictions within `TOLERANCE` relative. Prints one `CHECK` line; false when they differ.
+fn check(device: &Device, description: &str, batches: &[Batch], options: &TrainOptions) -> bool {
+    const STEPS: usize = 8;
+    const TOLERANCE: f64 = 2e-3;
+    let run = |device: Device| {
+        let mut trainer =
+            Trainer::new(deterministic_spec(), options.clone(), device).expect("fits budget");
+        let losses: Vec<f64> = (0..STEPS)
+            .map(|i| {
+                f64::from(
+                    trainer
+                        .train_step(&batches[i % batches.len()], 1e-3)
+                        .expect("step")
+                        .loss,
+                )
+            })
+            .collect();
+        let p = predict_proba(&trainer.model().valid(), &batches[0].x, 1.0).expect("inference");
+        (losses, p)
+    };
+    let (cpu_loss, cpu_p) = run(Device::flex());
+    let (dev_loss, dev_p) = run(device.clone());
+    let rel = |a: f64, b: f64| (a - b).abs() / a.abs().max(1e-6);
+    let loss_err = cpu_loss
+        .iter()
+        .zip(&dev_loss)
+        .map(|(&a, &b)| rel(a, b))
+        .fold(0.0, f64::max);
+    let p_err = cpu_p
+        .iter()
+        .zip(&dev_p)
+        .map(|(&a, &b)| f64::from((a - b).abs()))
+        .fold(0.0, f64::max);
+    let ok = loss_err < TOLERANCE && p_err < TOLERANCE;
+    println!(
+        "CHECK {} device={description} steps={STEPS} loss_first={:.5}/{:.5} loss_last={:.5}/{:.5} \
+         max_loss_rel_err={loss_err:.2e} max_prob_abs_err={p_err:.2e} (flex/device, tolerance {TOLERANCE:.0e})",
+        if ok { "ok" } else { "FAILED" },
+        cpu_loss[0],
+        dev_loss[0],
+        cpu_loss[STEPS - 1],
+        dev_loss[STEPS - 1],
+    );
+    ok
 }
 
 /// The value after `flag` on the command line.
@@ -170,6 +226,11 @@ fn main() {
     training.callbacks.reduce_lr.enabled = false;
     let mut opts = TrainOptions::from_config(&ModelConfig::default(), &training).expect("valid");
     opts.progress = false;
+    if args.iter().any(|a| a == "--check") {
+        let description = choice.description.replace(' ', "-");
+        let ok = check(&device, &description, &batches, &opts);
+        std::process::exit(if ok { 0 } else { 1 });
+    }
     let mut trainer = Trainer::new(reference_spec(), opts, device.clone()).expect("fits budget");
 
     let mut times = Vec::new();
