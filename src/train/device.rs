@@ -58,8 +58,8 @@ pub fn select_device(backend: Backend, device: &str) -> Result<DeviceChoice, Tra
         Backend::Tch => tch_device(spec, device),
         Backend::Cuda => Err(TrainError::BackendNotCompiled {
             backend: "cuda".into(),
-            hint: "burn-cuda cannot be built without network access here; use `--backend tch \
-                   --device cuda:N` for a GPU"
+            hint: "burn-cuda (CubeCL) is not wired into binance-ml: no GPU has tested it here; \
+                   use `--backend tch --device cuda:N` (a build with `--features tch`) for a GPU"
                 .into(),
         }),
     }
