@@ -87,7 +87,7 @@ impl Geometry {
 /// What the block applies after the pool, for one batch: ReLU, then an inverted-dropout mask
 /// `[n, o, to, fo]` (only with ReLU). Fusing them saves two passes over the map forward and
 /// two backward, and the mask tensor's autodiff node.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct Post<'a> {
     /// ReLU on the pooled map (max pool commutes with it).
     pub relu: bool,

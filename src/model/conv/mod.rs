@@ -61,21 +61,16 @@ pub enum After<B: Backend> {
 }
 
 impl<B: Backend> After<B> {
-    /// From the mask and whether ReLU applies (a mask implies ReLU).
-    pub fn from_parts(mask: Option<FloatTensor<B>>, relu: bool) -> Self {
-        match (mask, relu) {
-            (Some(m), _) => After::ReluMask(m),
-            (None, true) => After::Relu,
-            (None, false) => After::Nothing,
-        }
+    /// Whether ReLU applies.
+    fn relu(&self) -> bool {
+        !matches!(self, After::Nothing)
     }
 
-    /// The mask, and whether ReLU applies.
-    pub fn into_parts(self) -> (Option<FloatTensor<B>>, bool) {
+    /// The mask, if any.
+    fn mask(&self) -> Option<&FloatTensor<B>> {
         match self {
-            After::Nothing => (None, false),
-            After::Relu => (None, true),
-            After::ReluMask(m) => (Some(m), true),
+            After::ReluMask(m) => Some(m),
+            _ => None,
         }
     }
 }
@@ -93,8 +88,7 @@ pub trait ConvPoolBackend: Backend {
         #[extension_type] after: After<Self>,
         pool: [usize; 2],
     ) -> (FloatTensor<Self>, IntTensor<Self>) {
-        let (mask, relu) = after.into_parts();
-        reference::conv_pool::<Self>(x, weight, bias, mask, pool, relu)
+        reference::conv_pool::<Self>(x, weight, bias, after, pool)
     }
 
     /// Gradient of `x` for the output gradient `grad` (`output` and `after` are the forward's).
@@ -107,8 +101,7 @@ pub trait ConvPoolBackend: Backend {
         grad: FloatTensor<Self>,
         pool: [usize; 2],
     ) -> FloatTensor<Self> {
-        let (mask, relu) = after.into_parts();
-        reference::conv_pool_x_backward::<Self>(x, weight, indices, output, mask, grad, pool, relu)
+        reference::conv_pool_x_backward::<Self>(x, weight, indices, output, after, grad, pool)
     }
 
     /// Gradients of `weight` and `bias` for the output gradient `grad`.
@@ -121,10 +114,7 @@ pub trait ConvPoolBackend: Backend {
         grad: FloatTensor<Self>,
         pool: [usize; 2],
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let (mask, relu) = after.into_parts();
-        reference::conv_pool_weight_backward::<Self>(
-            x, weight, indices, output, mask, grad, pool, relu,
-        )
+        reference::conv_pool_weight_backward::<Self>(x, weight, indices, output, after, grad, pool)
     }
 }
 
@@ -151,8 +141,8 @@ fn pool_indices(t: &FlexTensor) -> &[i32] {
 }
 
 /// The mask of a call on flex, contiguous, when it is f32 like the rest.
-fn flex_mask(mask: Option<&FlexTensor>) -> Option<Option<FlexTensor>> {
-    match mask {
+fn flex_mask(after: &After<Flex>) -> Option<Option<FlexTensor>> {
+    match after.mask() {
         None => Some(None),
         Some(m) if m.dtype() == DType::F32 => Some(Some(contiguous(m))),
         Some(_) => None,
@@ -167,10 +157,8 @@ impl ConvPoolBackend for Flex {
         after: After<Self>,
         pool: [usize; 2],
     ) -> (FlexTensor, FlexTensor) {
-        let (mask, relu) = after.into_parts();
-        let (Some(g), Some(m)) = (flex_geometry(&x, &weight, pool), flex_mask(mask.as_ref()))
-        else {
-            return reference::conv_pool::<Self>(x, weight, bias, mask, pool, relu);
+        let (Some(g), Some(m)) = (flex_geometry(&x, &weight, pool), flex_mask(&after)) else {
+            return reference::conv_pool::<Self>(x, weight, bias, after, pool);
         };
         let (x, weight, bias) = (contiguous(&x), contiguous(&weight), contiguous(&bias));
         let [to, fo] = g.out();
@@ -178,7 +166,7 @@ impl ConvPoolBackend for Flex {
         let mut y = vec![0.0f32; len];
         let mut argmax = vec![0i32; len];
         let post = Post {
-            relu,
+            relu: after.relu(),
             mask: m.as_ref().map(f32_slice),
         };
         cpu::forward(
@@ -206,11 +194,9 @@ impl ConvPoolBackend for Flex {
         grad: FlexTensor,
         pool: [usize; 2],
     ) -> FlexTensor {
-        let (mask, relu) = after.into_parts();
-        let (Some(g), Some(m)) = (flex_geometry(&x, &weight, pool), flex_mask(mask.as_ref()))
-        else {
+        let (Some(g), Some(m)) = (flex_geometry(&x, &weight, pool), flex_mask(&after)) else {
             return reference::conv_pool_x_backward::<Self>(
-                x, weight, indices, output, mask, grad, pool, relu,
+                x, weight, indices, output, after, grad, pool,
             );
         };
         let (weight, grad, indices, output) = (
@@ -224,7 +210,7 @@ impl ConvPoolBackend for Flex {
             f32_slice(&grad),
             pool_indices(&indices),
             &g,
-            gate(relu, &output, m.as_ref()),
+            gate(after.relu(), &output, m.as_ref()),
         );
         FlexTensor::from_data(TensorData::new(dx, [g.n, g.c, g.t, g.f]))
     }
@@ -238,11 +224,9 @@ impl ConvPoolBackend for Flex {
         grad: FlexTensor,
         pool: [usize; 2],
     ) -> (FlexTensor, FlexTensor) {
-        let (mask, relu) = after.into_parts();
-        let (Some(g), Some(m)) = (flex_geometry(&x, &weight, pool), flex_mask(mask.as_ref()))
-        else {
+        let (Some(g), Some(m)) = (flex_geometry(&x, &weight, pool), flex_mask(&after)) else {
             return reference::conv_pool_weight_backward::<Self>(
-                x, weight, indices, output, mask, grad, pool, relu,
+                x, weight, indices, output, after, grad, pool,
             );
         };
         let (x, grad, indices, output) = (
@@ -256,7 +240,7 @@ impl ConvPoolBackend for Flex {
             f32_slice(&grad),
             pool_indices(&indices),
             &g,
-            gate(relu, &output, m.as_ref()),
+            gate(after.relu(), &output, m.as_ref()),
         );
         (
             FlexTensor::from_data(TensorData::new(dw, weight.shape())),
@@ -307,92 +291,78 @@ pub mod reference {
             .x_grad
     }
 
-    /// ReLU when `relu`, then times `mask`.
-    fn post<B: Backend>(
-        y: FloatTensor<B>,
-        mask: Option<FloatTensor<B>>,
-        relu: bool,
-    ) -> FloatTensor<B> {
-        let y = if relu { B::relu(y) } else { y };
-        match mask {
-            Some(m) => B::float_mul(y, m),
-            None => y,
+    /// What `after` says, on the pooled map `y`.
+    fn post<B: Backend>(y: FloatTensor<B>, after: After<B>) -> FloatTensor<B> {
+        match after {
+            After::Nothing => y,
+            After::Relu => B::relu(y),
+            After::ReluMask(m) => B::float_mul(B::relu(y), m),
         }
     }
 
-    /// The gradient before [`post`]: times `mask`, then ReLU's backward on the `output`.
+    /// The gradient before [`post`]: times the mask, then ReLU's backward on the `output`.
     fn unpost<B: Backend>(
         grad: FloatTensor<B>,
         output: FloatTensor<B>,
-        mask: Option<FloatTensor<B>>,
-        relu: bool,
+        after: After<B>,
     ) -> FloatTensor<B> {
-        let grad = match mask {
-            Some(m) => B::float_mul(grad, m),
-            None => grad,
-        };
-        if relu {
-            B::relu_backward(output, grad)
-        } else {
-            grad
+        match after {
+            After::Nothing => grad,
+            After::Relu => B::relu_backward(output, grad),
+            After::ReluMask(m) => B::relu_backward(output, B::float_mul(grad, m)),
         }
     }
 
     /// Conv + bias, then max pool with Burn's indices (a dummy for `pool = [1, 1]`), then
-    /// ReLU and mask.
+    /// what `after` says.
     pub fn conv_pool<B: Backend>(
         x: FloatTensor<B>,
         weight: FloatTensor<B>,
         bias: FloatTensor<B>,
-        mask: Option<FloatTensor<B>>,
+        after: After<B>,
         pool: [usize; 2],
-        relu: bool,
     ) -> (FloatTensor<B>, IntTensor<B>) {
         let options = same_options(kernel(&weight.shape()));
         let conv = B::conv2d(x, weight, Some(bias), options);
         if pool == [1, 1] {
             let device = conv.device();
             let indices = B::int_zeros(Shape::new([1]), &device, IntDType::I64);
-            return (post::<B>(conv, mask, relu), indices);
+            return (post::<B>(conv, after), indices);
         }
         let out =
             B::max_pool2d_with_indices(conv, pool, pool, [0, 0], [1, 1], false, IntDType::I64);
-        (post::<B>(out.output, mask, relu), out.indices)
+        (post::<B>(out.output, after), out.indices)
     }
 
     /// Mask and ReLU backward, max-pool backward, then `conv2d_x_backward`.
-    #[allow(clippy::too_many_arguments)]
     pub fn conv_pool_x_backward<B: Backend>(
         x: FloatTensor<B>,
         weight: FloatTensor<B>,
         indices: IntTensor<B>,
         output: FloatTensor<B>,
-        mask: Option<FloatTensor<B>>,
+        after: After<B>,
         grad: FloatTensor<B>,
         pool: [usize; 2],
-        relu: bool,
     ) -> FloatTensor<B> {
         let w = weight.shape();
-        let grad = unpost::<B>(grad, output, mask, relu);
+        let grad = unpost::<B>(grad, output, after);
         let grad = unpool::<B>(&x, w[0], indices, grad, pool);
         B::conv2d_x_backward(x, weight, grad, same_options(kernel(&w)))
     }
 
     /// Mask and ReLU backward, max-pool backward, then `conv2d_weight_backward` and the bias
     /// sum.
-    #[allow(clippy::too_many_arguments)]
     pub fn conv_pool_weight_backward<B: Backend>(
         x: FloatTensor<B>,
         weight: FloatTensor<B>,
         indices: IntTensor<B>,
         output: FloatTensor<B>,
-        mask: Option<FloatTensor<B>>,
+        after: After<B>,
         grad: FloatTensor<B>,
         pool: [usize; 2],
-        relu: bool,
     ) -> (FloatTensor<B>, FloatTensor<B>) {
         let w = weight.shape();
-        let grad = unpost::<B>(grad, output, mask, relu);
+        let grad = unpost::<B>(grad, output, after);
         let grad = unpool::<B>(&x, w[0], indices, grad, pool);
         let bias_grad = B::float_reshape(
             B::float_sum_dims(grad.clone(), &[0, 2, 3]),
@@ -414,15 +384,14 @@ impl<B: Backend + ConvPoolBackend, C: CheckpointStrategy> ConvPoolBackend for Au
         #[derive(Debug)]
         struct ConvPoolOp;
 
-        /// What the backward reads: `x`, `weight`, the pool indices, the output, the mask.
+        /// What the backward reads: `x`, `weight`, the pool indices, the output, `after`.
         type Saved<B> = (
             FloatTensor<B>,
             FloatTensor<B>,
             IntTensor<B>,
             FloatTensor<B>,
-            Option<FloatTensor<B>>,
+            After<B>,
             [usize; 2],
-            bool,
         );
 
         impl<B: Backend + ConvPoolBackend> Backward<B, 3> for ConvPoolOp {
@@ -436,29 +405,22 @@ impl<B: Backend + ConvPoolBackend, C: CheckpointStrategy> ConvPoolBackend for Au
             ) {
                 let [node_x, node_weight, node_bias] = ops.parents;
                 let grad = grads.consume::<B>(&ops.node);
-                let (x, weight, indices, output, mask, pool, relu) = ops.state;
+                let (x, weight, indices, output, after, pool) = ops.state;
                 if let Some(node) = node_x {
                     let dx = B::conv_pool_x_backward(
                         x.clone(),
                         weight.clone(),
                         indices.clone(),
                         output.clone(),
-                        After::from_parts(mask.clone(), relu),
+                        after.clone(),
                         grad.clone(),
                         pool,
                     );
                     grads.register::<B>(node.id, dx);
                 }
                 if node_weight.is_some() || node_bias.is_some() {
-                    let (dw, db) = B::conv_pool_weight_backward(
-                        x,
-                        weight,
-                        indices,
-                        output,
-                        After::from_parts(mask, relu),
-                        grad,
-                        pool,
-                    );
+                    let (dw, db) =
+                        B::conv_pool_weight_backward(x, weight, indices, output, after, grad, pool);
                     if let Some(node) = node_weight {
                         grads.register::<B>(node.id, dw);
                     }
@@ -475,26 +437,23 @@ impl<B: Backend + ConvPoolBackend, C: CheckpointStrategy> ConvPoolBackend for Au
             bias.primitive().clone(),
         );
         // The mask is a constant of the operation: no gradient flows to it.
-        let (mask, relu) = after.into_parts();
-        let mp = mask.map(|m| m.primitive().clone());
+        let after = match after {
+            After::Nothing => After::Nothing,
+            After::Relu => After::Relu,
+            After::ReluMask(m) => After::ReluMask(m.primitive().clone()),
+        };
         match ConvPoolOp
             .prepare::<C>([x.node(), weight.node(), bias.node()])
             .compute_bound()
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let (y, indices) = B::conv_pool(
-                    xp.clone(),
-                    wp.clone(),
-                    bp,
-                    After::from_parts(mp.clone(), relu),
-                    pool,
-                );
-                let saved = (xp, wp, indices.clone(), y.clone(), mp, pool, relu);
+                let (y, indices) = B::conv_pool(xp.clone(), wp.clone(), bp, after.clone(), pool);
+                let saved = (xp, wp, indices.clone(), y.clone(), after, pool);
                 (prep.finish(saved, y), indices)
             }
             OpsKind::UnTracked(prep) => {
-                let (y, indices) = B::conv_pool(xp, wp, bp, After::from_parts(mp, relu), pool);
+                let (y, indices) = B::conv_pool(xp, wp, bp, after, pool);
                 (prep.finish(y), indices)
             }
         }
@@ -504,7 +463,7 @@ impl<B: Backend + ConvPoolBackend, C: CheckpointStrategy> ConvPoolBackend for Au
 /// The block on high-level tensors: `x [n, c, t, f]` -> `[n, o, t/pt, f/pf]`, differentiable
 /// on an autodiff device.
 pub fn conv_pool(x: Tensor<4>, weight: Tensor<4>, bias: Tensor<1>, pool: [usize; 2]) -> Tensor<4> {
-    call(x, weight, bias, None, pool, false)
+    call(x, weight, bias, After::Nothing, pool)
 }
 
 /// [`conv_pool`], then ReLU, then times `mask` (inverted dropout's 0 or 1/keep, the output's
@@ -516,22 +475,22 @@ pub fn conv_pool_relu(
     pool: [usize; 2],
     mask: Option<Tensor<4>>,
 ) -> Tensor<4> {
-    call(x, weight, bias, mask, pool, true)
+    let after = mask.map_or(After::Relu, |m| After::ReluMask(m.into_dispatch()));
+    call(x, weight, bias, after, pool)
 }
 
 fn call(
     x: Tensor<4>,
     weight: Tensor<4>,
     bias: Tensor<1>,
-    mask: Option<Tensor<4>>,
+    after: After<Dispatch>,
     pool: [usize; 2],
-    relu: bool,
 ) -> Tensor<4> {
     let (y, _indices) = <Dispatch as ConvPoolBackend>::conv_pool(
         x.into_dispatch(),
         weight.into_dispatch(),
         bias.into_dispatch(),
-        After::from_parts(mask.map(Tensor::into_dispatch), relu),
+        after,
         pool,
     );
     Tensor::from_dispatch(y)
@@ -635,12 +594,12 @@ mod tests {
     impl Post {
         const ALL: [Post; 3] = [Post::Nothing, Post::Relu, Post::ReluDropout];
 
-        fn relu(self) -> bool {
-            !matches!(self, Post::Nothing)
-        }
-
-        fn mask(self, mask: &Tensor<4>) -> Option<Tensor<4>> {
-            matches!(self, Post::ReluDropout).then(|| mask.clone())
+        fn after<B: Backend>(self, mask: &FloatTensor<B>) -> After<B> {
+            match self {
+                Post::Nothing => After::Nothing,
+                Post::Relu => After::Relu,
+                Post::ReluDropout => After::ReluMask(mask.clone()),
+            }
         }
 
         /// Through the operation.
@@ -652,15 +611,15 @@ mod tests {
             pool: [usize; 2],
             mask: &Tensor<4>,
         ) -> Tensor<4> {
-            call(x, w, b, self.mask(mask), pool, self.relu())
+            call(x, w, b, self.after(&mask.clone().into_dispatch()), pool)
         }
 
         /// Through Burn's own ReLU and multiplication.
         fn burn(self, y: Tensor<4>, mask: &Tensor<4>) -> Tensor<4> {
-            let y = if self.relu() { relu(y) } else { y };
-            match self.mask(mask) {
-                Some(m) => y * m,
-                None => y,
+            match self {
+                Post::Nothing => y,
+                Post::Relu => relu(y),
+                Post::ReluDropout => relu(y) * mask.clone(),
             }
         }
     }
@@ -703,18 +662,10 @@ mod tests {
             let wrap1 = |p: FlexTensor| Tensor::<1>::from_primitive::<Flex>(p);
 
             for post in Post::ALL {
-                let (relu, m) = (post.relu(), matches!(post, Post::ReluDropout));
-                let m = m.then(|| mask.clone());
-                let after = || After::from_parts(m.clone(), relu);
+                let after = || post.after(&mask);
                 let (y1, i1) = Flex::conv_pool(x.clone(), w.clone(), b.clone(), after(), pool);
-                let (y2, i2) = reference::conv_pool::<Flex>(
-                    x.clone(),
-                    w.clone(),
-                    b.clone(),
-                    m.clone(),
-                    pool,
-                    relu,
-                );
+                let (y2, i2) =
+                    reference::conv_pool::<Flex>(x.clone(), w.clone(), b.clone(), after(), pool);
                 let dx1 = Flex::conv_pool_x_backward(
                     x.clone(),
                     w.clone(),
@@ -729,10 +680,9 @@ mod tests {
                     w.clone(),
                     i2.clone(),
                     y2.clone(),
-                    m.clone(),
+                    after(),
                     g.clone(),
                     pool,
-                    relu,
                 );
                 let (dw1, db1) = Flex::conv_pool_weight_backward(
                     x.clone(),
@@ -748,10 +698,9 @@ mod tests {
                     w.clone(),
                     i2,
                     y2.clone(),
-                    m,
+                    after(),
                     g.clone(),
                     pool,
-                    relu,
                 );
                 let label = format!("kernel {kernel:?} pool {pool:?} {post:?}");
                 assert!(rel_err(wrap(y1), wrap(y2)) < 1e-4, "{label}: y");
