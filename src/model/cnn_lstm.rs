@@ -87,23 +87,32 @@ fn monotone(act: Activation) -> bool {
     )
 }
 
-/// A flat inverted-dropout mask: 0 with probability `p`, else 1/(1-p).
+/// An inverted-dropout mask of `shape`: 0 with probability `p`, else 1/(1-p); `None` when
+/// `rng` is `None` (inference) or `p` is zero.
 ///
 /// On the CPU (flex) it is drawn from `rng` itself: host memory is the device's, and the
 /// stream is exactly resumable. On any other device (a GPU) it is drawn there, from the
 /// backend's generator seeded with the next value of `rng`, so that no mask crosses
 /// host->device and a resumed run still draws what an uninterrupted one would.
-pub(crate) fn dropout_mask(shape: &[usize], p: f64, rng: &mut Rng, device: &Device) -> Tensor<1> {
+fn dropout_mask<const D: usize>(
+    shape: [usize; D],
+    p: f64,
+    rng: Option<&mut Rng>,
+    device: &Device,
+) -> Option<Tensor<D>> {
+    let rng = rng.filter(|_| p > 0.0)?;
     let n: usize = shape.iter().product();
     let keep = 1.0 - p as f32;
     let scale = 1.0 / keep;
-    if !on_host(device) {
-        return device_mask(n, keep, rng.next_u64(), device);
-    }
-    let values: Vec<f32> = (0..n)
-        .map(|_| if rng.next_f32() < keep { scale } else { 0.0 })
-        .collect();
-    Tensor::from_data(TensorData::new(values, [n]), device)
+    let flat = if on_host(device) {
+        let values: Vec<f32> = (0..n)
+            .map(|_| if rng.next_f32() < keep { scale } else { 0.0 })
+            .collect();
+        Tensor::from_data(TensorData::new(values, [n]), device)
+    } else {
+        device_mask(n, keep, rng.next_u64(), device)
+    };
+    Some(flat.reshape(shape))
 }
 
 /// A mask of `n` values drawn on `device`: 1/keep with probability `keep`, else 0.
@@ -114,13 +123,9 @@ fn device_mask(n: usize, keep: f32, seed: u64, device: &Device) -> Tensor<1> {
 
 /// Inverted dropout; identity when `rng` is `None` (inference) or `p` is zero.
 fn dropout<const D: usize>(x: Tensor<D>, p: f64, rng: Option<&mut Rng>) -> Tensor<D> {
-    match rng {
-        Some(rng) if p > 0.0 => {
-            let dims = x.dims();
-            let mask = dropout_mask(&dims, p, rng, &x.device()).reshape(dims);
-            x * mask
-        }
-        _ => x,
+    match dropout_mask(x.dims(), p, rng, &x.device()) {
+        Some(mask) => x * mask,
+        None => x,
     }
 }
 
@@ -144,12 +149,7 @@ fn conv_block(
     if pooling == Pooling::Max && act == Activation::Relu {
         let [n, _, t, f] = x.dims();
         let out = [n, c.filters, t / c.pool[0], f / c.pool[1]];
-        let mask = match rng {
-            Some(rng) if c.dropout > 0.0 => {
-                Some(dropout_mask(&out, c.dropout, rng, &x.device()).reshape(out))
-            }
-            _ => None,
-        };
+        let mask = dropout_mask(out, c.dropout, rng, &x.device());
         return conv_pool_relu(x, w, b, c.pool, mask);
     }
     let y = match pooling {
@@ -255,13 +255,12 @@ impl CnnLstm {
             Tensor::cat(parts, 2)
         };
         let units = self.spec.lstm_units;
-        let recurrent_mask = match rng.as_deref_mut() {
-            Some(r) if self.spec.recurrent_dropout > 0.0 => Some(
-                dropout_mask(&[b, units], self.spec.recurrent_dropout, r, &seq.device())
-                    .reshape([b, units]),
-            ),
-            _ => None,
-        };
+        let recurrent_mask = dropout_mask(
+            [b, units],
+            self.spec.recurrent_dropout,
+            rng.as_deref_mut(),
+            &seq.device(),
+        );
         let mut h = self.lstm.forward(seq, recurrent_mask);
         h = dropout(h, self.spec.lstm_dropout, rng.as_deref_mut());
         head_forward(&self.dense, &self.head, &self.spec, h, rng)
