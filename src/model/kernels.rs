@@ -18,9 +18,9 @@ pub(crate) fn f32_slice(t: &FlexTensor) -> &[f32] {
 /// run time: the crate is built for baseline x86-64 (SSE2), which left these loops 4-8x
 /// narrower than the CPU (gemm and flex dispatch the same way).
 macro_rules! multiversion {
-    ($(#[$meta:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
         $(#[$meta])*
-        fn $name($($arg: $ty),*) {
+        $vis fn $name($($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]

@@ -43,7 +43,7 @@ impl Geometry {
     }
 
     /// Positions of one output map.
-    fn positions(&self) -> usize {
+    pub(super) fn positions(&self) -> usize {
         let [to, fo] = self.out();
         to * fo
     }
@@ -70,11 +70,11 @@ impl Geometry {
         tc * fc
     }
 
-    fn x_len(&self) -> usize {
+    pub(super) fn x_len(&self) -> usize {
         self.c * self.t * self.f
     }
 
-    fn y_len(&self) -> usize {
+    pub(super) fn y_len(&self) -> usize {
         self.o * self.positions()
     }
 
@@ -105,12 +105,12 @@ pub struct Gate<'a> {
 }
 
 /// Samples per weight-gradient chunk: at most 16 chunks, a function of the batch size only.
-fn chunk_len(n: usize) -> usize {
+pub(super) fn chunk_len(n: usize) -> usize {
     n.div_ceil(16).max(1)
 }
 
 /// Inside one sample, let the GEMM use every thread when the batch cannot (one window).
-fn inner_parallelism(n: usize) -> Parallelism {
+pub(super) fn inner_parallelism(n: usize) -> Parallelism {
     if n < rayon::current_num_threads() {
         Parallelism::Rayon(0)
     } else {
@@ -260,7 +260,7 @@ pub fn forward(
 
 multiversion! {
 /// ReLU, as Burn's flex does it (NaN passes), then the mask, in place on one sample's map.
-fn relu_mask(y: &mut [f32], mask: Option<&[f32]>) {
+pub(super) fn relu_mask(y: &mut [f32], mask: Option<&[f32]>) {
     let relu = |v: f32| if v.is_nan() || v > 0.0 { v } else { 0.0 };
     match mask {
         Some(m) => y.iter_mut().zip(m).for_each(|(v, &m)| *v = relu(*v) * m),
@@ -291,7 +291,7 @@ fn ungate(grad: &[f32], output: &[f32], mask: Option<&[f32]>, out: &mut [f32]) {
 
 /// Sample `b`'s output gradient after [`Post`]: `grad` itself without a gate, else ungated
 /// into `buf`.
-fn sample_grad<'a>(
+pub(super) fn sample_grad<'a>(
     grad: &'a [f32],
     gate: Option<Gate<'_>>,
     b: usize,

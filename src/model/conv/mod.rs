@@ -17,6 +17,7 @@
 #![cfg_attr(feature = "tch", allow(deprecated))]
 
 pub mod cpu;
+pub mod winograd;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -169,7 +170,12 @@ impl ConvPoolBackend for Flex {
             relu: after.relu(),
             mask: m.as_ref().map(f32_slice),
         };
-        cpu::forward(
+        let forward = if winograd::applies(&g) {
+            winograd::forward
+        } else {
+            cpu::forward
+        };
+        forward(
             f32_slice(&x),
             f32_slice(&weight),
             f32_slice(&bias),
@@ -205,7 +211,12 @@ impl ConvPoolBackend for Flex {
             contiguous(&indices),
             contiguous(&output),
         );
-        let dx = cpu::x_backward(
+        let x_backward = if winograd::applies(&g) {
+            winograd::x_backward
+        } else {
+            cpu::x_backward
+        };
+        let dx = x_backward(
             f32_slice(&weight),
             f32_slice(&grad),
             pool_indices(&indices),
@@ -235,7 +246,12 @@ impl ConvPoolBackend for Flex {
             contiguous(&indices),
             contiguous(&output),
         );
-        let (dw, db) = cpu::weight_backward(
+        let weight_backward = if winograd::applies(&g) {
+            winograd::weight_backward
+        } else {
+            cpu::weight_backward
+        };
+        let (dw, db) = weight_backward(
             f32_slice(&x),
             f32_slice(&grad),
             pool_indices(&indices),
@@ -536,7 +552,65 @@ mod tests {
                 });
             }
         }
+        v.extend(winograd_cases());
         v
+    }
+
+    /// 3x3 kernels, 2x2 pools and enough channels for the Winograd kernels: one tile and many,
+    /// maps whose last row or column the pool drops, batch 1.
+    fn winograd_cases() -> Vec<Case> {
+        let dims = [
+            (1, 8, 3, 2, 3),
+            (3, 9, 5, 7, 5),
+            (2, 16, 4, 9, 10),
+            (1, 12, 7, 6, 4),
+        ];
+        dims.into_iter()
+            .map(|(n, c, o, t, f)| Case {
+                n,
+                c,
+                o,
+                t,
+                f,
+                kernel: [3, 3],
+                pool: [2, 2],
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_winograd_cases_take_the_winograd_kernels() {
+        for Case {
+            n,
+            c,
+            o,
+            t,
+            f,
+            kernel,
+            pool,
+        } in winograd_cases()
+        {
+            let g = Geometry {
+                n,
+                c,
+                t,
+                f,
+                o,
+                kernel,
+                pool,
+            };
+            assert!(winograd::applies(&g), "{g:?}");
+        }
+        let first_block = Geometry {
+            n: 32,
+            c: 1,
+            t: 100,
+            f: 40,
+            o: 64,
+            kernel: [3, 3],
+            pool: [2, 2],
+        };
+        assert!(!winograd::applies(&first_block));
     }
 
     #[test]
@@ -638,7 +712,7 @@ mod tests {
         // What libtorch runs (the trait's default bodies), checked on flex primitives.
         let device = Device::flex();
         let mut rng = Rng::new(6, "composed");
-        for case in cases().into_iter().step_by(3) {
+        for case in cases().into_iter().step_by(3).chain(winograd_cases()) {
             let Case {
                 n,
                 c,
@@ -744,20 +818,25 @@ mod tests {
     #[test]
     fn gradients_are_bit_identical_across_runs() {
         // The weight gradient is summed per fixed chunk of samples: thread scheduling must not
-        // change a bit, or resumed training would drift from uninterrupted training.
+        // change a bit, or resumed training would drift from uninterrupted training. Three
+        // channels take the im2col kernels, nine the Winograd ones.
         let device = Device::flex().autodiff();
         let mut rng = Rng::new(7, "det");
-        let x = random([37, 3, 12, 10], &mut rng, &device);
-        let w = random([8, 3, 3, 3], &mut rng, &device);
-        let b = random([8], &mut rng, &device);
-        let run = || {
-            let w = w.clone().require_grad();
-            let y = conv_pool(x.clone(), w.clone(), b.clone(), [2, 2]);
-            w.grad(&y.sum().backward()).unwrap().into_data()
-        };
-        let first = run();
-        for _ in 0..5 {
-            assert_eq!(run(), first);
+        for c in [3, 9] {
+            let x = random([37, c, 12, 10], &mut rng, &device);
+            let w = random([8, c, 3, 3], &mut rng, &device);
+            let b = random([8], &mut rng, &device);
+            let run = || {
+                let (x, w) = (x.clone().require_grad(), w.clone().require_grad());
+                let y = conv_pool(x.clone(), w.clone(), b.clone(), [2, 2]);
+                let grads = y.sum().backward();
+                let dx = x.grad(&grads).unwrap().into_data();
+                (w.grad(&grads).unwrap().into_data(), dx)
+            };
+            let first = run();
+            for _ in 0..5 {
+                assert_eq!(run(), first, "{c} channels");
+            }
         }
     }
 }
