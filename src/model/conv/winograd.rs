@@ -31,19 +31,7 @@ pub fn applies(g: &Geometry) -> bool {
     g.kernel == [3, 3] && g.pool == [2, 2] && g.c >= MIN_CHANNELS && g.positions() > 0
 }
 
-/// `Bᵀ d` for one 4-vector: the input transform along one axis.
-#[inline(always)]
-fn bt(d: [f32; 4]) -> [f32; 4] {
-    [d[0] - d[2], d[1] + d[2], d[2] - d[1], d[1] - d[3]]
-}
-
-/// `B e`: the input transform's adjoint, for the input gradient.
-#[inline(always)]
-fn b(e: [f32; 4]) -> [f32; 4] {
-    [e[0], e[1] - e[2] + e[3], e[1] + e[2] - e[0], -e[3]]
-}
-
-/// `G w`: the kernel transform along one axis.
+/// `Gw`: the kernel transform along one axis.
 #[inline(always)]
 fn gk(w: [f32; 3]) -> [f32; 4] {
     [
@@ -61,22 +49,53 @@ fn gt(u: [f32; 4]) -> [f32; 3] {
     [u[0] + half, (u[1] - u[2]) * 0.5, u[3] + half]
 }
 
-/// `Aᵀ m`: the output transform along one axis.
+/// Column `k` of `A`: `A g` for a gradient that is 1 at output `k` of an axis, 0 at the other.
+const A_COL: [[f32; 4]; 2] = [[1.0, 1.0, 1.0, 0.0], [0.0, 1.0, -1.0, -1.0]];
+
+// The transforms run on whole rows of tiles: slices of `fo` values, one per tile, so that the
+// loops below are element-wise over contiguous memory and vectorise. The padded input row is
+// split into its even and odd columns (`fo + 1` each), which turns the stride-2 tile patches
+// into contiguous runs.
+
+/// `out = x ⊕ y` element-wise, `⊕` being `+` when `minus` is false.
 #[inline(always)]
-fn at(m: [f32; 4]) -> [f32; 2] {
-    [m[0] + m[1] + m[2], m[1] - m[2] - m[3]]
+fn lin(out: &mut [f32], x: &[f32], y: &[f32], minus: bool) {
+    let it = out.iter_mut().zip(x).zip(y);
+    if minus {
+        it.for_each(|((o, &x), &y)| *o = x - y);
+    } else {
+        it.for_each(|((o, &x), &y)| *o = x + y);
+    }
 }
 
-/// Column `k` of `A`: `A g` for a gradient that is 1 at output `k` of the axis and 0 at the other.
-const A_COL: [[f32; 4]; 2] = [[1.0, 1.0, 1.0, 0.0], [0.0, 1.0, -1.0, -1.0]];
+/// `out += x ⊕ y ⊕ z` element-wise (`x ⊕ y` first), signs as [`lin`].
+#[inline(always)]
+fn acc3(out: &mut [f32], x: &[f32], y: &[f32], z: &[f32], [my, mz]: [bool; 2]) {
+    let sy = if my { -1.0 } else { 1.0 };
+    let sz = if mz { -1.0 } else { 1.0 };
+    // Multiplying by ±1 is exact: x + (-1 * y) is x - y to the bit.
+    for (((o, &x), &y), &z) in out.iter_mut().zip(x).zip(y).zip(z) {
+        *o += x + sy * y + sz * z;
+    }
+}
+
+/// `out = x ⊕ y ⊕ z` element-wise (`x ⊕ y` first), signs as [`lin`].
+#[inline(always)]
+fn set3(out: &mut [f32], x: &[f32], y: &[f32], z: &[f32], [my, mz]: [bool; 2]) {
+    let sy = if my { -1.0 } else { 1.0 };
+    let sz = if mz { -1.0 } else { 1.0 };
+    for (((o, &x), &y), &z) in out.iter_mut().zip(x).zip(y).zip(z) {
+        *o = x + sy * y + sz * z;
+    }
+}
 
 /// Shapes derived from a [`Geometry`].
 struct Tiles {
     /// Tiles per map `[to, fo]` (one per pool window).
     out: [usize; 2],
-    /// Rows and columns of the zero-padded input plane, `[2 to + 2, 2 fo + 2]`: input row `r`
-    /// is padded row `r + 1`, and tile `(ti, tj)` reads padded rows `2 ti..2 ti + 4`.
-    padded: [usize; 2],
+    /// Rows of the zero-padded input plane, `2 to + 2`: input row `r` is padded row `r + 1`,
+    /// and tile row `ti` reads padded rows `2 ti..2 ti + 4` (columns likewise, `2 fo + 2`).
+    rows: usize,
 }
 
 impl Tiles {
@@ -84,7 +103,7 @@ impl Tiles {
         let out = g.out();
         Self {
             out,
-            padded: [2 * out[0] + 2, 2 * out[1] + 2],
+            rows: 2 * out[0] + 2,
         }
     }
 
@@ -92,8 +111,14 @@ impl Tiles {
         self.out[0] * self.out[1]
     }
 
-    fn plane(&self) -> usize {
-        self.padded[0] * self.padded[1]
+    /// Length of a buffer of padded rows transformed along features, `[rows, 4, fo]`.
+    fn row_transforms(&self) -> usize {
+        self.rows * 4 * self.out[1]
+    }
+
+    /// Length of one padded row split in even and odd columns, `[2, fo + 1]`.
+    fn split_row(&self) -> usize {
+        2 * (self.out[1] + 1)
     }
 }
 
@@ -114,31 +139,44 @@ fn kernels(weight: &[f32], g: &Geometry) -> Vec<f32> {
 }
 
 multiversion! {
-/// The transformed inputs `v [16, c, tiles]` of one sample `x [c, t, f]`, through the
-/// zero-padded plane buffer `pad [plane]`.
-fn transform_input(x: &[f32], g: &Geometry, pad: &mut [f32], v: &mut [f32]) {
+/// The transformed inputs `v [16, c, tiles]` of one sample `x [c, t, f]`, through the buffers
+/// `split [2, fo + 1]` (one padded row) and `s [rows, 4, fo]` (every padded row times `Bᵀ`
+/// along features: tile rows share two of their four rows).
+fn transform_input(x: &[f32], g: &Geometry, split: &mut [f32], s: &mut [f32], v: &mut [f32]) {
     let tiles = Tiles::new(g);
     let [to, fo] = tiles.out;
-    let [rows, width] = tiles.padded;
     let n = tiles.count();
     let stride = g.c * n;
     for (ch, plane) in x.chunks_exact(g.t * g.f).enumerate() {
-        pad.fill(0.0);
-        for (r, src) in plane.chunks_exact(g.f).enumerate().take(rows - 1) {
-            pad[(r + 1) * width + 1..][..g.f].copy_from_slice(src);
+        for (r, sr) in s.chunks_exact_mut(4 * fo).enumerate() {
+            // Padded column 2k is input column 2k - 1, padded column 2k + 1 input column 2k.
+            split.fill(0.0);
+            let (even, odd) = split.split_at_mut(fo + 1);
+            if let Some(src) = r.checked_sub(1).and_then(|i| plane.chunks_exact(g.f).nth(i)) {
+                odd.iter_mut().zip(src.iter().step_by(2)).for_each(|(d, &v)| *d = v);
+                let odd_cols = src.iter().skip(1).step_by(2);
+                even[1..].iter_mut().zip(odd_cols).for_each(|(d, &v)| *d = v);
+            }
+            // Bᵀ (d0, d1, d2, d3) = (d0 - d2, d1 + d2, d2 - d1, d1 - d3) with
+            // d = (even[j], odd[j], even[j + 1], odd[j + 1]).
+            let (s01, s23) = sr.split_at_mut(2 * fo);
+            let (s0, s1) = s01.split_at_mut(fo);
+            let (s2, s3) = s23.split_at_mut(fo);
+            lin(s0, &even[..fo], &even[1..], true);
+            lin(s1, &odd[..fo], &even[1..], false);
+            lin(s2, &even[1..], &odd[..fo], true);
+            lin(s3, &odd[..fo], &odd[1..], true);
         }
+        // Bᵀ along time: rows 2 ti..2 ti + 4 of `s` combine as above.
         for ti in 0..to {
-            let d: [&[f32]; 4] = std::array::from_fn(|a| &pad[(2 * ti + a) * width..][..width]);
             let base = ch * n + ti * fo;
-            for tj in 0..fo {
-                let c = 2 * tj;
-                let s: [[f32; 4]; 4] = std::array::from_fn(|a| bt([d[a][c], d[a][c + 1], d[a][c + 2], d[a][c + 3]]));
-                for q in 0..4 {
-                    let col = bt([s[0][q], s[1][q], s[2][q], s[3][q]]);
-                    for (a, val) in col.into_iter().enumerate() {
-                        v[(a * 4 + q) * stride + base + tj] = val;
-                    }
-                }
+            for q in 0..4 {
+                let row = |a: usize| &s[((2 * ti + a) * 4 + q) * fo..][..fo];
+                let out = |a: usize| (a * 4 + q) * stride + base;
+                lin(&mut v[out(0)..][..fo], row(0), row(2), true);
+                lin(&mut v[out(1)..][..fo], row(1), row(2), false);
+                lin(&mut v[out(2)..][..fo], row(2), row(1), true);
+                lin(&mut v[out(3)..][..fo], row(1), row(3), true);
             }
         }
     }
@@ -147,29 +185,40 @@ fn transform_input(x: &[f32], g: &Geometry, pad: &mut [f32], v: &mut [f32]) {
 
 multiversion! {
 /// Output transform and pool of one sample: `m [16, o, tiles]` -> `y [o, tiles]` (the max of
-/// each tile's four outputs + bias) and the winning phase `di * 2 + dj` (the first on ties).
-fn transform_output(m: &[f32], bias: &[f32], y: &mut [f32], arg: &mut [i32]) {
+/// each tile's four outputs + bias) and the winning phase `di * 2 + dj` (the first on ties),
+/// through `tmp [8, tiles]`.
+fn transform_output(m: &[f32], bias: &[f32], tmp: &mut [f32], y: &mut [f32], arg: &mut [i32]) {
     let stride = y.len();
     let n = stride / bias.len();
+    let (r, outs) = tmp.split_at_mut(4 * n);
     for (o, (yo, ao)) in y.chunks_exact_mut(n).zip(arg.chunks_exact_mut(n)).enumerate() {
-        for (tile, (yv, av)) in yo.iter_mut().zip(ao.iter_mut()).enumerate() {
-            let i = o * n + tile;
-            let at_pos = |p: usize| m[p * stride + i];
-            let rows: [[f32; 2]; 4] = std::array::from_fn(|a| {
-                at([at_pos(a * 4), at_pos(a * 4 + 1), at_pos(a * 4 + 2), at_pos(a * 4 + 3)])
-            });
-            let c0 = at([rows[0][0], rows[1][0], rows[2][0], rows[3][0]]);
-            let c1 = at([rows[0][1], rows[1][1], rows[2][1], rows[3][1]]);
-            let mut best = c0[0];
-            let mut phase = 0;
-            for (k, v) in [c1[0], c0[1], c1[1]].into_iter().enumerate() {
-                let win = v > best;
-                best = if win { v } else { best };
-                phase = if win { k as i32 + 1 } else { phase };
+        let at = |p: usize| &m[p * stride + o * n..][..n];
+        // Aᵀ (m0, m1, m2, m3) = (m0 + m1 + m2, m1 - m2 - m3): along features into `r [4, n]`
+        // for output column dj, then along time into `outs [phase, n]`, phase = di * 2 + dj.
+        for dj in 0..2 {
+            for (a, ra) in r.chunks_exact_mut(n).enumerate() {
+                let p = a * 4;
+                if dj == 0 {
+                    set3(ra, at(p), at(p + 1), at(p + 2), [false, false]);
+                } else {
+                    set3(ra, at(p + 1), at(p + 2), at(p + 3), [true, true]);
+                }
             }
-            *yv = best + bias[o];
-            *av = phase;
+            let ra = |a: usize| &r[a * n..][..n];
+            set3(&mut outs[dj * n..][..n], ra(0), ra(1), ra(2), [false, false]);
+            set3(&mut outs[(2 + dj) * n..][..n], ra(1), ra(2), ra(3), [true, true]);
         }
+        // The pool: phases in order, the first wins ties (as `cpu`'s pool).
+        yo.copy_from_slice(&outs[..n]);
+        ao.fill(0);
+        for (phase, yp) in outs.chunks_exact(n).enumerate().skip(1) {
+            for ((best, arg), &v) in yo.iter_mut().zip(ao.iter_mut()).zip(yp) {
+                let win = v > *best;
+                *best = if win { v } else { *best };
+                *arg = if win { phase as i32 } else { *arg };
+            }
+        }
+        yo.iter_mut().for_each(|v| *v += bias[o]);
     }
 }
 }
@@ -179,47 +228,58 @@ multiversion! {
 /// the winning phase of its pool window (the others are zero).
 fn transform_grad(grad: &[f32], argmax: &[i32], z: &mut [f32]) {
     let stride = grad.len();
-    for (i, (&gv, &phase)) in grad.iter().zip(argmax).enumerate() {
-        let (di, dj) = ((phase as usize >> 1) & 1, phase as usize & 1);
-        for a in 0..4 {
-            let ga = gv * A_COL[di][a];
-            for q in 0..4 {
-                z[(a * 4 + q) * stride + i] = ga * A_COL[dj][q];
-            }
+    for (p, zp) in z.chunks_exact_mut(stride).enumerate() {
+        let (a, q) = (p / 4, p % 4);
+        let (a0, a1, q0, q1) = (A_COL[0][a], A_COL[1][a], A_COL[0][q], A_COL[1][q]);
+        for ((zv, &gv), &phase) in zp.iter_mut().zip(grad).zip(argmax) {
+            let ca = if phase & 2 == 0 { a0 } else { a1 };
+            let cq = if phase & 1 == 0 { q0 } else { q1 };
+            *zv = gv * ca * cq;
         }
     }
 }
 }
 
 multiversion! {
-/// Add the input gradient of one sample's transformed gradient `dv [16, c, tiles]` onto
-/// `dx [c, t, f]`, through the padded plane buffer `pad`.
-fn transform_input_grad(dv: &[f32], g: &Geometry, pad: &mut [f32], dx: &mut [f32]) {
+/// One sample's input gradient `dx [c, t, f]` from its transformed gradient `dv [16, c, tiles]`:
+/// `B` along time into `e [rows, 4, fo]` (tile rows overlap by two padded rows and add up
+/// there), then `B` along features per padded row through `split [2, fo + 1]`.
+fn transform_input_grad(dv: &[f32], g: &Geometry, split: &mut [f32], e: &mut [f32], dx: &mut [f32]) {
     let tiles = Tiles::new(g);
     let [to, fo] = tiles.out;
-    let [rows, width] = tiles.padded;
     let n = tiles.count();
     let stride = g.c * n;
     for (ch, plane) in dx.chunks_exact_mut(g.t * g.f).enumerate() {
-        pad.fill(0.0);
+        e.fill(0.0);
+        // B (e0, e1, e2, e3) = (e0, e1 - e2 + e3, e1 + e2 - e0, -e3).
         for ti in 0..to {
             let base = ch * n + ti * fo;
-            for tj in 0..fo {
-                let e: [[f32; 4]; 4] = std::array::from_fn(|q| {
-                    let col = |a: usize| dv[(a * 4 + q) * stride + base + tj];
-                    b([col(0), col(1), col(2), col(3)])
-                });
-                for a in 0..4 {
-                    let row = b([e[0][a], e[1][a], e[2][a], e[3][a]]);
-                    let dst = &mut pad[(2 * ti + a) * width + 2 * tj..][..4];
-                    for (d, val) in dst.iter_mut().zip(row) {
-                        *d += val;
-                    }
-                }
+            for q in 0..4 {
+                let col = |a: usize| &dv[(a * 4 + q) * stride + base..][..fo];
+                let row = |a: usize| ((2 * ti + a) * 4 + q) * fo;
+                let (e0, rest) = e[row(0)..].split_at_mut(row(1) - row(0));
+                e0[..fo].iter_mut().zip(col(0)).for_each(|(d, &v)| *d += v);
+                acc3(&mut rest[..fo], col(1), col(2), col(3), [true, false]);
+                let at2 = row(2) - row(1);
+                acc3(&mut rest[at2..][..fo], col(1), col(2), col(0), [false, true]);
+                let at3 = row(3) - row(1);
+                rest[at3..][..fo].iter_mut().zip(col(3)).for_each(|(d, &v)| *d -= v);
             }
         }
-        for (r, out) in plane.chunks_exact_mut(g.f).enumerate().take(rows - 1) {
-            out.copy_from_slice(&pad[(r + 1) * width + 1..][..g.f]);
+        for (r, er) in e.chunks_exact(4 * fo).enumerate() {
+            let Some(out) = r.checked_sub(1).and_then(|i| plane.chunks_exact_mut(g.f).nth(i)) else {
+                continue;
+            };
+            let row = |q: usize| &er[q * fo..][..fo];
+            split.fill(0.0);
+            let (even, odd) = split.split_at_mut(fo + 1);
+            // Tile column j adds its four columns at padded 2j, 2j + 1, 2j + 2, 2j + 3.
+            even[..fo].iter_mut().zip(row(0)).for_each(|(d, &v)| *d += v);
+            acc3(&mut odd[..fo], row(1), row(2), row(3), [true, false]);
+            acc3(&mut even[1..], row(1), row(2), row(0), [false, true]);
+            odd[1..].iter_mut().zip(row(3)).for_each(|(d, &v)| *d -= v);
+            out.iter_mut().step_by(2).zip(&*odd).for_each(|(d, &v)| *d = v);
+            out.iter_mut().skip(1).step_by(2).zip(&even[1..]).for_each(|(d, &v)| *d = v);
         }
     }
 }
@@ -246,19 +306,21 @@ pub fn forward(
         .for_each_init(
             || {
                 (
-                    vec![0.0f32; tiles.plane()],
+                    vec![0.0f32; tiles.split_row()],
+                    vec![0.0f32; tiles.row_transforms()],
                     vec![0.0f32; P * cn],
                     vec![0.0f32; P * on],
+                    vec![0.0f32; 8 * n],
                 )
             },
-            |(pad, v, m), (s, (y, arg))| {
-                transform_input(&x[s * g.x_len()..][..g.x_len()], g, pad, v);
+            |(split, rows, v, m, tmp), (s, (y, arg))| {
+                transform_input(&x[s * g.x_len()..][..g.x_len()], g, split, rows, v);
                 for p in 0..P {
                     let lhs = View::row_major(&u[p * g.o * g.c..][..g.o * g.c], g.c);
                     let rhs = View::row_major(&v[p * cn..][..cn], n);
                     gemm_into(&mut m[p * on..][..on], lhs, rhs, [g.o, g.c, n], false, par);
                 }
-                transform_output(m, bias, y, arg);
+                transform_output(m, bias, tmp, y, arg);
                 if post.relu {
                     relu_mask(y, post.mask.map(|mk| &mk[s * g.y_len()..][..g.y_len()]));
                 }
@@ -284,7 +346,8 @@ pub fn weight_backward(
         .map(|ci| {
             let mut du = vec![0.0f32; P * oc];
             let mut db = vec![0.0f32; g.o];
-            let mut pad = vec![0.0f32; tiles.plane()];
+            let mut split = vec![0.0f32; tiles.split_row()];
+            let mut rows = vec![0.0f32; tiles.row_transforms()];
             let mut v = vec![0.0f32; P * cn];
             let mut z = vec![0.0f32; P * on];
             let mut ungated = vec![0.0f32; if gate.is_some() { g.y_len() } else { 0 }];
@@ -294,7 +357,13 @@ pub fn weight_backward(
                     *d += gs[o * n..][..n].iter().sum::<f32>();
                 }
                 transform_grad(gs, &argmax[s * g.y_len()..][..g.y_len()], &mut z);
-                transform_input(&x[s * g.x_len()..][..g.x_len()], g, &mut pad, &mut v);
+                transform_input(
+                    &x[s * g.x_len()..][..g.x_len()],
+                    g,
+                    &mut split,
+                    &mut rows,
+                    &mut v,
+                );
                 for p in 0..P {
                     // dU[p] [o, c] += Z[p] [o, tiles] * V[p]ᵀ [tiles, c]
                     let lhs = View::row_major(&z[p * on..][..on], n);
@@ -350,11 +419,12 @@ pub fn x_backward(
             (
                 vec![0.0f32; P * on],
                 vec![0.0f32; P * cn],
-                vec![0.0f32; tiles.plane()],
+                vec![0.0f32; tiles.split_row()],
+                vec![0.0f32; tiles.row_transforms()],
                 vec![0.0f32; ungated_len],
             )
         },
-        |(z, dv, pad, ungated), (s, dxs)| {
+        |(z, dv, split, rows, ungated), (s, dxs)| {
             let gs = sample_grad(grad, gate, s, g.y_len(), ungated);
             transform_grad(gs, &argmax[s * g.y_len()..][..g.y_len()], z);
             for p in 0..P {
@@ -363,7 +433,7 @@ pub fn x_backward(
                 let rhs = View::row_major(&z[p * on..][..on], n);
                 gemm_into(&mut dv[p * cn..][..cn], lhs, rhs, [g.c, g.o, n], false, par);
             }
-            transform_input_grad(dv, g, pad, dxs);
+            transform_input_grad(dv, g, split, rows, dxs);
         },
     );
     dx
