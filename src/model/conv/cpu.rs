@@ -188,6 +188,36 @@ fn col2im(dcols: &[f32], g: &Geometry, dx: &mut [f32]) {
 }
 }
 
+/// One output row of [`pool_max`]: phase by phase over the row, in phase order. `PF` is the
+/// pool's width when it is a compile-time constant (then the loads vectorise), 0 to read it
+/// from `pf`.
+#[inline(always)]
+fn pool_row<const PF: usize>(
+    rows: &[f32],
+    [pt, pf, fc]: [usize; 3],
+    yr: &mut [f32],
+    ar: &mut [i32],
+) {
+    let pf = if PF == 0 { pf } else { PF };
+    let fo = yr.len();
+    for di in 0..pt {
+        for dj in 0..pf {
+            let phase = (di * pf + dj) as i32;
+            let windows = rows[di * fc..][..fo * pf].chunks_exact(pf);
+            let row = yr.iter_mut().zip(ar.iter_mut()).zip(windows);
+            if phase == 0 {
+                row.for_each(|((best, a), w)| (*best, *a) = (w[0], 0));
+                continue;
+            }
+            for ((best, a), w) in row {
+                let win = w[dj] > *best;
+                *best = if win { w[dj] } else { *best };
+                *a = if win { phase } else { *a };
+            }
+        }
+    }
+}
+
 multiversion! {
 /// Max pool of one output channel's conv map `conv [tc, fc]` into `y [to, fo]` (+ `bias`),
 /// the winning phase `di * pf + dj` into `arg` (the first phase wins ties).
@@ -195,25 +225,18 @@ fn pool_max(conv: &[f32], g: &Geometry, bias: f32, y: &mut [f32], arg: &mut [i32
     let [pt, pf] = g.pool;
     let [_, fo] = g.out();
     let [_, fc] = g.grid();
+    let dims = [pt, pf, fc];
     for ((yr, ar), rows) in y
         .chunks_exact_mut(fo)
         .zip(arg.chunks_exact_mut(fo))
         .zip(conv.chunks_exact(pt * fc))
     {
-        for (fq, (yv, av)) in yr.iter_mut().zip(ar.iter_mut()).enumerate() {
-            let mut best = rows[fq * pf];
-            let mut phase = 0;
-            for di in 0..pt {
-                for dj in 0..pf {
-                    let v = rows[di * fc + fq * pf + dj];
-                    let win = v > best;
-                    best = if win { v } else { best };
-                    phase = if win { (di * pf + dj) as i32 } else { phase };
-                }
-            }
-            *yv = best + bias;
-            *av = phase;
+        match pf {
+            1 => pool_row::<1>(rows, dims, yr, ar),
+            2 => pool_row::<2>(rows, dims, yr, ar),
+            _ => pool_row::<0>(rows, dims, yr, ar),
         }
+        yr.iter_mut().for_each(|v| *v += bias);
     }
 }
 }
