@@ -111,9 +111,17 @@ impl Tiles {
         self.out[0] * self.out[1]
     }
 
-    /// Length of a buffer of padded rows transformed along features, `[rows, 4, fo]`.
+    /// Length of a buffer of padded rows transformed along features, `[4, 2, rows / 2, fo]`:
+    /// position `q`, then even and odd padded rows, so that the rows `2 ti + a` of every tile
+    /// row are one contiguous run.
     fn row_transforms(&self) -> usize {
         self.rows * 4 * self.out[1]
+    }
+
+    /// Where padded row `r` at position `q` starts in a [`Tiles::row_transforms`] buffer.
+    fn row_at(&self, q: usize, r: usize) -> usize {
+        let [_, fo] = self.out;
+        (q * 2 + r % 2) * (self.rows / 2) * fo + (r / 2) * fo
     }
 
     /// Length of one padded row split in even and odd columns, `[2, fo + 1]`.
@@ -138,46 +146,77 @@ fn kernels(weight: &[f32], g: &Geometry) -> Vec<f32> {
     u
 }
 
+/// Splits an input row into the padded row's even and odd columns (`fo + 1` each): padded
+/// column 2k is input column 2k - 1, padded column 2k + 1 input column 2k; the rest is zero.
+#[inline(always)]
+fn split_row(src: &[f32], even: &mut [f32], odd: &mut [f32]) {
+    even[0] = 0.0;
+    let mut pairs = src.chunks_exact(2);
+    let cells = odd.iter_mut().zip(even[1..].iter_mut());
+    let mut used = 0;
+    for ((o, e), p) in cells.zip(&mut pairs) {
+        (*o, *e) = (p[0], p[1]);
+        used += 1;
+    }
+    if let [last] = pairs.remainder() {
+        odd[used] = *last;
+        used += 1;
+        even[used..].fill(0.0);
+        odd[used..].fill(0.0);
+    } else {
+        even[used + 1..].fill(0.0);
+        odd[used..].fill(0.0);
+    }
+}
+
+/// The inverse of [`split_row`] on the input's columns: `out` from the even and odd columns.
+#[inline(always)]
+fn join_row(even: &[f32], odd: &[f32], out: &mut [f32]) {
+    let mut pairs = out.chunks_exact_mut(2);
+    for ((p, &o), &e) in (&mut pairs).zip(odd).zip(&even[1..]) {
+        (p[0], p[1]) = (o, e);
+    }
+    let half = out.len() / 2;
+    if let [last] = out.chunks_exact_mut(2).into_remainder() {
+        *last = odd[half];
+    }
+}
+
 multiversion! {
 /// The transformed inputs `v [16, c, tiles]` of one sample `x [c, t, f]`, through the buffers
-/// `split [2, fo + 1]` (one padded row) and `s [rows, 4, fo]` (every padded row times `Bᵀ`
-/// along features: tile rows share two of their four rows).
+/// `split [2, fo + 1]` (one padded row) and `s` ([`Tiles::row_transforms`]: every padded row
+/// times `Bᵀ` along features, once, as tile rows share two of their four rows).
 fn transform_input(x: &[f32], g: &Geometry, split: &mut [f32], s: &mut [f32], v: &mut [f32]) {
     let tiles = Tiles::new(g);
-    let [to, fo] = tiles.out;
+    let [_, fo] = tiles.out;
     let n = tiles.count();
     let stride = g.c * n;
     for (ch, plane) in x.chunks_exact(g.t * g.f).enumerate() {
-        for (r, sr) in s.chunks_exact_mut(4 * fo).enumerate() {
-            // Padded column 2k is input column 2k - 1, padded column 2k + 1 input column 2k.
-            split.fill(0.0);
+        for r in 0..tiles.rows {
             let (even, odd) = split.split_at_mut(fo + 1);
-            if let Some(src) = r.checked_sub(1).and_then(|i| plane.chunks_exact(g.f).nth(i)) {
-                odd.iter_mut().zip(src.iter().step_by(2)).for_each(|(d, &v)| *d = v);
-                let odd_cols = src.iter().skip(1).step_by(2);
-                even[1..].iter_mut().zip(odd_cols).for_each(|(d, &v)| *d = v);
+            match r.checked_sub(1).and_then(|i| plane.chunks_exact(g.f).nth(i)) {
+                Some(src) => split_row(src, even, odd),
+                None => {
+                    even.fill(0.0);
+                    odd.fill(0.0);
+                }
             }
             // Bᵀ (d0, d1, d2, d3) = (d0 - d2, d1 + d2, d2 - d1, d1 - d3) with
             // d = (even[j], odd[j], even[j + 1], odd[j + 1]).
-            let (s01, s23) = sr.split_at_mut(2 * fo);
-            let (s0, s1) = s01.split_at_mut(fo);
-            let (s2, s3) = s23.split_at_mut(fo);
-            lin(s0, &even[..fo], &even[1..], true);
-            lin(s1, &odd[..fo], &even[1..], false);
-            lin(s2, &even[1..], &odd[..fo], true);
-            lin(s3, &odd[..fo], &odd[1..], true);
+            let row = |q: usize| tiles.row_at(q, r);
+            lin(&mut s[row(0)..][..fo], &even[..fo], &even[1..], true);
+            lin(&mut s[row(1)..][..fo], &odd[..fo], &even[1..], false);
+            lin(&mut s[row(2)..][..fo], &even[1..], &odd[..fo], true);
+            lin(&mut s[row(3)..][..fo], &odd[..fo], &odd[1..], true);
         }
-        // Bᵀ along time: rows 2 ti..2 ti + 4 of `s` combine as above.
-        for ti in 0..to {
-            let base = ch * n + ti * fo;
-            for q in 0..4 {
-                let row = |a: usize| &s[((2 * ti + a) * 4 + q) * fo..][..fo];
-                let out = |a: usize| (a * 4 + q) * stride + base;
-                lin(&mut v[out(0)..][..fo], row(0), row(2), true);
-                lin(&mut v[out(1)..][..fo], row(1), row(2), false);
-                lin(&mut v[out(2)..][..fo], row(2), row(1), true);
-                lin(&mut v[out(3)..][..fo], row(1), row(3), true);
-            }
+        // Bᵀ along time, every tile at once: tile row ti reads padded rows 2 ti + a.
+        for q in 0..4 {
+            let rows = |a: usize| &s[tiles.row_at(q, a)..][..n];
+            let out = |a: usize| (a * 4 + q) * stride + ch * n;
+            lin(&mut v[out(0)..][..n], rows(0), rows(2), true);
+            lin(&mut v[out(1)..][..n], rows(1), rows(2), false);
+            lin(&mut v[out(2)..][..n], rows(2), rows(1), true);
+            lin(&mut v[out(3)..][..n], rows(1), rows(3), true);
         }
     }
 }
@@ -242,35 +281,27 @@ fn transform_grad(grad: &[f32], argmax: &[i32], z: &mut [f32]) {
 
 multiversion! {
 /// One sample's input gradient `dx [c, t, f]` from its transformed gradient `dv [16, c, tiles]`:
-/// `B` along time into `e [rows, 4, fo]` (tile rows overlap by two padded rows and add up
-/// there), then `B` along features per padded row through `split [2, fo + 1]`.
+/// `B` along time into `e` ([`Tiles::row_transforms`]; tile rows overlap by two padded rows
+/// and add up there), then `B` along features per padded row through `split [2, fo + 1]`.
 fn transform_input_grad(dv: &[f32], g: &Geometry, split: &mut [f32], e: &mut [f32], dx: &mut [f32]) {
     let tiles = Tiles::new(g);
-    let [to, fo] = tiles.out;
+    let [_, fo] = tiles.out;
     let n = tiles.count();
     let stride = g.c * n;
     for (ch, plane) in dx.chunks_exact_mut(g.t * g.f).enumerate() {
         e.fill(0.0);
-        // B (e0, e1, e2, e3) = (e0, e1 - e2 + e3, e1 + e2 - e0, -e3).
-        for ti in 0..to {
-            let base = ch * n + ti * fo;
-            for q in 0..4 {
-                let col = |a: usize| &dv[(a * 4 + q) * stride + base..][..fo];
-                let row = |a: usize| ((2 * ti + a) * 4 + q) * fo;
-                let (e0, rest) = e[row(0)..].split_at_mut(row(1) - row(0));
-                e0[..fo].iter_mut().zip(col(0)).for_each(|(d, &v)| *d += v);
-                acc3(&mut rest[..fo], col(1), col(2), col(3), [true, false]);
-                let at2 = row(2) - row(1);
-                acc3(&mut rest[at2..][..fo], col(1), col(2), col(0), [false, true]);
-                let at3 = row(3) - row(1);
-                rest[at3..][..fo].iter_mut().zip(col(3)).for_each(|(d, &v)| *d -= v);
-            }
+        // B (e0, e1, e2, e3) = (e0, e1 - e2 + e3, e1 + e2 - e0, -e3), every tile at once.
+        for q in 0..4 {
+            let col = |a: usize| &dv[(a * 4 + q) * stride + ch * n..][..n];
+            let row = |a: usize| tiles.row_at(q, a);
+            e[row(0)..][..n].iter_mut().zip(col(0)).for_each(|(d, &v)| *d += v);
+            acc3(&mut e[row(1)..][..n], col(1), col(2), col(3), [true, false]);
+            acc3(&mut e[row(2)..][..n], col(1), col(2), col(0), [false, true]);
+            e[row(3)..][..n].iter_mut().zip(col(3)).for_each(|(d, &v)| *d -= v);
         }
-        for (r, er) in e.chunks_exact(4 * fo).enumerate() {
-            let Some(out) = r.checked_sub(1).and_then(|i| plane.chunks_exact_mut(g.f).nth(i)) else {
-                continue;
-            };
-            let row = |q: usize| &er[q * fo..][..fo];
+        for (i, out) in plane.chunks_exact_mut(g.f).enumerate() {
+            let r = i + 1;
+            let row = |q: usize| &e[tiles.row_at(q, r)..][..fo];
             split.fill(0.0);
             let (even, odd) = split.split_at_mut(fo + 1);
             // Tile column j adds its four columns at padded 2j, 2j + 1, 2j + 2, 2j + 3.
@@ -278,8 +309,7 @@ fn transform_input_grad(dv: &[f32], g: &Geometry, split: &mut [f32], e: &mut [f3
             acc3(&mut odd[..fo], row(1), row(2), row(3), [true, false]);
             acc3(&mut even[1..], row(1), row(2), row(0), [false, true]);
             odd[1..].iter_mut().zip(row(3)).for_each(|(d, &v)| *d -= v);
-            out.iter_mut().step_by(2).zip(&*odd).for_each(|(d, &v)| *d = v);
-            out.iter_mut().skip(1).step_by(2).zip(&even[1..]).for_each(|(d, &v)| *d = v);
+            join_row(even, odd, out);
         }
     }
 }
