@@ -29,12 +29,16 @@ fi
 if ! "$TORCH_VENV/bin/python" -c 'import torch, numpy' 2>/dev/null; then
   echo "installing torch + numpy into $TORCH_VENV (PyPI; several GB) ..." >&2
   python3 -m venv "$TORCH_VENV"
+  # The venv's own pip (23.2 with Python 3.11) failed on torch 2.15's dependencies (a TypeError
+  # in its version parser) on 2026-12-07.
+  "$TORCH_VENV/bin/pip" install -q -U pip
   "$TORCH_VENV/bin/pip" install -q torch numpy
 fi
 
 if [[ -z "${NO_KERAS:-}" ]] && ! "$KERAS_VENV/bin/python" -c 'import tensorflow, numpy' 2>/dev/null; then
   echo "installing tensorflow + numpy into $KERAS_VENV (PyPI; a large download) ..." >&2
   python3 -m venv "$KERAS_VENV"
+  "$KERAS_VENV/bin/pip" install -q -U pip  # as above
   "$KERAS_VENV/bin/pip" install -q tensorflow numpy
 fi
 

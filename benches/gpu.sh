@@ -32,6 +32,7 @@ build() {
   if ! "$venv/bin/python" -c 'import torch' 2>/dev/null; then
     echo "installing torch==$version into $venv (PyPI; several GB) ..." >&2
     python3 -m venv "$venv"
+    "$venv/bin/pip" install -q -U pip  # the venv's own pip can fail on newer metadata
     "$venv/bin/pip" install -q "torch==$version"
   fi
   local bench_dir=${BENCH_DIR:-}

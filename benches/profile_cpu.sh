@@ -22,7 +22,7 @@ perf report -i "$data" --no-children --sort symbol --stdio 2>/dev/null |
     pct = $1; sub("%", "", pct); $1 = ""; $2 = ""; sym = $0
     if (sym ~ /gemm_f32::microkernel|gemm_basic/) k = "GEMM microkernels (conv, LSTM, dense)"
     else if (sym ~ /gemm_common|gemm_f32|pack/) k = "GEMM packing"
-    else if (sym ~ /im2col|col2im|route|pool_max|conv::cpu/) k = "conv layout: im2col, col2im, pool, gradient routing"
+    else if (sym ~ /im2col|col2im|route|pool_max|conv::cpu|winograd/) k = "conv layout: im2col, col2im, pool, gradient routing, Winograd transforms"
     else if (sym ~ /conv2d|conv_transpose|max_pool|pool2d/) k = "Burn conv / pool kernels"
     else if (sym ~ /SpecFromIter|Rng|xoshiro|next_u64/) k = "dropout masks (host RNG)"
     else if (sym ~ /memset|memmove|memcpy|copy_2d|contiguous/) k = "memory fills and copies"

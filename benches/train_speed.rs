@@ -2,17 +2,19 @@
 //! binance-ml's own model and training step.
 //!
 //! usage: cargo bench --bench train_speed -- [train_steps] [infer_steps] [warmup]
-//!            [--batch N] [--backend flex|tch] [--device cpu|cuda:N] [--profile | --check]
+//!            [--batch N] [--backend flex|tch] [--device cpu|cuda:N]
+//!            [--profile | --check | --conv-sweep]
 //! Prints one `RESULT backend=... train_sps=... infer_sps=...` line like the Python scripts;
 //! `--profile` also times the parts of a step (conv blocks, LSTM, whole step) forward and
 //! forward + backward; `--check` trains the same weights on flex and on the chosen device and
-//! compares (one `CHECK` line, exit 1 when they differ). `--backend tch` needs a build with
-//! `--features tch` (benches/gpu.sh).
+//! compares (one `CHECK` line, exit 1 when they differ); `--conv-sweep` times the conv block's
+//! im2col and Winograd CPU kernels over input channel counts (`SWEEP` lines). `--backend tch`
+//! needs a build with `--features tch` (benches/gpu.sh).
 
 use std::time::Instant;
 
 use binance_ml::config::{Backend, ModelConfig, TrainingConfig};
-use binance_ml::model::conv::conv_pool_relu;
+use binance_ml::model::conv::{conv_pool_relu, cpu, winograd};
 use binance_ml::model::lstm::Lstm;
 use binance_ml::model::{CnnLstm, ModelSpec, Rng, predict_proba};
 use binance_ml::store::SampleShape;
@@ -177,6 +179,71 @@ fn flag_value<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
         .map(String::as_str)
 }
 
+/// The conv block's two CPU kernels side by side, forward and both gradients at batch `b` (64
+/// filters, 3x3, 2x2 pool), over input channel counts: where Winograd starts to pay.
+fn conv_sweep(b: usize) {
+    let post = cpu::Post {
+        relu: true,
+        mask: None,
+    };
+    for (c, t, f) in [1, 2, 4, 8, 16, 32, 64]
+        .map(|c| (c, 50, 20))
+        .into_iter()
+        .chain([(1, T, F)])
+    {
+        let g = cpu::Geometry {
+            n: b,
+            c,
+            t,
+            f,
+            o: 64,
+            kernel: [3, 3],
+            pool: [2, 2],
+        };
+        let mut rng = Rng::new(c as u64, "sweep");
+        let x = random(b * c * t * f, &mut rng);
+        let w = random(64 * c * 9, &mut rng);
+        let bias = random(64, &mut rng);
+        let len = b * 64 * (t / 2) * (f / 2);
+        let grad = random(len, &mut rng);
+        let (mut y, mut arg) = (vec![0.0f32; len], vec![0i32; len]);
+        let mut pass = |wino: bool| {
+            if wino {
+                winograd::forward(&x, &w, &bias, &g, post, &mut y, &mut arg);
+            } else {
+                cpu::forward(&x, &w, &bias, &g, post, &mut y, &mut arg);
+            }
+            let gate = Some(cpu::Gate {
+                output: &y,
+                mask: None,
+            });
+            if wino {
+                winograd::weight_backward(&x, &grad, &arg, &g, gate);
+                winograd::x_backward(&w, &grad, &arg, &g, gate);
+            } else {
+                cpu::weight_backward(&x, &grad, &arg, &g, gate);
+                cpu::x_backward(&w, &grad, &arg, &g, gate);
+            }
+        };
+        // Alternating, medians of 5 each.
+        let (mut im2col, mut wino) = (Vec::new(), Vec::new());
+        for _ in 0..5 {
+            im2col.push(time_it(1, || pass(false)));
+            wino.push(time_it(1, || pass(true)));
+        }
+        println!(
+            "SWEEP channels={c} map={t}x{f} im2col_ms={:.1} winograd_ms={:.1} taken={}",
+            median(im2col),
+            median(wino),
+            if winograd::applies(&g) {
+                "winograd"
+            } else {
+                "im2col"
+            }
+        );
+    }
+}
+
 fn main() {
     // `cargo test --all-targets` runs bench targets too; measure only under `cargo bench`.
     if !std::env::args().any(|a| a == "--bench") {
@@ -226,6 +293,10 @@ fn main() {
     training.callbacks.reduce_lr.enabled = false;
     let mut opts = TrainOptions::from_config(&ModelConfig::default(), &training).expect("valid");
     opts.progress = false;
+    if args.iter().any(|a| a == "--conv-sweep") {
+        conv_sweep(b);
+        return;
+    }
     if args.iter().any(|a| a == "--check") {
         let description = choice.description.replace(' ', "-");
         let ok = check(&device, &description, &batches, &opts);

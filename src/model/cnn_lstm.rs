@@ -134,7 +134,7 @@ fn dropout<const D: usize>(x: Tensor<D>, p: f64, rng: Option<&mut Rng>) -> Tenso
 /// Conv ("same") -> activation -> pooling -> dropout (training: `rng` is `Some`).
 ///
 /// Max pooling commutes with a non-decreasing activation, so then the pool is folded into the
-/// conv operation ([`conv_pool`]: one GEMM per sample, the full-resolution map never
+/// conv operation ([`conv_pool`]: GEMMs per sample, the full-resolution map never
 /// materialised) and the activation runs on a map `pool` times smaller; ReLU and the dropout
 /// mask are part of the operation ([`conv_pool_relu`]), the mask drawn as [`dropout`] would.
 /// Otherwise (GELU, SiLU, average pooling) the conv runs alone and Burn pools the activated

@@ -22,9 +22,10 @@ use crate::model::kernels::{View, gemm_into, multiversion};
 /// Positions of a transformed tile.
 const P: usize = 16;
 
-/// Input channels below which the im2col GEMM wins: the 16 GEMMs' inner dimension is the
-/// channel count, too short to pay for the transforms (the first block, one channel).
-const MIN_CHANNELS: usize = 8;
+/// Input channels below which the im2col GEMM is kept: the 16 GEMMs' inner dimension is the
+/// channel count, and with one channel the transforms cost what they save (`train_speed
+/// --conv-sweep`: even at one channel, Winograd ahead from two).
+const MIN_CHANNELS: usize = 2;
 
 /// Whether the block runs here: a 3x3 kernel, a 2x2 pool, enough input channels.
 pub fn applies(g: &Geometry) -> bool {
