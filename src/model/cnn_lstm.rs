@@ -105,10 +105,11 @@ fn dropout_mask<const D: usize>(
     let keep = 1.0 - p as f32;
     let scale = 1.0 / keep;
     let flat = if on_host(device) {
-        // Branch-free: a third of the draws drop, which a branch would mispredict. The same
-        // values as `if draw < keep { scale } else { 0.0 }`.
+        // Branch-free (a fraction p of the draws drop, which a branch mispredicts), and the
+        // same values as `if draw < keep { scale } else { 0.0 }`, also when `keep` rounds to 0
+        // and `scale` is infinite.
         let values: Vec<f32> = (0..n)
-            .map(|_| f32::from(u8::from(rng.next_f32() < keep)) * scale)
+            .map(|_| [0.0, scale][usize::from(rng.next_f32() < keep)])
             .collect();
         Tensor::from_data(TensorData::new(values, [n]), device)
     } else {
@@ -306,6 +307,26 @@ pub(crate) fn head_forward(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dropout_masks_hold_zero_and_one_over_keep() {
+        let device = Device::flex();
+        let mut rng = Rng::new(4, "mask");
+        let mask = dropout_mask([1000], 0.3, Some(&mut rng), &device).unwrap();
+        let values = mask.into_data().try_to_vec::<f32>().unwrap();
+        let kept = values.iter().filter(|&&v| v == 1.0 / 0.7).count();
+        assert_eq!(kept + values.iter().filter(|&&v| v == 0.0).count(), 1000);
+        assert!(
+            (650..750).contains(&kept),
+            "{kept} of 1000 kept at rate 0.3"
+        );
+        // A rate the config accepts (< 1) whose keep probability rounds to 0 in f32: every
+        // value drops, none is 0 * inf = NaN.
+        let mask = dropout_mask([64], 1.0 - 1e-9, Some(&mut rng), &device).unwrap();
+        let values = mask.into_data().try_to_vec::<f32>().unwrap();
+        assert!(values.iter().all(|&v| v == 0.0), "{values:?}");
+        assert!(dropout_mask([8], 0.3, None, &device).is_none());
+    }
 
     #[test]
     fn pooling_before_a_monotone_activation_gives_the_same_map() {

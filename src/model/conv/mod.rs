@@ -554,12 +554,12 @@ mod tests {
                 });
             }
         }
-        v.extend(winograd_cases());
         v
     }
 
     /// 3x3 kernels, 2x2 pools, two or more channels (the Winograd kernels): one tile and many,
-    /// maps whose last row or column the pool drops, batch 1.
+    /// maps whose last row or column the pool drops, batch 1, and a batch whose weight-gradient
+    /// chunks hold several samples.
     fn winograd_cases() -> Vec<Case> {
         let dims = [
             (1, 8, 3, 2, 3),
@@ -567,6 +567,8 @@ mod tests {
             (2, 16, 4, 9, 10),
             (1, 12, 7, 6, 4),
             (2, 2, 3, 5, 7),
+            (1, 3, 2, 3, 2),
+            (37, 9, 5, 6, 4),
         ];
         dims.into_iter()
             .map(|(n, c, o, t, f)| Case {
@@ -620,7 +622,7 @@ mod tests {
     fn forward_and_gradients_equal_burn_conv2d_then_max_pool() {
         let device = Device::flex().autodiff();
         let mut rng = Rng::new(5, "conv");
-        for case in cases() {
+        for case in cases().into_iter().chain(winograd_cases()) {
             let Case {
                 n,
                 c,

@@ -9,6 +9,8 @@
 //! gradient is `B [Σ_o (G w Gᵀ) ⊙ Z] Bᵀ` and the weight gradient `Gᵀ [Σ_tiles Z ⊙ (Bᵀ d B)] G`.
 //! The transforms only add, subtract and halve, so F(2x2, 3x3) loses almost nothing to rounding
 //! (the property tests hold it to Burn's `conv2d` within 1e-4 relative, like the im2col path).
+//! One difference: an infinite input reaches transformed terms of both signs, so the tile's
+//! outputs become NaN where a direct convolution gives ±inf (training has diverged by then).
 //!
 //! Layouts: `u [16, o, c]` (transformed kernels), `v [16, c, tiles]` (transformed inputs),
 //! `m`/`z [16, o, tiles]`; a tile is `ti * fo + tj`, a position `a * 4 + b` (time, feature).
@@ -23,8 +25,8 @@ use crate::model::kernels::{View, gemm_into, multiversion};
 const P: usize = 16;
 
 /// Input channels below which the im2col GEMM is kept: the 16 GEMMs' inner dimension is the
-/// channel count, and with one channel the transforms cost what they save (`train_speed
-/// --conv-sweep`: even at one channel, Winograd ahead from two).
+/// channel count. `train_speed --conv-sweep`: at one channel the two kernels are about even,
+/// from two Winograd is faster.
 const MIN_CHANNELS: usize = 2;
 
 /// Whether the block runs here: a 3x3 kernel, a 2x2 pool, enough input channels.
@@ -227,9 +229,8 @@ multiversion! {
 /// Output transform and pool of one sample: `m [16, o, tiles]` -> `y [o, tiles]` (the max of
 /// each tile's four outputs + bias) and the winning phase `di * 2 + dj` (the first on ties),
 /// through `tmp [8, tiles]`.
-fn transform_output(m: &[f32], bias: &[f32], tmp: &mut [f32], y: &mut [f32], arg: &mut [i32]) {
+fn transform_output(m: &[f32], bias: &[f32], n: usize, tmp: &mut [f32], y: &mut [f32], arg: &mut [i32]) {
     let stride = y.len();
-    let n = stride / bias.len();
     let (r, outs) = tmp.split_at_mut(4 * n);
     for (o, (yo, ao)) in y.chunks_exact_mut(n).zip(arg.chunks_exact_mut(n)).enumerate() {
         let at = |p: usize| &m[p * stride + o * n..][..n];
@@ -316,7 +317,7 @@ fn transform_input_grad(dv: &[f32], g: &Geometry, split: &mut [f32], e: &mut [f3
 }
 }
 
-/// Forward, as [`super::cpu::forward`] (which calls it when [`applies`]).
+/// Forward, with [`super::cpu::forward`]'s contract (the block takes it when [`applies`]).
 pub fn forward(
     x: &[f32],
     weight: &[f32],
@@ -351,7 +352,7 @@ pub fn forward(
                     let rhs = View::row_major(&v[p * cn..][..cn], n);
                     gemm_into(&mut m[p * on..][..on], lhs, rhs, [g.o, g.c, n], false, par);
                 }
-                transform_output(m, bias, tmp, y, arg);
+                transform_output(m, bias, n, tmp, y, arg);
                 if post.relu {
                     relu_mask(y, post.mask.map(|mk| &mk[s * g.y_len()..][..g.y_len()]));
                 }
@@ -359,7 +360,7 @@ pub fn forward(
         );
 }
 
-/// Weight and bias gradients, as [`super::cpu::weight_backward`].
+/// Weight and bias gradients, with [`super::cpu::weight_backward`]'s contract.
 pub fn weight_backward(
     x: &[f32],
     grad: &[f32],
@@ -430,7 +431,7 @@ fn kernel_grad(du: &[f32], oc: usize) -> Vec<f32> {
     dw
 }
 
-/// Input gradient, as [`super::cpu::x_backward`].
+/// Input gradient, with [`super::cpu::x_backward`]'s contract.
 pub fn x_backward(
     weight: &[f32],
     grad: &[f32],
