@@ -160,3 +160,21 @@ fn tmp_path(path: &Path) -> PathBuf {
     name.push(format!(".{}.tmp", std::process::id()));
     path.with_file_name(name)
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn floats_read_back_from_a_checkpoint_are_the_values_written() {
+        // serde_json's default parser read this validation loss back 1 ulp off, so a resumed
+        // run's history differed from the uninterrupted run's.
+        for x in [
+            1.0971842833927699_f64,
+            0.1 + 0.2,
+            1e-300,
+            123_456.789_012_345_67,
+        ] {
+            let json = serde_json::to_vec(&x).unwrap();
+            assert_eq!(serde_json::from_slice::<f64>(&json).unwrap(), x, "{x:?}");
+        }
+    }
+}
