@@ -397,6 +397,12 @@ pub fn weight_backward(
             (dw, db)
         })
         .collect();
+    sum_in_order(partials)
+}
+
+/// The per-chunk (weight, bias) gradients added chunk by chunk, in order (see the module's
+/// determinism note).
+pub(super) fn sum_in_order(partials: Vec<(Vec<f32>, Vec<f32>)>) -> (Vec<f32>, Vec<f32>) {
     let mut parts = partials.into_iter();
     let (mut dw, mut db) = parts.next().expect("a batch has at least one sample");
     for (w, b) in parts {

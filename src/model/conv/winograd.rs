@@ -18,7 +18,9 @@
 
 use rayon::prelude::*;
 
-use super::cpu::{Gate, Geometry, Post, chunk_len, inner_parallelism, relu_mask, sample_grad};
+use super::cpu::{
+    Gate, Geometry, Post, chunk_len, inner_parallelism, relu_mask, sample_grad, sum_in_order,
+};
 use crate::model::kernels::{View, gemm_into, multiversion};
 
 /// Positions of a transformed tile.
@@ -406,12 +408,7 @@ pub fn weight_backward(
             (du, db)
         })
         .collect();
-    let mut parts = partials.into_iter();
-    let (mut du, mut db) = parts.next().expect("a batch has at least one sample");
-    for (u, b) in parts {
-        du.iter_mut().zip(&u).for_each(|(a, v)| *a += v);
-        db.iter_mut().zip(&b).for_each(|(a, v)| *a += v);
-    }
+    let (du, db) = sum_in_order(partials);
     (kernel_grad(&du, oc), db)
 }
 
